@@ -1,0 +1,240 @@
+"""The public array API: round_to, encode, decode.
+
+Inputs are checked once here (kernels never validate); values enter the
+kernels as the integer views of their float32/float64 carrier and leave as
+representable values (or bit patterns when asked). float64 input goes to
+every format directly, never through float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import FixedFormat, FloatFormat, get_format
+from .kernels import dispatch
+from .rng import resolve_seed
+from .rounding import MAX_RANDOM_BITS, DEFAULT_RANDOM_BITS, Rounding, get_rounding
+
+__all__ = ["round_to", "encode", "decode", "carrier_of"]
+
+_CARRIER = {
+    np.dtype(np.float32): (32, 23, 127, np.int32),
+    np.dtype(np.float64): (64, 52, 1023, np.int64),
+}
+
+
+def carrier_of(dtype) -> tuple:
+    """(CW, CM, CB, int view dtype) of a float32/float64 carrier."""
+    return _CARRIER[np.dtype(dtype).newbyteorder("=")]
+
+
+def _as_float_array(x, name: str = "x") -> tuple:
+    """Return (array with native float32/float64 dtype, output dtype, is_python_scalar)."""
+    is_scalar = np.isscalar(x) and not isinstance(x, (str, bytes))
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a float array or number, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a float array or number: {exc}") from None
+    kind = arr.dtype.kind
+    if kind == "f" and arr.dtype.itemsize in (4, 8):
+        out_dtype = arr.dtype
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        return arr, out_dtype, is_scalar
+    if kind in "biu":
+        conv = arr.astype(np.float64)
+        if arr.size and kind != "b" and np.any(np.abs(conv) > 2.0 ** 53):
+            if not np.array_equal(conv.astype(arr.dtype), arr):
+                raise ValueError(f"{name} holds integers that float64 cannot represent exactly")
+        return conv, np.dtype(np.float64), is_scalar
+    if kind == "f":
+        raise TypeError(f"{name} must be float32 or float64 (or Python numbers), got {arr.dtype}; "
+                        "convert with x.astype(np.float32)")
+    raise TypeError(f"{name} must be a real float array (float32/float64), Python numbers or a list of them, "
+                    f"got an array of dtype {arr.dtype}")
+
+
+def _check_fmt_for_dtype(fmt, dtype) -> None:
+    if not fmt.fits_in(dtype):
+        raise ValueError(f"fmt {fmt.name} has values that {np.dtype(dtype).name} cannot hold exactly; "
+                         "pass float64 input")
+
+
+def _check_rbits(random_bits) -> int:
+    if isinstance(random_bits, bool) or not isinstance(random_bits, (int, np.integer)):
+        raise TypeError(f"random_bits must be an int, got {type(random_bits).__name__}")
+    if not 1 <= int(random_bits) <= MAX_RANDOM_BITS:
+        raise ValueError(f"random_bits must be in 1..{MAX_RANDOM_BITS}, got {random_bits}")
+    return int(random_bits)
+
+
+def _params(fmt, saturate):
+    if saturate is None or isinstance(fmt, FixedFormat):
+        if saturate is not None and (saturate != fmt.saturate):
+            raise ValueError(f"saturate={saturate} conflicts with {fmt.name}'s overflow={fmt.overflow!r}; "
+                             "choose the FixedFormat's overflow instead")
+        return fmt._kernel_params()
+    if not isinstance(saturate, (bool, np.bool_)):
+        raise TypeError(f"saturate must be a bool or None, got {type(saturate).__name__}")
+    if fmt.nan == "none" and not saturate:
+        raise ValueError(f"{fmt.name} has no Inf or NaN: it can only saturate")
+    return fmt.replace(saturate=bool(saturate), name=fmt.name)._kernel_params()
+
+
+def _prepare(x, fmt, rounding, seed, stream, offset, random_bits, saturate):
+    fmt = get_format(fmt)
+    mode = get_rounding(rounding)
+    rbits = _check_rbits(random_bits)
+    arr, out_dtype, is_scalar = _as_float_array(x)
+    _check_fmt_for_dtype(fmt, arr.dtype)
+    p = _params(fmt, saturate)
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if mode is Rounding.STOCHASTIC:
+        k0, k1, off = resolve_seed(seed, flat.size, stream, offset)
+    else:
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            pass  # allowed and ignored: deterministic modes draw nothing
+        k0 = k1 = off = 0
+    return fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, (k0, k1, off)
+
+
+def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, offset: int = 0,
+             random_bits: int = DEFAULT_RANDOM_BITS, saturate=None, backend: str = "auto"):
+    """Round every element of ``x`` once, exactly, to the format ``fmt``.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64 values of any shape and layout (0-d, empty,
+        strided, Fortran order, big-endian). Python numbers, lists and
+        integer arrays are taken as float64.
+    fmt : FloatFormat, FixedFormat or str
+        Target format or a preset name (``lowprec.preset_names()``).
+    rounding : Rounding or str
+        ``nearest_even`` (default), ``nearest_away``, ``toward_zero``, ``up``,
+        ``down``, ``odd`` or ``stochastic``.
+    seed : None, int, RandomStream or numpy Generator
+        Random source for ``stochastic`` (ignored otherwise); see
+        :mod:`lowprec.rng` for reproducible and fresh streams.
+    stream, offset : int
+        Select the random stream and the first counter for an int seed.
+    random_bits : int
+        r, the number of random bits of stochastic rounding (1..64, default
+        32): P(round up) = floor(2**r (x-d)/(u-d)) / 2**r.
+    saturate : bool, optional
+        Override the format's saturation (``+-max`` instead of Inf/NaN on overflow).
+    backend : {"auto", "cpu", "cuda"}
+
+    Returns
+    -------
+    ndarray or float
+        Same shape and dtype as ``x`` (float64 for Python input); a NumPy
+        scalar for scalar input. Each element is a value of ``fmt`` (or
+        +-Inf/NaN where the format and mode say so; NaN stays NaN even in
+        formats that cannot encode it).
+
+    Raises
+    ------
+    TypeError
+        ``x`` is complex, a string, an object array, float16; wrong argument types.
+    ValueError
+        Unknown format or rounding; a format float32 cannot hold for float32
+        input; bad ``random_bits``/``seed``.
+
+    Examples
+    --------
+    >>> import lowprec
+    >>> float(lowprec.round_to(65519.0, "fp16")), float(lowprec.round_to(65520.0, "fp16"))
+    (65504.0, inf)
+    >>> float(lowprec.round_to(-431.99999999999994, "fp8_e4m3fn"))
+    -416.0
+    """
+    fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, key = _prepare(
+        x, fmt, rounding, seed, stream, offset, random_bits, saturate)
+    CW, CM, CB, ity = carrier_of(arr.dtype)
+    out = np.empty(flat.size, dtype=arr.dtype)
+    dispatch.round_array(backend, flat.view(ity), out.view(ity), CW, CM, CB, p, int(mode),
+                         np.uint32(key[0]), np.uint32(key[1]), np.int64(key[2]), rbits)
+    out = out.reshape(arr.shape)
+    if out.dtype != out_dtype:
+        out = out.astype(out_dtype)
+    return out[()] if is_scalar else out
+
+
+def _pattern_dtype(bits: int):
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if bits <= np.dtype(dt).itemsize * 8:
+            return np.dtype(dt)
+    raise ValueError(bits)  # pragma: no cover - formats are at most 64 bits
+
+
+def encode(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, offset: int = 0,
+           random_bits: int = DEFAULT_RANDOM_BITS, saturate=None, backend: str = "auto"):
+    """Round ``x`` to ``fmt`` and return the bit patterns, in the smallest unsigned dtype.
+
+    Float formats give ``sign | exponent | mantissa`` in the low ``fmt.bits``
+    bits; fixed formats give the two's complement (or unsigned) integer in
+    ``fmt.bits`` bits. Arguments as :func:`round_to`.
+
+    Raises
+    ------
+    ValueError
+        NaN input for a format without a NaN encoding (fp6/fp4, fixed point).
+
+    Examples
+    --------
+    >>> import lowprec
+    >>> hex(int(lowprec.encode(1.0, "fp16"))), hex(int(lowprec.encode(-1.0, "int8")))
+    ('0x3c00', '0xff')
+    """
+    fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, key = _prepare(
+        x, fmt, rounding, seed, stream, offset, random_bits, saturate)
+    if not fmt.has_nan and flat.size and np.isnan(flat).any():
+        raise ValueError(f"x contains NaN but {fmt.name} has no NaN encoding; "
+                         f"{int(np.isnan(flat).sum())} NaN value(s) cannot be encoded")
+    CW, CM, CB, ity = carrier_of(arr.dtype)
+    codes = np.empty(flat.size, dtype=np.int64)
+    dispatch.encode_array(backend, flat.view(ity), codes, CW, CM, CB, p, int(mode),
+                          np.uint32(key[0]), np.uint32(key[1]), np.int64(key[2]), rbits)
+    out = codes.astype(_pattern_dtype(fmt.bits)).reshape(arr.shape)
+    return out[()] if is_scalar else out
+
+
+def decode(bits, fmt, dtype=np.float64, *, backend: str = "auto"):
+    """The values of bit patterns of ``fmt`` as a float64 (or float32) array.
+
+    Parameters
+    ----------
+    bits : array_like of non-negative ints
+        Patterns as :func:`encode` returns them; values must be below ``2**fmt.bits``.
+    fmt : format or name
+    dtype : float64 (default) or float32 (only if the format fits in float32)
+
+    Examples
+    --------
+    >>> import numpy as np, lowprec
+    >>> lowprec.decode(np.array([0x7E, 0x7F, 0x01], dtype=np.uint8), "fp8_e4m3fn")
+    array([4.48e+02,      nan, 1.953125e-03])
+    """
+    fmt = get_format(fmt)
+    is_scalar = np.isscalar(bits) and not isinstance(bits, (str, bytes))
+    b = np.asarray(bits)
+    if b.dtype.kind not in "iu":
+        raise TypeError(f"bits must be an integer array of bit patterns, got dtype {b.dtype}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    _check_fmt_for_dtype(fmt, dtype)
+    if b.size:
+        if b.dtype.kind == "i" and b.min() < 0:
+            raise ValueError(f"bits must be non-negative patterns, got {b.min()}")
+        if int(b.max()) >= 1 << fmt.bits:
+            raise ValueError(f"bits must be below 2**{fmt.bits} for {fmt.name}, got {int(b.max())}")
+    flat = np.ascontiguousarray(b, dtype=np.int64).reshape(-1)
+    CW, CM, CB, ity = carrier_of(dtype)
+    out = np.empty(flat.size, dtype=dtype)
+    dispatch.decode_array(backend, flat, out.view(ity), CW, CM, CB, fmt._kernel_params())
+    out = out.reshape(b.shape)
+    return out[()] if is_scalar else out
