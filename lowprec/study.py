@@ -1,0 +1,104 @@
+"""The ``lowprec study`` command: run a study from ``studies/``.
+
+``lowprec study --list`` names the studies and what each reproduces;
+``lowprec study NAME [--quick] [--out DIR] [--scheduler ADDRESS]`` runs one
+and prints where its figures, CSV and table went, followed by the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+__all__ = ["add_parser", "run_study", "study_names", "describe"]
+
+
+def _registry() -> dict:
+    from studies import STUDIES
+
+    return STUDIES
+
+
+def study_names() -> list:
+    """The names ``lowprec study`` accepts, in the order of the docs.
+
+    Examples
+    --------
+    >>> "stagnation" in study_names()
+    True
+    """
+    return list(_registry())
+
+
+def _module(name: str):
+    reg = _registry()
+    key = name.strip().lower().replace("_", "-")
+    if key not in reg:
+        raise ValueError(f"unknown study {name!r}; expected one of {', '.join(reg)}")
+    return importlib.import_module(reg[key])
+
+
+def describe(name: str) -> str:
+    """The first paragraph of a study's docstring (what it shows).
+
+    Examples
+    --------
+    >>> describe("formats").startswith("formats:")
+    True
+    """
+    doc = (_module(name).__doc__ or "").strip()
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
+def run_study(name: str, out_dir=None, quick: bool = False, scheduler=None) -> dict:
+    """Run the study ``name``; write its files under ``out_dir`` (default ``study_out/NAME``).
+
+    Returns the study's result dict (``figures``, ``csv``, ``table`` paths, ...).
+
+    Raises
+    ------
+    ValueError
+        Unknown study name.
+    """
+    mod = _module(name)
+    if out_dir is None:
+        out_dir = Path("study_out") / name
+    return mod.run(out_dir, quick=bool(quick), scheduler=scheduler)
+
+
+def _main(args) -> int:
+    if args.list or not args.name:
+        for n in study_names():
+            try:
+                print(f"{n:16s} {describe(n)}")
+            except ImportError as exc:  # a study whose dependencies are not in this build
+                print(f"{n:16s} (unavailable: {exc})")
+        return 0 if args.list else 2
+    t0 = time.perf_counter()
+    res = run_study(args.name, args.out, quick=args.quick, scheduler=args.scheduler)
+    dt = time.perf_counter() - t0
+    print(f"study {args.name} ({'quick' if args.quick else 'full'} run) finished in {dt:.1f} s")
+    for fig in res.get("figures", []):
+        print(f"  figure: {fig}")
+    print(f"  csv:    {res['csv']}")
+    print(f"  table:  {res['table']}")
+    print()
+    print(Path(res["table"]).read_text())
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``lowprec study`` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "study", help="run a study that reproduces a published low-precision result",
+        description="Run a study: writes PNG figures, a CSV of raw results and a Markdown table.")
+    p.add_argument("name", nargs="?", help="study name (see --list)")
+    p.add_argument("--quick", action="store_true", help="tiny grid, under a minute (what CI runs)")
+    p.add_argument("--out", default=None, help="output folder (default study_out/NAME)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address for the sweep (default: a local process pool)")
+    p.add_argument("--list", action="store_true", help="list the studies and exit")
+    p.set_defaults(func=_main)
+    return p
