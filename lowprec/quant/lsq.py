@@ -1,0 +1,120 @@
+"""Learned step size quantization (LSQ, Esser et al., ICLR 2020), numpy level.
+
+Forward: ``xq = s * clamp(round(x / s), -Q_n, Q_p)`` (zero point 0; signed:
+``Q_n = 2**(b-1)``, ``Q_p = 2**(b-1) - 1``; unsigned: ``Q_n = 0``,
+``Q_p = 2**b - 1``), rounded by any lowprec mode through
+:func:`lowprec.quant.affine.quantize` (exact quotient).
+
+Backward (straight-through estimator for round, paper eq. 3):
+
+* ``d xq / d x = 1`` if ``-Q_n <= x/s <= Q_p`` else 0;
+* ``d xq / d s = round(x/s) - x/s`` inside, ``-Q_n`` below, ``Q_p`` above;
+* the step's gradient is multiplied by the gradient scale
+  ``g = 1 / sqrt(N * Q_p)`` with ``N`` the number of elements sharing the step
+  (all of them per tensor, one channel's per channel).
+
+The step starts at ``2 mean(|x|) / sqrt(Q_p)`` (the paper's initialisation).
+:mod:`lowprec.quant.fake_quant` wraps these in an autograd op.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .affine import _check_scale, _norm_axis, check_bits, expand_param, quantize
+
+__all__ = ["lsq_qrange", "lsq_init_step", "lsq_grad_scale", "lsq_forward", "lsq_backward"]
+
+
+def lsq_qrange(bits: int, signed: bool = True):
+    """``(Q_n, Q_p)``: the clamp is ``[-Q_n, Q_p]``.
+
+    Examples
+    --------
+    >>> lsq_qrange(8), lsq_qrange(4, signed=False)
+    ((128, 127), (0, 15))
+    """
+    b = check_bits(bits)
+    return ((1 << (b - 1)), (1 << (b - 1)) - 1) if signed else (0, (1 << b) - 1)
+
+
+def _per_scale(x: np.ndarray, axis):
+    """(reduction axes, N elements per scale)."""
+    if axis is None:
+        return None, x.size
+    ax = _norm_axis(axis, x.ndim)
+    red = tuple(i for i in range(x.ndim) if i != ax)
+    return red, x.size // max(x.shape[ax], 1)
+
+
+def lsq_init_step(x, bits: int = 8, signed: bool = True, axis: Optional[int] = None) -> np.ndarray:
+    """``2 mean|x| / sqrt(Q_p)`` per tensor or per channel (a floor of 1e-8 keeps it positive).
+
+    Examples
+    --------
+    >>> float(lsq_init_step(np.array([-1.0, 1.0]), bits=3))   # 2 * 1 / sqrt(3)
+    1.1547005383792517
+    """
+    xf = np.asarray(x, dtype=np.float64)
+    if xf.size == 0:
+        raise ValueError("cannot initialise a step from empty data")
+    if np.isnan(xf).any():
+        raise ValueError(f"data contains {int(np.isnan(xf).sum())} NaN value(s)")
+    _, qp = lsq_qrange(bits, signed)
+    red, _ = _per_scale(xf, axis)
+    m = np.mean(np.abs(xf), axis=red)
+    return np.maximum(2.0 * m / np.sqrt(qp), 1e-8)
+
+
+def lsq_grad_scale(n_per_scale: int, qp: int) -> float:
+    """The paper's gradient scale ``1 / sqrt(N * Q_p)``."""
+    return 1.0 / float(np.sqrt(float(n_per_scale) * float(qp)))
+
+
+def lsq_forward(x, step, *, bits: int = 8, signed: bool = True, axis: Optional[int] = None,
+                rounding="nearest_even", seed=None) -> np.ndarray:
+    """``s * clamp(round(x/s), -Q_n, Q_p)`` in float64.
+
+    Examples
+    --------
+    >>> lsq_forward(np.array([0.26, -9.0, 9.0]), 0.5, bits=3)
+    array([ 0.5, -2. ,  1.5])
+    """
+    xf = np.asarray(x, dtype=np.float64)
+    s = expand_param(_check_scale(step), xf.shape, axis, None, "step")
+    q = quantize(xf, step, 0, bits=bits, signed=signed, axis=axis, rounding=rounding, seed=seed)
+    return q.astype(np.float64) * s
+
+
+def lsq_backward(x, step, grad_out, *, bits: int = 8, signed: bool = True, axis: Optional[int] = None,
+                 grad_scale: Optional[float] = None, rounding="nearest_even", seed=None):
+    """``(dx, dstep)`` of :func:`lsq_forward` by the straight-through estimator.
+
+    ``dstep`` has the shape of ``step`` and already includes the gradient
+    scale (default ``1/sqrt(N Q_p)``; pass ``grad_scale=1.0`` for none).
+    For stochastic rounding pass the forward pass's ``seed`` so that the
+    same integers are used.
+
+    Examples
+    --------
+    >>> dx, ds = lsq_backward(np.array([0.3, 9.0]), 0.5, np.ones(2), bits=3, grad_scale=1.0)
+    >>> dx.tolist(), round(float(ds), 6)     # (round(0.6) - 0.6) + Q_p = 0.4 + 3
+    ([1.0, 0.0], 3.4)
+    """
+    xf = np.asarray(x, dtype=np.float64)
+    g = np.broadcast_to(np.asarray(grad_out, dtype=np.float64), xf.shape)
+    qn, qp = lsq_qrange(bits, signed)
+    s = expand_param(_check_scale(step), xf.shape, axis, None, "step")
+    q = quantize(xf, step, 0, bits=bits, signed=signed, axis=axis, rounding=rounding,
+                 seed=seed).astype(np.float64)
+    v = xf / s
+    below, above = v < -qn, v > qp
+    inside = ~(below | above)
+    dx = g * inside
+    d = np.where(inside, q - v, np.where(below, -float(qn), float(qp)))
+    red, n = _per_scale(xf, axis)
+    gs = lsq_grad_scale(n, qp) if grad_scale is None else float(grad_scale)
+    dstep = np.sum(g * d, axis=red) * gs
+    return dx, np.asarray(dstep)
