@@ -101,16 +101,22 @@ def is_png(path) -> bool:
 _SUM_KERNEL = None
 
 
-def _build_sum_kernel():
+def _build_sum_kernel(digest):
+    # Cached on disk; `digest` (lowprec.kernels.SOURCE_DIGEST) is referenced so that numba
+    # keys the cache on the kernel sources, as lowprec/kernels/cpu.py does.
     from numba import njit
 
     from lowprec.kernels import scalar
 
-    @njit(nogil=True)
-    def recursive_sum(x, p, mode, key0, key1, offset, rbits, record_every, trace):
-        """s_k = fl(s_{k-1} + x_k); returns the final s; trace[j] = s after (j+1)*record_every adds."""
+    @njit(nogil=True, cache=True)
+    def recursive_sum(x, p, mode, key0, key1, offset, rbits, checkpoints, trace):
+        """s_k = fl(s_{k-1} + x_k). trace[j] = s after checkpoints[j] adds.
+
+        Returns (s_n, the last k at which s_k != s_{k-1})."""
+        digest  # noqa: B018
         s = 0.0
         j = 0
+        last_change = 0
         for i in range(x.size):
             a = s + x[i]
             # TwoSum: a + e == s + x[i] exactly.
@@ -123,23 +129,28 @@ def _build_sum_kernel():
                 # (Boldo and Melquiond 2008).
                 a = np.nextafter(a, np.inf) if e > 0.0 else np.nextafter(a, -np.inf)
             rnd = scalar.random_bits(key0, key1, offset + i, rbits) if mode == scalar.STOCHASTIC else np.uint64(0)
-            s = scalar.round_f64(a, p, mode, rnd, rbits)
-            if record_every > 0 and (i + 1) % record_every == 0 and j < trace.size:
+            t = scalar.round_f64(a, p, mode, rnd, rbits)
+            if t != s:
+                last_change = i + 1
+            s = t
+            while j < checkpoints.size and checkpoints[j] == i + 1:
                 trace[j] = s
                 j += 1
-        return s
+        return s, last_change
 
     return recursive_sum
 
 
-def recursive_sum(x, fmt, rounding="nearest_even", seed=0, record_every: int = 0, n_record: int = 0):
+def recursive_sum(x, fmt, rounding="nearest_even", seed=0, checkpoints=()) -> tuple:
     """Sum ``x`` left to right in ``fmt``: ``s = round(s + x_i)``, each add rounded once.
 
     ``x`` should hold values of ``fmt``. For the nearest and directed modes
     the result is the correctly rounded exact sum (TwoSum, then round-to-odd
     in float64). Stochastic rounding uses 32 random bits on that float64
     value, whose error (below 2**-52 relative) is far below the 2**-32
-    resolution of the probabilities. Returns ``(final sum, trace of partial sums)``.
+    resolution of the probabilities; random counter i is used by add i.
+
+    Returns ``(s_n, last change index, partial sums at the sorted checkpoints)``.
     """
     global _SUM_KERNEL
     from lowprec.formats import get_format
@@ -147,11 +158,14 @@ def recursive_sum(x, fmt, rounding="nearest_even", seed=0, record_every: int = 0
     from lowprec.rounding import get_rounding
 
     if _SUM_KERNEL is None:
-        _SUM_KERNEL = _build_sum_kernel()
+        from lowprec.kernels import SOURCE_DIGEST
+
+        _SUM_KERNEL = _build_sum_kernel(SOURCE_DIGEST)
     fmt = get_format(fmt)
     mode = int(get_rounding(rounding))
     k0, k1 = derive_key(int(seed), 0)
-    trace = np.full(max(n_record, 0), np.nan)
-    s = _SUM_KERNEL(np.ascontiguousarray(x, dtype=np.float64), fmt._kernel_params(), mode,
-                    np.uint32(k0), np.uint32(k1), np.int64(0), 32, int(record_every), trace)
-    return float(s), trace
+    cps = np.asarray(checkpoints, dtype=np.int64)
+    trace = np.full(cps.size, np.nan)
+    s, last = _SUM_KERNEL(np.ascontiguousarray(x, dtype=np.float64), fmt._kernel_params(), mode,
+                          np.uint32(k0), np.uint32(k1), np.int64(0), 32, cps, trace)
+    return float(s), int(last), trace
