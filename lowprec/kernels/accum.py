@@ -1,0 +1,194 @@
+"""Shared scalar steps of an accumulation (dot products, sums, matmul).
+
+Scalars in, scalars out (plus read-only input rows and one small scratch
+array for pairwise order), compiled into both the CPU loops
+(linalg_cpu.py) and the CUDA kernels (linalg_cuda.py), so the two cannot
+drift apart. Every function is ``njit(inline="always")`` and never cached on
+its own (a cached callee cannot be inlined).
+
+All values travel in float64 registers. Every format an accumulation uses
+holds its values exactly in float64, products of the (validated) input
+formats are exact in float64, and every addition is rounded **once** from
+its exact value (NUMERICS.md section 3):
+
+    round_sum(x, y) = round(x + y exactly)
+        s, e = TwoSum(x, y)                 (s + e == x + y exactly)
+        s' = round-to-odd of s + e to 53 bits (s with its last bit forced odd
+             toward e when e != 0)
+        round(s', F, mode)
+
+Rounding to odd at 53 bits and then to a format of precision p <= 51 equals
+rounding the exact value once, for every mode (Boldo and Melquiond,
+"Emulation of FMA and correctly rounded sums: proved algorithms using
+rounding to odd", IEEE TC 2008). For stochastic rounding with r random bits
+it is exact when p + r <= 52: the first 52 bits of s' equal those of the
+exact sum, so the r bits below the kept ones that decide the rounding are
+unchanged (lowprec.accumulation picks r accordingly).
+
+Random counters: the rounding event ``slot`` of term ``k`` of output element
+``o`` uses counter ``offset + (o * K + k) * NSLOT + slot``: a pure function of
+the output element and k, never of a thread, a tile or a backend.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import scalar
+
+_jit = njit(nogil=True, inline="always")
+# The two big steps are compiled once and called (LLVM may still inline them): inlining them at
+# every call site at numba-IR level made one kernel take minutes and gigabytes to compile.
+_call = njit(nogil=True)
+
+# Orders (lowprec.accumulation.ORDERS index).
+SEQUENTIAL = 0
+PAIRWISE = 1
+BLOCKED = 2
+
+# Random counter slots per (output element, k).
+NSLOT = 8
+SLOT_ADD = 0  # s + t (sequential/blocked), pairwise combine keyed by the right block's first k
+SLOT_KAHAN_Y = 1  # y = t - c
+SLOT_KAHAN_Z = 2  # z = (s + y) - s
+SLOT_KAHAN_C = 3  # c = z - y
+SLOT_CHUNK = 4  # chunk sum added to the running total (keyed by the chunk's last k)
+
+STOCHASTIC = scalar.STOCHASTIC
+NEAREST_EVEN = scalar.NEAREST_EVEN
+DOWN = scalar.DOWN
+
+PAIRWISE_STACK = 64  # pairwise needs one slot per bit of K
+
+
+@_jit
+def draw(mode, key0, key1, counter, rbits):
+    """Random bits for a stochastic rounding event (0 for deterministic modes)."""
+    if mode == STOCHASTIC:
+        return scalar.random_bits(key0, key1, counter, rbits)
+    return np.uint64(0)
+
+
+@_jit
+def counter_of(offset, o, K, k, slot):
+    return offset + (np.int64(o) * K + k) * NSLOT + slot
+
+
+@_call
+def round_sum(x, y, p, mode, rnd, rbits):
+    """The exact sum ``x + y`` of two float64 values rounded once to format ``p``."""
+    x = np.float64(x)
+    y = np.float64(y)
+    s = x + y
+    if s - s != 0.0:  # Inf or NaN: nothing below it to keep
+        return scalar.round_f64(s, p, mode, rnd, rbits)
+    bb = s - x
+    e = (x - (s - bb)) + (y - bb)  # TwoSum (Knuth): x + y == s + e exactly
+    if e != 0.0:
+        u = scalar.f64_as_i64(s)
+        if (u & 1) == 0:  # force the last bit odd toward the exact value
+            if (e > 0.0) == (s > 0.0):
+                u += 1
+            else:
+                u -= 1
+        s = scalar.i64_as_f64(u)
+    elif s == 0.0 and mode == DOWN:
+        # an exact zero sum is -0 when rounding down, unless both operands are +0 (IEEE 754 6.3)
+        if scalar.f64_as_i64(x) < 0 or scalar.f64_as_i64(y) < 0 or x != 0.0 or y != 0.0:
+            s = -0.0
+    return scalar.round_f64(s, p, mode, rnd, rbits)
+
+
+@_jit
+def product(a, b, has_prod, pprod):
+    """The product term: exact in float64, or rounded (nearest-even) to the product format."""
+    t = np.float64(a) * np.float64(b)
+    if has_prod:
+        t = scalar.round_f64(t, pprod, NEAREST_EVEN, np.uint64(0), 32)
+    return t
+
+
+@_jit
+def term(a, b, has_prod, pprod, fused, pacc):
+    """The value that enters the accumulator: unfused products are first rounded (nearest-even)."""
+    t = product(a, b, has_prod, pprod)
+    if not fused:
+        t = scalar.round_f64(t, pacc, NEAREST_EVEN, np.uint64(0), 32)
+    return t
+
+
+@_jit
+def kahan_step(s, c, t, pacc, mode, key0, key1, offset, o, K, k, rbits):
+    """One step of compensated (Kahan) summation, every operation rounded in the accumulator.
+
+    Returns the new (s, c). If the sum overflows, the compensation is reset to 0
+    so that Inf propagates instead of turning into NaN."""
+    y = round_sum(t, -c, pacc, mode,
+                  draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_KAHAN_Y), rbits), rbits)
+    tt = round_sum(s, y, pacc, mode,
+                   draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_ADD), rbits), rbits)
+    if tt - tt != 0.0:
+        return tt, 0.0
+    z = round_sum(tt, -s, pacc, mode,
+                  draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_KAHAN_Z), rbits), rbits)
+    c = round_sum(z, -y, pacc, mode,
+                  draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_KAHAN_C), rbits), rbits)
+    return tt, c
+
+
+@_call
+def accumulate(a, ra, b, rb, K, o, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
+               compensated, pout, key0, key1, offset, rbits, stack):
+    """One output element: ``sum_k a[ra, k] * b[rb, k]`` as the description says.
+
+    a, b   : 2-D float64 arrays of input values (already in their input formats)
+    o      : the output element's flat index (keys the random counters)
+    stack  : float64 scratch of PAIRWISE_STACK entries (pairwise order only)
+    Returns the result rounded (nearest-even) to the output format, as float64.
+    """
+    s = 0.0
+    if order == PAIRWISE:
+        sp = 0
+        for k in range(K):
+            v = term(a[ra, k], b[rb, k], has_prod, pprod, fused, pacc)
+            n = k + 1
+            w = 1
+            while (n & 1) == 0:  # binary counter: merge equal-sized blocks
+                sp -= 1
+                v = round_sum(stack[sp], v, pacc, mode,
+                              draw(mode, key0, key1, counter_of(offset, o, K, k + 1 - w, SLOT_ADD), rbits),
+                              rbits)
+                n >>= 1
+                w <<= 1
+            stack[sp] = v
+            sp += 1
+        if K > 0:
+            r = np.int64(K)
+            s = stack[sp - 1]
+            r = r - (r & -r)  # first k of the top block
+            for i in range(sp - 2, -1, -1):
+                s = round_sum(stack[i], s, pacc, mode,
+                              draw(mode, key0, key1, counter_of(offset, o, K, r, SLOT_ADD), rbits), rbits)
+                r = r - (r & -r)
+            if K == 1:  # a lone term still enters the accumulator
+                s = round_sum(0.0, s, pacc, mode,
+                              draw(mode, key0, key1, counter_of(offset, o, K, 0, SLOT_ADD), rbits), rbits)
+    else:
+        C = chunk if order == BLOCKED else K
+        total = 0.0
+        cs = 0.0
+        c = 0.0
+        for k in range(K):
+            t = term(a[ra, k], b[rb, k], has_prod, pprod, fused, pacc)
+            if compensated:
+                cs, c = kahan_step(cs, c, t, pacc, mode, key0, key1, offset, o, K, k, rbits)
+            else:
+                cs = round_sum(cs, t, pacc, mode,
+                               draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_ADD), rbits), rbits)
+            if order == BLOCKED and ((k + 1) % C == 0 or k == K - 1):
+                total = round_sum(total, cs, pchunk, mode,
+                                  draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_CHUNK), rbits),
+                                  rbits)
+                cs = 0.0
+                c = 0.0
+        s = total if order == BLOCKED else cs
+    return scalar.round_f64(s, pout, NEAREST_EVEN, np.uint64(0), 32)

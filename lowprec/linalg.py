@@ -1,0 +1,255 @@
+"""sum, dot and matmul that follow an :class:`~lowprec.accumulation.Accumulation` exactly.
+
+Every result is a pure function of the inputs, the description and the seed:
+the same bits on CPU and CUDA and on any number of threads. BLAS is never
+used (its summation order is unspecified). The inputs are first rounded
+(nearest-even) to the description's input formats; the result has the dtype
+``numpy.result_type(a, b)`` and its values are values of the output format.
+
+Stochastic accumulation draws its random bits from the counter-based
+generator (:mod:`lowprec.rng`); rounding event ``slot`` of term ``k`` of the
+output element with flat index ``o`` (C order over the output's shape) uses
+counter ``offset + (o*K + k)*8 + slot`` (see ``kernels/accum.py``). A call
+consumes ``8 * K * output size`` counters, so a :class:`~lowprec.RandomStream`
+seed gives fresh, reproducible bits call after call.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+from .accumulation import ORDERS, Accumulation, get_accumulation
+from .core import round_to
+from .kernels import accum as _accum
+from .kernels import dispatch
+from .rng import resolve_seed
+
+__all__ = ["matmul", "dot", "sum"]
+
+
+def _as_input(x, name: str) -> np.ndarray:
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a float32/float64 array, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a float32/float64 array: {exc}") from None
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "
+                        f"convert with {name}.astype(np.float32)")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _rounded(x: np.ndarray, fmt, backend: str) -> np.ndarray:
+    """x rounded (nearest-even) to its input format, as float64 (exact)."""
+    return np.asarray(round_to(x, fmt, backend=backend), dtype=np.float64)
+
+
+def _kernel_args(acc: Accumulation) -> tuple:
+    pacc = acc.acc_format._kernel_params()
+    has_prod = acc.product_format is not None
+    pprod = acc.product_format._kernel_params() if has_prod else pacc
+    pchunk = acc.chunk_format._kernel_params() if acc.chunk_format is not None else pacc
+    return (has_prod, pprod, acc.fused, pacc, int(acc.acc_rounding), ORDERS.index(acc.order),
+            int(acc.chunk or 0), pchunk, acc.compensated, acc.out_format._kernel_params())
+
+
+def _check_out(acc: Accumulation, dtype) -> None:
+    if not acc.out_format.fits_in(dtype):
+        raise ValueError(f"out_format {acc.out_format.name} has values that {np.dtype(dtype).name} cannot hold; "
+                         "pass float64 inputs")
+
+
+def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
+    """The flat float64 result of the (batched) product of row blocks ``a2`` and ``bt2``."""
+    n_out = ia.size * M * N
+    out = np.empty(n_out, dtype=np.float64)
+    if acc.is_stochastic:
+        k0, k1, off = resolve_seed(seed, n_out * K * _accum.NSLOT)
+    else:
+        k0 = k1 = off = 0
+    args = (np.ascontiguousarray(a2), np.ascontiguousarray(bt2), np.ascontiguousarray(ia, dtype=np.int64),
+            np.ascontiguousarray(ib, dtype=np.int64), out, np.int64(M), np.int64(N), np.int64(K),
+            *_kernel_args(acc), np.uint32(k0), np.uint32(k1), np.int64(off), np.int64(acc.random_bits))
+    if n_out == 0:
+        return out
+    if backend == "cuda":
+        from .kernels import linalg_cuda
+
+        linalg_cuda._matmul_cuda(*args)
+    else:
+        from .kernels import linalg_cpu
+
+        linalg_cpu._matmul_cpu(*args)
+    return out
+
+
+def _batch_index(batch_shape, own_shape) -> np.ndarray:
+    n = int(np.prod(own_shape, dtype=np.int64))
+    return np.broadcast_to(np.arange(n, dtype=np.int64).reshape(own_shape), batch_shape).ravel()
+
+
+def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
+    """Matrix product ``a @ b`` accumulated exactly as ``accumulation`` says.
+
+    Parameters
+    ----------
+    a : array_like, float32 or float64, shape (..., M, K) or (K,)
+    b : array_like, float32 or float64, shape (..., K, N) or (K,)
+        Batch dimensions broadcast as in ``numpy.matmul``; a 1-D operand is
+        a vector (its dimension is dropped from the result).
+    accumulation : Accumulation or str
+        A description or a preset name (``lowprec.accumulation.PRESETS``).
+    seed : None, int, RandomStream or numpy Generator
+        Random source for stochastic accumulation (ignored otherwise).
+    backend : {"auto", "cpu", "cuda"}
+
+    Returns
+    -------
+    ndarray
+        Shape as ``numpy.matmul``; dtype ``numpy.result_type(a, b)``; each
+        element a value of the output format.
+
+    Raises
+    ------
+    TypeError
+        Non-float inputs (integer, complex, float16, object), unknown types.
+    ValueError
+        Mismatched shapes (the message shows both), 0-d operands, an output
+        format the result dtype cannot hold.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowprec.linalg import matmul
+    >>> a = np.array([[1.0, 2.0**-11, 2.0**-11]], dtype=np.float32)
+    >>> b = np.ones((3, 1), dtype=np.float32)
+    >>> float(matmul(a, b, "fp16")[0, 0]), float(matmul(a, b, "fp16-fp32")[0, 0])
+    (1.0, 1.0009765625)
+    """
+    acc = get_accumulation(accumulation)
+    backend = dispatch.resolve_backend(backend)
+    a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
+    if a_in.ndim == 0 or b_in.ndim == 0:
+        raise ValueError(f"matmul needs arrays of at least 1 dimension, got a with shape {a_in.shape} "
+                         f"and b with shape {b_in.shape}")
+    out_dtype = np.result_type(a_in, b_in)
+    _check_out(acc, out_dtype)
+    A = a_in[None, :] if a_in.ndim == 1 else a_in
+    B = b_in[:, None] if b_in.ndim == 1 else b_in
+    M, K = A.shape[-2:]
+    Kb, N = B.shape[-2:]
+    if K != Kb:
+        raise ValueError(f"matmul shape mismatch: a has shape {a_in.shape} and b has shape {b_in.shape}; "
+                         f"a's last dimension ({K}) must equal b's {'only' if b_in.ndim == 1 else 'second-to-last'} "
+                         f"dimension ({Kb})")
+    try:
+        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
+                         f"{b_in.shape}") from None
+    a2 = _rounded(A, acc.a_format, backend).reshape(-1, K)
+    bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(-1, K)
+    ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
+    out = _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend).reshape(batch + (M, N))
+    if a_in.ndim == 1:
+        out = out[..., 0, :]
+    if b_in.ndim == 1:
+        out = out[..., 0]
+    out = out.astype(out_dtype)
+    return out[()] if out.ndim == 0 else out
+
+
+def dot(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
+    """Dot products over the last axis: ``sum_k a[..., k] * b[..., k]``.
+
+    1-D inputs give a scalar; higher-dimensional inputs broadcast their
+    leading dimensions (like ``numpy.vecdot``). Arguments, counters and
+    errors as :func:`matmul`; the term order is k = 0, 1, ..., K-1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowprec.linalg import dot
+    >>> x = np.array([2.0**24, 1.0, 1.0])
+    >>> float(dot(x, np.ones(3), "fp32")), float(dot(x, np.ones(3), "fp32", backend="cpu"))
+    (16777216.0, 16777216.0)
+    """
+    acc = get_accumulation(accumulation)
+    backend = dispatch.resolve_backend(backend)
+    a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
+    if a_in.ndim == 0 or b_in.ndim == 0:
+        raise ValueError(f"dot needs arrays of at least 1 dimension, got a with shape {a_in.shape} "
+                         f"and b with shape {b_in.shape}")
+    if a_in.shape[-1] != b_in.shape[-1]:
+        raise ValueError(f"dot shape mismatch: a has shape {a_in.shape} and b has shape {b_in.shape}; "
+                         "their last dimensions must be equal")
+    try:
+        np.broadcast_shapes(a_in.shape[:-1], b_in.shape[:-1])
+    except ValueError:
+        raise ValueError(f"dot leading dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
+                         f"{b_in.shape}") from None
+    out = matmul(a_in[..., None, :], b_in[..., :, None], acc, seed=seed, backend=backend)
+    out = out[..., 0, 0]
+    return out[()] if out.ndim == 0 else out
+
+
+def sum(x, axis=None, accumulation="fp32", *, seed=None, backend: str = "auto"):  # noqa: A001
+    """Sum of ``x`` along ``axis`` (all elements when None), accumulated as described.
+
+    The terms are the elements of ``x`` rounded to ``a_format`` (the product
+    with an exact 1; ``b_format`` is not used), in increasing index order
+    along the reduced axes (C order when several are reduced).
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64
+    axis : None, int or tuple of ints
+    accumulation, seed, backend
+        As :func:`matmul`.
+
+    Returns
+    -------
+    ndarray or numpy scalar
+        ``x``'s dtype; the reduced axes removed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowprec.linalg import sum
+    >>> x = np.array([1.0, 2.0**-11, 2.0**-11], dtype=np.float32)
+    >>> float(sum(x, accumulation="fp16")), float(sum(x, accumulation="fp16-pairwise"))
+    (1.0, 1.0009765625)
+    """
+    acc = get_accumulation(accumulation)
+    backend = dispatch.resolve_backend(backend)
+    xin = _as_input(x, "x")
+    _check_out(acc, xin.dtype)
+    if axis is None:
+        axes = tuple(range(xin.ndim))
+    else:
+        raw = axis if isinstance(axis, tuple) else (axis,)
+        axes = []
+        for ax in raw:
+            if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)):
+                raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}")
+            if not -xin.ndim <= ax < builtins.max(xin.ndim, 1):
+                raise ValueError(f"axis {ax} is out of bounds for x with shape {xin.shape}")
+            axes.append(int(ax) % builtins.max(xin.ndim, 1))
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"repeated axis in {axis!r}")
+        axes = tuple(axes)
+    keep = tuple(i for i in range(xin.ndim) if i not in axes)
+    moved = np.transpose(xin, keep + axes) if xin.ndim else xin.reshape(())
+    out_shape = tuple(xin.shape[i] for i in keep)
+    K = int(np.prod([xin.shape[i] for i in axes], dtype=np.int64))
+    R = int(np.prod(out_shape, dtype=np.int64))
+    a2 = _rounded(moved, acc.a_format, backend).reshape(R, K)
+    ones = np.ones((1, K), dtype=np.float64)
+    zero = np.zeros(1, dtype=np.int64)
+    out = _run(a2, ones, zero, zero, R, 1, K, acc, seed, backend).reshape(out_shape).astype(xin.dtype)
+    return out[()] if out.ndim == 0 else out
