@@ -1,0 +1,14 @@
+"""A minimal autograd for emulated mixed-precision training.
+
+:mod:`~lowprec.autograd.tensor` holds :class:`Tensor` and its ops (forward
+and backward side by side), :mod:`~lowprec.autograd.nn` the layers and
+:mod:`~lowprec.autograd.optim` the optimizers. The formats come from a
+precision runtime, :class:`lowprec.amp.Precision`.
+"""
+
+from .nn import MLP, Linear
+from .optim import SGD, Adam, Optimizer, clip_grad_norm
+from .tensor import Tensor, add_bias, matmul, no_grad, softmax_cross_entropy
+
+__all__ = ["Tensor", "matmul", "add_bias", "softmax_cross_entropy", "no_grad", "Linear", "MLP", "SGD",
+           "Adam", "Optimizer", "clip_grad_norm"]

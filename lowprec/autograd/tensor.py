@@ -1,0 +1,465 @@
+"""A small reverse-mode autograd over numpy arrays, with every tensor rounded by role.
+
+Each op builds its output from numpy arithmetic, rounds it to the format the
+precision runtime (:class:`lowprec.amp.Precision`) names for its role, and
+attaches a ``_backward`` closure next to the forward code, as micrograd does.
+
+Numeric model
+-------------
+* Without a runtime (``ctx=None``, the default for tensors you create) ops
+  are plain numpy in the input dtype: float64 tensors give float64
+  gradients (used for finite-difference checks).
+* With a runtime, values are float32 carriers. An op's output is computed
+  in float32 arithmetic (a fused op: one rounding at the end) and rounded
+  once to the ``activation`` format; matmuls go through
+  :func:`lowprec.linalg.matmul` with the policy's accumulation. In the
+  backward pass each gradient contribution is rounded to
+  ``activation_grad`` (or ``weight_grad`` for parameters), and when a
+  tensor receives several contributions their sum is rounded again.
+* The softmax cross-entropy loss is computed in float32 (as autocast
+  does); only its gradient with respect to the logits is rounded.
+
+Writing your own op (e.g. a fake quantizer): compute the output array,
+create ``out = Tensor(data, (x,), "myop", ctx=x.ctx)``, round it with
+``out._round_forward(...)`` if you want the policy's rounding, and set
+``out._backward`` to a closure that calls ``x._add_grad(g)`` for each input
+that ``requires_grad``. :meth:`Tensor._add_grad` applies the gradient
+rounding of the policy.
+
+Examples
+--------
+>>> import numpy as np
+>>> x = Tensor(np.array([[1.0, -2.0]]), requires_grad=True)
+>>> w = Tensor(np.array([[3.0], [4.0]]), requires_grad=True)
+>>> y = (x @ w).relu().mean()
+>>> y.backward()
+>>> x.grad.tolist(), w.grad.tolist()
+([[0.0, 0.0]], [[0.0], [0.0]])
+>>> y = (x @ w).tanh().mean(); x.zero_grad(); w.zero_grad(); y.backward()
+>>> bool(np.isclose(x.grad[0, 0], 3 * (1 - np.tanh(-5.0) ** 2)))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "no_grad"]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+_GRAD_ENABLED = [True]
+
+
+class no_grad:
+    """Context manager: ops build no graph inside it (evaluation)."""
+
+    def __enter__(self):
+        self._prev = _GRAD_ENABLED[0]
+        _GRAD_ENABLED[0] = False
+
+    def __exit__(self, *exc):
+        _GRAD_ENABLED[0] = self._prev
+
+
+def _as_data(data, ctx) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise TypeError(f"Tensor data must be float32/float64 (or ints/bools), got dtype {arr.dtype}")
+    if ctx is not None and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum ``g`` over the axes along which an operand of ``shape`` was broadcast."""
+    if g.shape == shape:
+        return g
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for i, n in enumerate(shape):
+        if n == 1 and g.shape[i] != 1:
+            g = g.sum(axis=i, keepdims=True)
+    return g
+
+
+class Tensor:
+    """An array with a gradient, a place in the graph and a precision runtime.
+
+    Parameters
+    ----------
+    data : array_like
+        float32/float64 values (ints are taken as float64). With a ``ctx``
+        the data are stored as float32.
+    _children : tuple of Tensor
+        The inputs of the op that made this tensor (internal).
+    _op : str
+        The op's name (for printing and telemetry names).
+    requires_grad : bool
+        Whether gradients are computed for this tensor (ops propagate it).
+    name : str, optional
+        Name used in telemetry (``<name>`` for the value, ``<name>.grad``).
+    ctx : lowprec.amp.Precision, optional
+        The precision runtime; ops inherit it from their inputs.
+    is_param : bool
+        A trained parameter: its gradient is rounded as ``weight_grad``.
+
+    Examples
+    --------
+    >>> t = Tensor([1.0, 2.0], requires_grad=True)
+    >>> (t * t).mean().backward(); t.grad
+    array([1., 2.])
+    """
+
+    def __init__(self, data, _children: tuple = (), _op: str = "", *, requires_grad: bool = False,
+                 name: Optional[str] = None, ctx=None, is_param: bool = False):
+        if ctx is None:
+            for c in _children:
+                if c.ctx is not None:
+                    ctx = c.ctx
+                    break
+        self.ctx = ctx
+        self.data = _as_data(data, ctx)
+        self.grad: Optional[np.ndarray] = None
+        self._grad_set = False
+        self._backward = lambda: None
+        self._prev = tuple(_children) if _GRAD_ENABLED[0] else ()
+        self._op = _op
+        self.requires_grad = bool(requires_grad) or (_GRAD_ENABLED[0] and any(c.requires_grad for c in _children))
+        self.name = name
+        self.is_param = bool(is_param)
+
+    # ----- plumbing -------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __repr__(self) -> str:
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, op={self._op!r}, name={self.name!r})"
+
+    def numpy(self) -> np.ndarray:
+        """The values (the array itself, not a copy)."""
+        return self.data
+
+    def _tname(self, default: str) -> str:
+        return self.name or default
+
+    def _round_forward(self, role: str = "activation") -> "Tensor":
+        """Round ``self.data`` in place to the format of ``role`` (no-op without a runtime)."""
+        if self.ctx is not None:
+            self.data = self.ctx.round(self.data, role, self._tname(self._op))
+        return self
+
+    def _add_grad(self, g: np.ndarray) -> None:
+        """Accumulate a gradient contribution, rounded to this tensor's gradient role."""
+        if not self.requires_grad:
+            return
+        if g.shape != self.data.shape:
+            g = np.broadcast_to(g, self.data.shape)
+        if self.ctx is None:
+            g = np.asarray(g, dtype=self.data.dtype)
+            self.grad = g.copy() if not self._grad_set else self.grad + g
+        else:
+            g = np.asarray(g, dtype=np.float32)
+            if self._grad_set:
+                g = self.grad + g
+            role = "weight_grad" if self.is_param else "activation_grad"
+            self.grad = np.ascontiguousarray(self.ctx.round(g, role, self._tname(self._op) + ".grad"))
+        self._grad_set = True
+
+    def zero_grad(self) -> None:
+        """Forget the gradient (the next backward starts from zero)."""
+        self.grad = None
+        self._grad_set = False
+
+    def backward(self, grad=None) -> None:
+        """Back-propagate from this tensor.
+
+        Parameters
+        ----------
+        grad : array_like or float, optional
+            The gradient of the final objective with respect to this tensor;
+            default 1 (this tensor is the loss). A loss scale is passed here.
+        """
+        topo: list = []
+        seen: set = set()
+        stack = [(self, False)]
+        while stack:  # iterative post-order DFS (no recursion limit on deep graphs)
+            node, done = stack.pop()
+            if done:
+                topo.append(node)
+                continue
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            for child in node._prev:
+                if id(child) not in seen:
+                    stack.append((child, False))
+        for node in topo:
+            if not node.is_param and node._prev:
+                node.zero_grad()  # intermediate gradients start fresh; leaves accumulate
+        seed = np.ones_like(self.data) if grad is None else np.broadcast_to(
+            np.asarray(grad, dtype=self.data.dtype), self.data.shape).copy()
+        self.grad = seed
+        self._grad_set = True
+        for node in reversed(topo):
+            if node._grad_set:
+                node._backward()
+
+    # ----- ops: forward and backward side by side --------------------------------------------
+
+    def __matmul__(self, other) -> "Tensor":
+        return matmul(self, other)
+
+    def matmul(self, other, name: Optional[str] = None) -> "Tensor":
+        """``self @ other`` (see :func:`matmul`)."""
+        return matmul(self, other, name=name)
+
+    def __add__(self, other) -> "Tensor":
+        other = other if isinstance(other, Tensor) else Tensor(np.asarray(other, dtype=self.dtype), ctx=self.ctx)
+        try:
+            data = self.data + other.data
+        except ValueError:
+            raise ValueError(f"cannot add tensors of shapes {self.shape} and {other.shape}") from None
+        out = Tensor(data, (self, other), "add")._round_forward()
+
+        def _backward():
+            self._add_grad(_unbroadcast(out.grad, self.shape))
+            other._add_grad(_unbroadcast(out.grad, other.shape))
+        out._backward = _backward
+        return out
+
+    __radd__ = __add__
+
+    def add_bias(self, bias: "Tensor", name: Optional[str] = None) -> "Tensor":
+        """``self + bias`` with ``bias`` of shape (features,) broadcast over rows."""
+        return add_bias(self, bias, name=name)
+
+    def __mul__(self, other) -> "Tensor":
+        other = other if isinstance(other, Tensor) else Tensor(np.asarray(other, dtype=self.dtype), ctx=self.ctx)
+        try:
+            data = self.data * other.data
+        except ValueError:
+            raise ValueError(f"cannot multiply tensors of shapes {self.shape} and {other.shape}") from None
+        out = Tensor(data, (self, other), "mul")._round_forward()
+
+        def _backward():
+            self._add_grad(_unbroadcast(out.grad * other.data, self.shape))
+            other._add_grad(_unbroadcast(out.grad * self.data, other.shape))
+        out._backward = _backward
+        return out
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Tensor":
+        return self * -1.0
+
+    def __sub__(self, other) -> "Tensor":
+        return self + (-other if isinstance(other, Tensor) else -np.asarray(other))
+
+    def relu(self, name: Optional[str] = None) -> "Tensor":
+        """max(x, 0); the gradient at 0 is taken as 0."""
+        mask = self.data > 0
+        out = Tensor(np.where(mask, self.data, self.data.dtype.type(0)), (self,), "relu", name=name)
+        out._round_forward()
+
+        def _backward():
+            self._add_grad(np.where(mask, out.grad, out.grad.dtype.type(0)))
+        out._backward = _backward
+        return out
+
+    def tanh(self, name: Optional[str] = None) -> "Tensor":
+        """tanh(x); the backward uses the rounded output: d = 1 - y**2."""
+        out = Tensor(np.tanh(self.data), (self,), "tanh", name=name)._round_forward()
+
+        def _backward():
+            y = out.data
+            self._add_grad(out.grad * (1 - y * y))
+        out._backward = _backward
+        return out
+
+    def gelu(self, name: Optional[str] = None) -> "Tensor":
+        """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))."""
+        x = self.data
+        c = x.dtype.type(_SQRT_2_OVER_PI)
+        k = x.dtype.type(_GELU_C)
+        t = np.tanh(c * (x + k * x * x * x))
+        half = x.dtype.type(0.5)
+        out = Tensor(half * x * (1 + t), (self,), "gelu", name=name)._round_forward()
+
+        def _backward():
+            d = half * (1 + t) + half * x * (1 - t * t) * c * (1 + 3 * k * x * x)
+            self._add_grad(out.grad * d)
+        out._backward = _backward
+        return out
+
+    def sum(self, axis=None, name: Optional[str] = None) -> "Tensor":
+        """Sum over ``axis`` (all axes by default)."""
+        out = Tensor(np.asarray(self.data.sum(axis=axis)), (self,), "sum", name=name)._round_forward()
+
+        def _backward():
+            g = out.grad if axis is None else np.expand_dims(out.grad, axis)
+            self._add_grad(np.broadcast_to(g, self.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, axis=None, name: Optional[str] = None) -> "Tensor":
+        """Mean over ``axis`` (all axes by default)."""
+        n = self.data.size if axis is None else np.prod([self.shape[a] for a in np.atleast_1d(axis)])
+        out = Tensor(np.asarray(self.data.mean(axis=axis)), (self,), "mean", name=name)._round_forward()
+
+        def _backward():
+            g = out.grad if axis is None else np.expand_dims(out.grad, axis)
+            self._add_grad(np.broadcast_to(g / g.dtype.type(n), self.shape))
+        out._backward = _backward
+        return out
+
+    def reshape(self, *shape) -> "Tensor":
+        """A tensor with the same values in a new shape (no rounding: values are unchanged)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        try:
+            data = self.data.reshape(shape)
+        except ValueError:
+            raise ValueError(f"cannot reshape a tensor of shape {self.shape} into {shape}") from None
+        out = Tensor(data, (self,), "reshape")
+
+        def _backward():
+            self._add_grad(out.grad.reshape(self.shape))
+        out._backward = _backward
+        return out
+
+
+def _check_matmul_shapes(a: Tensor, b: Tensor) -> None:
+    if a.data.ndim < 2 or b.data.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul needs (..., M, K) @ (..., K, N) operands, got shapes {a.shape} and {b.shape}")
+
+
+def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str) -> np.ndarray:
+    """a @ b: plain numpy without a runtime, else lowprec.linalg with the policy's accumulation."""
+    if ctx is None:
+        return a @ b
+    from .. import linalg  # issue 3's module
+
+    return linalg.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), ctx.accumulation(which),
+                         seed=ctx.streams["matmul_" + which])
+
+
+def matmul(a: Tensor, b: Tensor, name: Optional[str] = None) -> Tensor:
+    """``a @ b`` for 2-D tensors (M, K) @ (K, N).
+
+    With a runtime the product runs through :func:`lowprec.linalg.matmul`
+    with the policy's ``forward_accumulation``; the gradients ``g @ b.T`` and
+    ``(g.T @ a).T`` (gradient operand on the left) use
+    ``backward_accumulation``. Outputs are rounded to ``activation`` and the
+    gradients to their roles.
+
+    Raises
+    ------
+    ValueError
+        The inner dimensions differ (the message shows both shapes).
+    """
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"matmul needs two Tensors, got {type(a).__name__} and {type(b).__name__}")
+    _check_matmul_shapes(a, b)
+    if a.data.ndim != 2 or b.data.ndim != 2:
+        raise ValueError(f"matmul takes 2-D tensors, got shapes {a.shape} and {b.shape}")
+    ctx = a.ctx or b.ctx
+    out = Tensor(_mm(ctx, a.data, b.data, "forward"), (a, b), "matmul", name=name, ctx=ctx)._round_forward()
+
+    def _backward():
+        g = out.grad
+        if a.requires_grad:
+            a._add_grad(_mm(ctx, g, b.data.T, "backward"))
+        if b.requires_grad:  # dB = a.T @ g computed as (g.T @ a).T: the gradient is the left operand
+            b._add_grad(_mm(ctx, g.T, a.data, "backward").T)
+    out._backward = _backward
+    return out
+
+
+def add_bias(x: Tensor, bias: Tensor, name: Optional[str] = None) -> Tensor:
+    """``x + bias`` for x of shape (N, F) and bias of shape (F,); the bias gradient sums over rows.
+
+    Raises
+    ------
+    ValueError
+        ``bias`` is not 1-D with ``x.shape[-1]`` entries.
+    """
+    if bias.data.ndim != 1 or x.data.ndim < 1 or bias.shape[0] != x.shape[-1]:
+        raise ValueError(f"bias must have shape ({x.shape[-1] if x.data.ndim else '?'},) to match x of shape "
+                         f"{x.shape}, got {bias.shape}")
+    out = Tensor(x.data + bias.data, (x, bias), "add_bias", name=name)._round_forward()
+
+    def _backward():
+        x._add_grad(out.grad)
+        bias._add_grad(out.grad.reshape(-1, bias.shape[0]).sum(axis=0))
+    out._backward = _backward
+    return out
+
+
+def softmax_cross_entropy(logits: Tensor, labels, name: Optional[str] = "loss") -> Tensor:
+    """Mean cross-entropy of softmax(logits) against integer labels, computed stably.
+
+    ``loss = mean_i(logsumexp(z_i) - z_i[y_i])`` with ``z_i = logits_i - max(logits_i)``,
+    in the carrier precision (float32 with a runtime). The gradient with
+    respect to the logits, ``(softmax(z) - onehot(y)) * upstream / N``, is
+    rounded to ``activation_grad``.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (N, C)
+    labels : array_like of ints in [0, C), shape (N,)
+
+    Raises
+    ------
+    ValueError
+        Shapes do not match or labels are out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> loss = softmax_cross_entropy(Tensor(np.zeros((2, 4))), [0, 3])
+    >>> bool(np.isclose(float(loss.data), np.log(4)))
+    True
+    """
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a Tensor, got {type(logits).__name__}")
+    y = np.asarray(labels)
+    if logits.data.ndim != 2:
+        raise ValueError(f"logits must have shape (N, C), got {logits.shape}")
+    if y.ndim != 1 or y.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits {logits.shape}, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    n, c = logits.shape
+    if n and (y.min() < 0 or y.max() >= c):
+        raise ValueError(f"labels must be in [0, {c}), got values in [{y.min()}, {y.max()}]")
+    z = logits.data - logits.data.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = (np.log(s[:, 0]) - z[rows, y]).mean()
+    out = Tensor(np.asarray(loss, dtype=logits.dtype), (logits,), "cross_entropy", name=name)
+
+    def _backward():
+        p = e / s
+        p[rows, y] -= 1
+        logits._add_grad(p * (out.grad / out.grad.dtype.type(n)))
+    out._backward = _backward
+    return out

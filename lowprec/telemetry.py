@@ -1,0 +1,190 @@
+"""Training telemetry: what each rounding did to each tensor, step by step.
+
+Every time the precision runtime (:class:`lowprec.amp.Precision`) rounds a
+tensor to the format its policy names for a role, it can report the values
+before and after to a :class:`Telemetry` object, which counts, per tensor
+name and per step:
+
+``underflow``
+    non-zero finite values that became (signed) zero;
+``subnormal``
+    results that are non-zero but smaller in magnitude than the format's
+    smallest normal number (``fmt.tiny``): values that kept only part of
+    their precision;
+``overflow``
+    finite values that became +-Inf, were saturated to +-max (|x| > max
+    and the result is +-max), or became NaN in a format without Inf
+    (fp8 e4m3fn without saturation);
+``nan``
+    NaN values in the rounded tensor (new or propagated from the input).
+
+It also keeps the loss-scale trace (scale per step and whether the step was
+skipped). Counts are plain ints so that the record is JSON-serialisable.
+
+Examples
+--------
+>>> import numpy as np
+>>> from lowprec.telemetry import count_events
+>>> x = np.array([1e-9, 3e-6, 1.0, 7e4, np.nan], dtype=np.float32)
+>>> y = np.array([0.0, 2.980232238769531e-06, 1.0, np.inf, np.nan], dtype=np.float32)
+>>> count_events(x, y, "fp16")
+{'underflow': 1, 'subnormal': 1, 'overflow': 1, 'nan': 1}
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import numpy as np
+
+from .formats import FloatFormat, get_format
+
+__all__ = ["EVENTS", "count_events", "Telemetry"]
+
+#: The event kinds counted, in the order used by the CSV columns.
+EVENTS = ("underflow", "subnormal", "overflow", "nan")
+
+
+def count_events(before, after, fmt) -> dict:
+    """Count underflow, subnormal, overflow and NaN events of one rounding.
+
+    Parameters
+    ----------
+    before, after : ndarray
+        The values before and after rounding to ``fmt`` (same shape).
+    fmt : format or name
+        The format ``after`` was rounded to.
+
+    Returns
+    -------
+    dict
+        ``{"underflow": int, "subnormal": int, "overflow": int, "nan": int}``
+        as defined in the module docstring.
+    """
+    fmt = get_format(fmt)
+    before = np.asarray(before)
+    after = np.asarray(after)
+    if before.shape != after.shape:
+        raise ValueError(f"before and after must have the same shape, got {before.shape} and {after.shape}")
+    a_abs = np.abs(after)
+    zero_after = after == 0
+    nan_after = np.isnan(after)
+    if before is after:  # nothing was rounded: only the state of the values is counted
+        underflow = 0
+    else:
+        underflow = int(np.count_nonzero(zero_after & (before != 0) & np.isfinite(before)))
+    tiny = float(fmt.tiny) if isinstance(fmt, FloatFormat) else 0.0
+    subnormal = int(np.count_nonzero((a_abs < tiny) & ~zero_after)) if tiny > 0 else 0
+    if before is after:
+        overflow = 0
+    else:
+        finite_before = np.isfinite(before)
+        big = np.isinf(after)
+        if not (isinstance(fmt, FloatFormat) and fmt.has_inf):
+            big = big | nan_after
+        if isinstance(fmt, FloatFormat):
+            big = big | ((a_abs == float(fmt.max)) & (np.abs(before) > float(fmt.max)))
+        overflow = int(np.count_nonzero(big & finite_before))
+    nan = int(np.count_nonzero(nan_after))
+    return {"underflow": underflow, "subnormal": subnormal, "overflow": overflow, "nan": nan}
+
+
+class Telemetry:
+    """Per-step, per-tensor counts of rounding events, and the loss-scale trace.
+
+    Use :meth:`begin_step` before a training step and :meth:`end_step` after
+    it; :meth:`record` is called by the precision runtime for each rounded
+    tensor in between. Records made outside a step (evaluation) are ignored.
+
+    Attributes
+    ----------
+    steps : list of dict
+        One entry per finished step: ``{"step": int, "loss_scale": float,
+        "skipped": bool, "tensors": {name: {"role": str, "format": str,
+        "size": int, "underflow": int, ...}}}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = Telemetry()
+    >>> t.begin_step(0)
+    >>> t.record("layer0.grad", "weight_grad", np.float32([1e-9, 1.0]), np.float32([0.0, 1.0]), "fp16")
+    >>> t.end_step(loss_scale=1.0, skipped=False)
+    >>> t.totals()["weight_grad"]["underflow"]
+    1
+    """
+
+    def __init__(self, enabled: bool = True, keep_steps: bool = True):
+        self.enabled = bool(enabled)
+        self.keep_steps = bool(keep_steps)
+        self.steps: list = []
+        self.last_step: Optional[dict] = None
+        self.tensor_totals: dict = {}
+        self._current = None
+
+    def begin_step(self, step: int) -> None:
+        """Start collecting counts for training step ``step``."""
+        self._current = {"step": int(step), "loss_scale": None, "skipped": False, "tensors": {}}
+
+    def record(self, name: str, role: str, before, after, fmt) -> None:
+        """Count the events of one rounding of tensor ``name`` (role ``role``)."""
+        if not self.enabled or self._current is None:
+            return
+        counts = count_events(before, after, fmt)
+        tensors = self._current["tensors"]
+        entry = tensors.get(name)
+        if entry is None:
+            fmt = get_format(fmt)
+            tensors[name] = {"role": role, "format": fmt.name, "size": int(np.size(after)), **counts}
+        else:  # the same tensor rounded twice in a step (e.g. gradient accumulation): add up
+            for k in EVENTS:
+                entry[k] += counts[k]
+
+    def end_step(self, loss_scale: float = 1.0, skipped: bool = False) -> None:
+        """Finish the current step, recording its loss scale and whether it was skipped."""
+        if self._current is None:
+            return
+        self._current["loss_scale"] = float(loss_scale)
+        self._current["skipped"] = bool(skipped)
+        for name, entry in self._current["tensors"].items():
+            tot = self.tensor_totals.setdefault(name, {"role": entry["role"], "format": entry["format"],
+                                                       **dict.fromkeys(EVENTS, 0)})
+            for k in EVENTS:
+                tot[k] += entry[k]
+        self.last_step = self._current
+        if self.keep_steps:
+            self.steps.append(self._current)
+        self._current = None
+
+    @property
+    def loss_scale_trace(self) -> list:
+        """The loss scale used at each finished step."""
+        return [s["loss_scale"] for s in self.steps]
+
+    def step_totals(self, step_record: dict) -> dict:
+        """Sum one step's counts per role: ``{role: {event: int}}``."""
+        out: dict = defaultdict(lambda: dict.fromkeys(EVENTS, 0))
+        for entry in step_record["tensors"].values():
+            acc = out[entry["role"]]
+            for k in EVENTS:
+                acc[k] += entry[k]
+        return dict(out)
+
+    def totals(self) -> dict:
+        """Counts summed over all finished steps, per role: ``{role: {event: int}}``."""
+        return self.step_totals({"tensors": self.tensor_totals})
+
+    def state_dict(self) -> dict:
+        """A JSON-serialisable copy of the record (for checkpoints)."""
+        return {"enabled": self.enabled, "keep_steps": self.keep_steps, "steps": self.steps,
+                "tensor_totals": self.tensor_totals}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a record written by :meth:`state_dict`."""
+        self.enabled = bool(state["enabled"])
+        self.keep_steps = bool(state["keep_steps"])
+        self.steps = list(state["steps"])
+        self.tensor_totals = {k: dict(v) for k, v in state["tensor_totals"].items()}
+        self.last_step = self.steps[-1] if self.steps else None
+        self._current = None
