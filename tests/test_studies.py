@@ -1,0 +1,200 @@
+"""Each study's quick run writes its files, and their content agrees with independent references."""
+
+import csv
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from lowprec.cli import main
+from lowprec.study import describe, run_study, study_names
+from studies._common import PNG_SIGNATURE, recursive_sum
+from studies.stagnation import reference_recursive_sum, round_fraction
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _check_outputs(res, out):
+    assert Path(res["csv"]).parent == out and Path(res["table"]).suffix == ".md"
+    assert res["figures"], "a study must draw at least one figure"
+    for fig in res["figures"]:
+        data = Path(fig).read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 2000, fig
+    assert len(_rows(res["csv"])) > 0
+    table = Path(res["table"]).read_text()
+    assert table.startswith("# ") and "|---|" in table
+
+
+def _run(name, tmp_path_factory):
+    out = tmp_path_factory.mktemp(name)
+    res = run_study(name, out, quick=True)
+    _check_outputs(res, out)
+    return res
+
+
+@pytest.fixture(scope="module")
+def formats_run(tmp_path_factory):
+    return _run("formats", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def stagnation_run(tmp_path_factory):
+    return _run("stagnation", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def rounding_run(tmp_path_factory):
+    return _run("rounding-error", tmp_path_factory)
+
+
+# -- registry and command line ----------------------------------------------
+def test_every_study_has_a_module_with_run_and_a_citing_docstring():
+    import importlib
+
+    from studies import STUDIES
+
+    assert study_names() == list(STUDIES)
+    for name, modname in STUDIES.items():
+        mod = importlib.import_module(modname)
+        assert callable(mod.run)
+        doc = mod.__doc__
+        assert doc.startswith(name + ":"), name
+        assert "reproduces" in doc and any(str(y) in doc for y in range(1990, 2026)), name
+        assert describe(name).startswith(name)
+
+
+def test_cli_list_names_all_studies(capsys):
+    assert main(["study", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in study_names():
+        assert name in out
+
+
+def test_cli_runs_a_study_and_prints_its_table(tmp_path, capsys):
+    assert main(["study", "formats", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| fp16 | 16 | 5 | 10 | 65504 |" in out
+    assert (tmp_path / "formats.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_cli_unknown_study_is_a_clear_error(capsys):
+    assert main(["study", "no-such-study"]) == 2
+    assert "unknown study 'no-such-study'" in capsys.readouterr().err
+
+
+# -- formats ------------------------------------------------------------------
+def test_formats_table_matches_ml_dtypes_and_numpy(formats_run):
+    rows = {r["format"]: r for r in _rows(formats_run["csv"])}
+    refs = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16,
+            "fp8_e4m3fn": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2,
+            "fp6_e3m2fn": ml_dtypes.float6_e3m2fn, "fp4_e2m1fn": ml_dtypes.float4_e2m1fn}
+    for name, dt in refs.items():
+        fi = ml_dtypes.finfo(dt)
+        r = rows[name]
+        assert float(r["max"]) == float(fi.max), name
+        assert float(r["tiny"]) == float(fi.smallest_normal), name
+        assert float(r["smallest_subnormal"]) == float(fi.smallest_subnormal), name
+        assert float(r["eps"]) == float(fi.eps), name
+    # distinct finite values (+0 and -0 counted apart) of the 16-bit formats, by brute force
+    for name, dt in (("fp16", np.float16), ("bf16", ml_dtypes.bfloat16)):
+        with np.errstate(invalid="ignore"):
+            vals = np.arange(1 << 16, dtype=np.uint16).view(dt).astype(np.float64)
+        assert int(rows[name]["finite_values"]) == int(np.isfinite(vals).sum())
+    assert int(rows["fp32"]["finite_values"]) == 2 ** 32 - 2 * 2 ** 23
+
+
+# -- stagnation -----------------------------------------------------------------
+def test_fp16_harmonic_stagnation_equals_the_exact_reference(stagnation_run):
+    rows = [r for r in _rows(stagnation_run["csv"]) if r["data"] == "harmonic"]
+    row = next(r for r in rows if r["fmt"] == "fp16" and r["rounding"] == "nearest_even")
+    n = int(row["n"])
+    # independent data: numpy's float16 casts of 1/i, summed in exact rational arithmetic
+    terms = (1.0 / np.arange(1, n + 1)).astype(np.float16).astype(np.float64)
+    ref_value, ref_last = reference_recursive_sum(terms, "fp16", "nearest_even")
+    assert float(row["value"]) == ref_value == float(row["reference_value"])
+    assert ref_value == 7.0859375 and ref_last == int(row["last_change"]) == 512  # Higham & Pranesh 2019
+    exact = sum(Fraction(t) for t in terms.tolist())
+    assert float(row["exact"]) == float(exact)
+    bf = next(r for r in rows if r["fmt"] == "bf16" and r["rounding"] == "nearest_even")
+    assert float(bf["value"]) == 5.0625 and int(bf["last_change"]) == 64
+
+
+def test_every_deterministic_row_equals_its_reference(stagnation_run):
+    rows = [r for r in _rows(stagnation_run["csv"]) if r["rounding"] != "stochastic"]
+    assert rows
+    for r in rows:
+        assert r["value"] == r["reference_value"] or (r["value"] == "nan" and r["reference_value"] == "inf"
+                                                      and r["fmt"] == "fp8_e4m3fn"), r
+
+
+def test_stochastic_rounding_beats_nearest_on_long_sums(stagnation_run):
+    rows = _rows(stagnation_run["csv"])
+    for fmt in ("fp16", "bf16"):
+        for data in ("harmonic", "uniform"):
+            rn = next(float(r["rel_error"]) for r in rows
+                      if (r["fmt"], r["data"], r["rounding"]) == (fmt, data, "nearest_even"))
+            sr = [float(r["rel_error"]) for r in rows
+                  if (r["fmt"], r["data"], r["rounding"]) == (fmt, data, "stochastic")]
+            assert len(sr) >= 3
+            assert np.mean(sr) < rn or rn < 0.01, (fmt, data)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16", "fp8_e5m2"])
+@pytest.mark.parametrize("mode", ["nearest_even", "toward_zero", "up", "down"])
+def test_recursive_sum_kernel_matches_rational_reference(fmt, mode):
+    # Mixed signs and magnitudes 2^-40..2^6: many sums are inexact in float64 (the
+    # round-to-odd path), some are ties, some cancel.
+    from lowprec import round_to
+
+    rng = np.random.default_rng(5)
+    x = rng.choice([-1.0, 1.0], 300) * 2.0 ** rng.uniform(-40, 6, 300)
+    x[::7] = 2.0 ** -40
+    x = round_to(x, fmt)
+    ref, ref_last = reference_recursive_sum(x, fmt, mode)
+    got, last, _ = recursive_sum(x, fmt, mode)
+    assert got == ref and last == ref_last
+
+
+def test_round_fraction_matches_numpy_float16():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(2000) * 2.0 ** rng.integers(-26, 17, 2000),
+                        [65519.0, 65520.0, 2.0 ** -25, 3 * 2.0 ** -26]])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float64)
+    got = [float(round_fraction(Fraction(v), "fp16", "nearest_even")) for v in x.tolist()]
+    assert np.array_equal(np.array(got), want)
+
+
+# -- rounding error ---------------------------------------------------------------
+def test_rounding_error_bounds_and_bias(rounding_run):
+    rows = _rows(rounding_run["csv"])
+    assert {r["fmt"] for r in rows} == {"fp16", "bf16", "fp8_e4m3fn"}
+    for r in rows:
+        mx, mean = float(r["max_abs"]), float(r["mean"])
+        hist = list(map(int, r["hist"].split()))
+        assert sum(hist) == int(r["samples"])
+        if r["rounding"].startswith("nearest"):
+            assert mx <= 1.0  # |delta| <= u
+        else:
+            assert mx < 2.0 + 1e-9  # one ulp is at most 2u relative
+        if r["rounding"] in ("toward_zero", "down"):
+            assert mean < -0.5  # positive inputs: always rounded down
+        if r["rounding"] == "up":
+            assert mean > 0.5
+        if r["rounding"] == "stochastic":
+            # mean of n draws: |mean| <= 5 * sigma / sqrt(n), sigma < 2
+            assert abs(mean) < 5 * 2 / math.sqrt(int(r["samples"]))
+
+
+def test_stochastic_bias_shrinks_and_nearest_bias_does_not(rounding_run):
+    rows = _rows(Path(rounding_run["csv"]).with_name("rounding_error_bias.csv"))
+    rn = [float(r["abs_bias_ulps"]) for r in rows if r["rounding"] == "nearest_even"]
+    assert rn and all(b == pytest.approx(1 / 3, rel=1e-12) for b in rn)  # x0 = 1 + ulp/3 -> 1
+    big = [float(r["abs_bias_ulps"]) for r in rows if r["rounding"] == "stochastic" and int(r["M"]) == 1024]
+    assert big and max(big) < 5 * math.sqrt(2 / 9) / math.sqrt(1024)
