@@ -152,8 +152,9 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     except ValueError:
         raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
                          f"{b_in.shape}") from None
-    a2 = _rounded(A, acc.a_format, backend).reshape(-1, K)
-    bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(-1, K)
+    a2 = _rounded(A, acc.a_format, backend).reshape(int(np.prod(A.shape[:-1], dtype=np.int64)), K)
+    bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(
+        int(np.prod(B.shape[:-2], dtype=np.int64)) * N, K)
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
     out = _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend).reshape(batch + (M, N))
     if a_in.ndim == 1:

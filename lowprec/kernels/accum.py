@@ -60,6 +60,12 @@ DOWN = scalar.DOWN
 PAIRWISE_STACK = 64  # pairwise needs one slot per bit of K
 
 
+@_call
+def round64(x, p, mode, rnd, rbits):
+    """scalar.round_f64 compiled once and called (keeps compile time and code size down)."""
+    return scalar.round_f64(x, p, mode, rnd, rbits)
+
+
 @_jit
 def draw(mode, key0, key1, counter, rbits):
     """Random bits for a stochastic rounding event (0 for deterministic modes)."""
@@ -80,7 +86,7 @@ def round_sum(x, y, p, mode, rnd, rbits):
     y = np.float64(y)
     s = x + y
     if s - s != 0.0:  # Inf or NaN: nothing below it to keep
-        return scalar.round_f64(s, p, mode, rnd, rbits)
+        return round64(s, p, mode, rnd, rbits)
     bb = s - x
     e = (x - (s - bb)) + (y - bb)  # TwoSum (Knuth): x + y == s + e exactly
     if e != 0.0:
@@ -95,7 +101,7 @@ def round_sum(x, y, p, mode, rnd, rbits):
         # an exact zero sum is -0 when rounding down, unless both operands are +0 (IEEE 754 6.3)
         if scalar.f64_as_i64(x) < 0 or scalar.f64_as_i64(y) < 0 or x != 0.0 or y != 0.0:
             s = -0.0
-    return scalar.round_f64(s, p, mode, rnd, rbits)
+    return round64(s, p, mode, rnd, rbits)
 
 
 @_jit
@@ -103,7 +109,7 @@ def product(a, b, has_prod, pprod):
     """The product term: exact in float64, or rounded (nearest-even) to the product format."""
     t = np.float64(a) * np.float64(b)
     if has_prod:
-        t = scalar.round_f64(t, pprod, NEAREST_EVEN, np.uint64(0), 32)
+        t = round64(t, pprod, NEAREST_EVEN, np.uint64(0), 32)
     return t
 
 
@@ -112,7 +118,7 @@ def term(a, b, has_prod, pprod, fused, pacc):
     """The value that enters the accumulator: unfused products are first rounded (nearest-even)."""
     t = product(a, b, has_prod, pprod)
     if not fused:
-        t = scalar.round_f64(t, pacc, NEAREST_EVEN, np.uint64(0), 32)
+        t = round64(t, pacc, NEAREST_EVEN, np.uint64(0), 32)
     return t
 
 
@@ -191,4 +197,4 @@ def accumulate(a, ra, b, rb, K, o, has_prod, pprod, fused, pacc, mode, order, ch
                 cs = 0.0
                 c = 0.0
         s = total if order == BLOCKED else cs
-    return scalar.round_f64(s, pout, NEAREST_EVEN, np.uint64(0), 32)
+    return round64(s, pout, NEAREST_EVEN, np.uint64(0), 32)
