@@ -207,6 +207,10 @@ def _two_prod(a, b):
 
 def _nudge_to_exact(q, x, s, reciprocal):
     """Move q one ulp toward the exact x/s (or x*s) where q is a multiple of 1/2 and inexact."""
+    # a quotient that underflowed to zero is inexact: move it to the tiniest value of x's sign
+    under = (q == 0) & (x != 0) & np.isfinite(x)
+    if np.any(under):
+        q = np.where(under, np.copysign(5e-324, x), q)
     cand = np.isfinite(q) & (np.abs(q) >= 0.5) & (np.abs(q) <= _QLIM) & (np.floor(2 * q) == 2 * q)
     if not np.any(cand):
         return q
@@ -223,7 +227,7 @@ def _nudge_to_exact(q, x, s, reciprocal):
             e = np.frexp(xc)[1]
             p, err = _two_prod(np.ldexp(xc, -e), np.ldexp(sc, e))
             direction = np.sign(err)
-    out = q.copy()
+    out = np.array(q, copy=True)
     out[cand] = np.where(direction > 0, np.nextafter(qc, np.inf),
                          np.where(direction < 0, np.nextafter(qc, -np.inf), qc))
     return out
