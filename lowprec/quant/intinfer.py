@@ -57,7 +57,7 @@ def quantize_multiplier(m: float):
     ``M0 = round(frac * 2**31)`` for ``m = frac * 2**e``, ``frac`` in [0.5, 1)
     (ties to even; a round-up to 2**31 moves to 2**30 and ``e + 1``), and
     ``shift = -e``: positive values are right shifts. Accepted:
-    ``2**-32 <= m < 2**31`` (``shift`` in -31..31).
+    ``2**-32 <= m < 2**31`` whose rounded ``(M0, shift)`` has ``shift`` in -31..31.
 
     Examples
     --------
