@@ -38,7 +38,7 @@ from . import scalar
 _jit = njit(nogil=True, inline="always")
 # The two big steps are compiled once and called (LLVM may still inline them): inlining them at
 # every call site at numba-IR level made one kernel take minutes and gigabytes to compile.
-_call = njit(nogil=True)
+_call = njit(nogil=True, error_model="numpy")  # x/0 gives Inf/NaN as IEEE and CUDA do
 
 # Orders (lowprec.accumulation.ORDERS index).
 SEQUENTIAL = 0
@@ -79,29 +79,120 @@ def counter_of(offset, o, K, k, slot):
     return offset + (np.int64(o) * K + k) * NSLOT + slot
 
 
+@_jit
+def two_sum(x, y):
+    """Knuth's TwoSum: (s, e) with s = fl(x + y) and x + y == s + e exactly (finite s)."""
+    s = x + y
+    bb = s - x
+    return s, (x - (s - bb)) + (y - bb)
+
+
+@_jit
+def two_prod(a, b):
+    """Dekker's TwoProduct (Veltkamp splitting, no FMA needed): a * b == p + e exactly.
+
+    Exact when no intermediate overflows or underflows (|a|, |b| < 2**996 and
+    the product's exponent >= -969), which holds for every value of a format
+    of at most fp32's range."""
+    p = a * b
+    c = 134217729.0 * a  # 2**27 + 1
+    ah = c - (c - a)
+    al = a - ah
+    c = 134217729.0 * b
+    bh = c - (c - b)
+    bl = b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+@_jit
+def to_odd(x0, r):
+    """Round-to-odd (53 bits) of the exact value x0 + r, given that x0 is one of the two
+    float64 neighbours of it (a faithful rounding) and r has the sign of the remainder."""
+    if r == 0.0:
+        return x0
+    if x0 == 0.0:
+        return 5e-324 if r > 0.0 else -5e-324
+    u = scalar.f64_as_i64(x0)
+    if (u & 1) == 0:  # force the last bit odd toward the exact value
+        if (r > 0.0) == (x0 > 0.0):
+            u += 1
+        else:
+            u -= 1
+    return scalar.i64_as_f64(u)
+
+
 @_call
 def round_sum(x, y, p, mode, rnd, rbits):
     """The exact sum ``x + y`` of two float64 values rounded once to format ``p``."""
     x = np.float64(x)
     y = np.float64(y)
-    s = x + y
+    s, e = two_sum(x, y)
     if s - s != 0.0:  # Inf or NaN: nothing below it to keep
         return round64(s, p, mode, rnd, rbits)
-    bb = s - x
-    e = (x - (s - bb)) + (y - bb)  # TwoSum (Knuth): x + y == s + e exactly
     if e != 0.0:
-        u = scalar.f64_as_i64(s)
-        if (u & 1) == 0:  # force the last bit odd toward the exact value
-            if (e > 0.0) == (s > 0.0):
-                u += 1
-            else:
-                u -= 1
-        s = scalar.i64_as_f64(u)
+        s = to_odd(s, e)
     elif s == 0.0 and mode == DOWN:
         # an exact zero sum is -0 when rounding down, unless both operands are +0 (IEEE 754 6.3)
         if scalar.f64_as_i64(x) < 0 or scalar.f64_as_i64(y) < 0 or x != 0.0 or y != 0.0:
             s = -0.0
     return round64(s, p, mode, rnd, rbits)
+
+
+# Elementwise operation codes (lowprec.ops).
+OP_ADD = 0
+OP_SUB = 1
+OP_MUL = 2
+OP_DIV = 3
+OP_SQRT = 4
+OP_FMA = 5
+
+
+@_call
+def apply_op(op, x, y, z, p, mode, rnd, rbits):
+    """``op`` of the float64 operands, exact, rounded once to format ``p``.
+
+    Each case finds a faithful float64 approximation x0 of the exact result
+    and the sign of the exact remainder, rounds to odd at 53 bits
+    (:func:`to_odd`), then rounds once to ``p``."""
+    x = np.float64(x)
+    y = np.float64(y)
+    z = np.float64(z)
+    if op == OP_ADD:
+        return round_sum(x, y, p, mode, rnd, rbits)
+    if op == OP_SUB:
+        return round_sum(x, -y, p, mode, rnd, rbits)
+    if op == OP_MUL:
+        h, l = two_prod(x, y)
+        if h - h != 0.0 or h == 0.0:
+            l = 0.0
+        return round64(to_odd(h, l), p, mode, rnd, rbits)
+    if op == OP_DIV:
+        q = x / y
+        r = 0.0
+        if q - q == 0.0 and q != 0.0:
+            h, l = two_prod(q, y)
+            r = (x - h) - l  # the exact remainder x - q*y (representable for a rounded quotient)
+            if y < 0.0:
+                r = -r  # x/y - q = r/y
+        return round64(to_odd(q, r), p, mode, rnd, rbits)
+    if op == OP_SQRT:
+        q = np.sqrt(x) if x >= 0.0 else np.nan  # sqrt(-0) = -0, sqrt(x < 0) = NaN
+        r = 0.0
+        if q - q == 0.0 and q > 0.0:
+            h, l = two_prod(q, q)
+            r = (x - h) - l  # x - q*q exactly
+        return round64(to_odd(q, r), p, mode, rnd, rbits)
+    # OP_FMA: x * y + z
+    h, l = two_prod(x, y)
+    if h - h != 0.0 or h == 0.0 or z - z != 0.0:
+        return round_sum(h, z, p, mode, rnd, rbits)
+    th, tl = two_sum(z, h)
+    s1, e1 = two_sum(tl, l)
+    x0, e2 = two_sum(th, s1)
+    r = e2 + e1  # rounding preserves the sign: the sign of (exact - x0)
+    if x0 == 0.0 and r == 0.0:
+        return round64(-0.0 if mode == DOWN else 0.0, p, mode, rnd, rbits)
+    return round64(to_odd(x0, r), p, mode, rnd, rbits)
 
 
 @_jit

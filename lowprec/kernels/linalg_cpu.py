@@ -39,3 +39,17 @@ def _build(digest):
 
 
 _matmul_cpu = _build(SOURCE_DIGEST)
+
+
+def _build_ops(digest):
+    @_loop
+    def _ops_cpu(x, y, z, out, op, p, mode, key0, key1, offset, rbits):
+        digest  # noqa: B018
+        for i in prange(out.size):
+            rnd = accum.draw(mode, key0, key1, offset + i, rbits)
+            out[i] = accum.apply_op(op, x[i], y[i], z[i], p, mode, rnd, rbits)
+
+    return _ops_cpu
+
+
+_ops_cpu = _build_ops(SOURCE_DIGEST)
