@@ -475,7 +475,8 @@ class LossScaler:
                 continue
             g = p.grad.astype(np.float32, copy=True)
             if self.scale != 1.0:
-                g *= inv
+                with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                    g *= inv
             p.grad = g
             if not found and not np.isfinite(g).all():
                 found = True

@@ -85,6 +85,10 @@ class Optimizer:
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            self._step()
+
+    def _step(self) -> None:
         self.steps += 1
         for i, p in enumerate(self.params):
             if p.grad is None:

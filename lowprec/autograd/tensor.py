@@ -77,6 +77,15 @@ def _as_data(data, ctx) -> np.ndarray:
     return arr
 
 
+def _quiet(fn):
+    """Run an op with floating-point warnings off: overflow to Inf and NaN are results to study."""
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return fn(*args, **kwargs)
+    wrapper.__name__, wrapper.__doc__, wrapper.__wrapped__ = fn.__name__, fn.__doc__, fn
+    return wrapper
+
+
 def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum ``g`` over the axes along which an operand of ``shape`` was broadcast."""
     if g.shape == shape:
@@ -157,7 +166,7 @@ class Tensor:
         return self.data
 
     def _tname(self, default: str) -> str:
-        return self.name or default
+        return self.name or default or "tensor"
 
     def _round_forward(self, role: str = "activation") -> "Tensor":
         """Round ``self.data`` in place to the format of ``role`` (no-op without a runtime)."""
@@ -218,9 +227,10 @@ class Tensor:
             np.asarray(grad, dtype=self.data.dtype), self.data.shape).copy()
         self.grad = seed
         self._grad_set = True
-        for node in reversed(topo):
-            if node._grad_set:
-                node._backward()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for node in reversed(topo):  # Inf/NaN are values being studied here, not errors
+                if node._grad_set:
+                    node._backward()
 
     # ----- ops: forward and backward side by side --------------------------------------------
 
@@ -231,6 +241,7 @@ class Tensor:
         """``self @ other`` (see :func:`matmul`)."""
         return matmul(self, other, name=name)
 
+    @_quiet
     def __add__(self, other) -> "Tensor":
         other = other if isinstance(other, Tensor) else Tensor(np.asarray(other, dtype=self.dtype), ctx=self.ctx)
         try:
@@ -251,6 +262,7 @@ class Tensor:
         """``self + bias`` with ``bias`` of shape (features,) broadcast over rows."""
         return add_bias(self, bias, name=name)
 
+    @_quiet
     def __mul__(self, other) -> "Tensor":
         other = other if isinstance(other, Tensor) else Tensor(np.asarray(other, dtype=self.dtype), ctx=self.ctx)
         try:
@@ -273,6 +285,7 @@ class Tensor:
     def __sub__(self, other) -> "Tensor":
         return self + (-other if isinstance(other, Tensor) else -np.asarray(other))
 
+    @_quiet
     def relu(self, name: Optional[str] = None) -> "Tensor":
         """max(x, 0); the gradient at 0 is taken as 0."""
         mask = self.data > 0
@@ -284,6 +297,7 @@ class Tensor:
         out._backward = _backward
         return out
 
+    @_quiet
     def tanh(self, name: Optional[str] = None) -> "Tensor":
         """tanh(x); the backward uses the rounded output: d = 1 - y**2."""
         out = Tensor(np.tanh(self.data), (self,), "tanh", name=name)._round_forward()
@@ -294,6 +308,7 @@ class Tensor:
         out._backward = _backward
         return out
 
+    @_quiet
     def gelu(self, name: Optional[str] = None) -> "Tensor":
         """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))."""
         x = self.data
@@ -309,6 +324,7 @@ class Tensor:
         out._backward = _backward
         return out
 
+    @_quiet
     def sum(self, axis=None, name: Optional[str] = None) -> "Tensor":
         """Sum over ``axis`` (all axes by default)."""
         out = Tensor(np.asarray(self.data.sum(axis=axis)), (self,), "sum", name=name)._round_forward()
@@ -319,6 +335,7 @@ class Tensor:
         out._backward = _backward
         return out
 
+    @_quiet
     def mean(self, axis=None, name: Optional[str] = None) -> "Tensor":
         """Mean over ``axis`` (all axes by default)."""
         n = self.data.size if axis is None else np.prod([self.shape[a] for a in np.atleast_1d(axis)])
@@ -361,6 +378,7 @@ def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str) -> np.ndarray:
                          seed=ctx.streams["matmul_" + which])
 
 
+@_quiet
 def matmul(a: Tensor, b: Tensor, name: Optional[str] = None) -> Tensor:
     """``a @ b`` for 2-D tensors (M, K) @ (K, N).
 
@@ -393,6 +411,7 @@ def matmul(a: Tensor, b: Tensor, name: Optional[str] = None) -> Tensor:
     return out
 
 
+@_quiet
 def add_bias(x: Tensor, bias: Tensor, name: Optional[str] = None) -> Tensor:
     """``x + bias`` for x of shape (N, F) and bias of shape (F,); the bias gradient sums over rows.
 
@@ -413,6 +432,7 @@ def add_bias(x: Tensor, bias: Tensor, name: Optional[str] = None) -> Tensor:
     return out
 
 
+@_quiet
 def softmax_cross_entropy(logits: Tensor, labels, name: Optional[str] = "loss") -> Tensor:
     """Mean cross-entropy of softmax(logits) against integer labels, computed stably.
 
