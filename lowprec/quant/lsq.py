@@ -28,8 +28,8 @@ from .affine import _check_scale, _norm_axis, check_bits, expand_param, quantize
 __all__ = ["lsq_qrange", "lsq_init_step", "lsq_grad_scale", "lsq_forward", "lsq_backward"]
 
 
-def lsq_qrange(bits: int, signed: bool = True):
-    """``(Q_n, Q_p)``: the clamp is ``[-Q_n, Q_p]``.
+def lsq_qrange(bits: int, signed: bool = True, narrow_range: bool = False):
+    """``(Q_n, Q_p)``: the clamp is ``[-Q_n, Q_p]`` (``narrow_range``: signed with ``Q_n = Q_p``).
 
     Examples
     --------
@@ -37,6 +37,8 @@ def lsq_qrange(bits: int, signed: bool = True):
     ((128, 127), (0, 15))
     """
     b = check_bits(bits)
+    if narrow_range:
+        return (1 << (b - 1)) - 1, (1 << (b - 1)) - 1
     return ((1 << (b - 1)), (1 << (b - 1)) - 1) if signed else (0, (1 << b) - 1)
 
 
@@ -74,7 +76,7 @@ def lsq_grad_scale(n_per_scale: int, qp: int) -> float:
 
 
 def lsq_forward(x, step, *, bits: int = 8, signed: bool = True, axis: Optional[int] = None,
-                rounding="nearest_even", seed=None) -> np.ndarray:
+                rounding="nearest_even", seed=None, narrow_range: bool = False) -> np.ndarray:
     """``s * clamp(round(x/s), -Q_n, Q_p)`` in float64.
 
     Examples
@@ -84,12 +86,14 @@ def lsq_forward(x, step, *, bits: int = 8, signed: bool = True, axis: Optional[i
     """
     xf = np.asarray(x, dtype=np.float64)
     s = expand_param(_check_scale(step), xf.shape, axis, None, "step")
-    q = quantize(xf, step, 0, bits=bits, signed=signed, axis=axis, rounding=rounding, seed=seed)
+    q = quantize(xf, step, 0, bits=bits, signed=signed or narrow_range, narrow_range=narrow_range, axis=axis,
+                 rounding=rounding, seed=seed)
     return q.astype(np.float64) * s
 
 
 def lsq_backward(x, step, grad_out, *, bits: int = 8, signed: bool = True, axis: Optional[int] = None,
-                 grad_scale: Optional[float] = None, rounding="nearest_even", seed=None):
+                 grad_scale: Optional[float] = None, rounding="nearest_even", seed=None,
+                 narrow_range: bool = False):
     """``(dx, dstep)`` of :func:`lsq_forward` by the straight-through estimator.
 
     ``dstep`` has the shape of ``step`` and already includes the gradient
@@ -105,10 +109,10 @@ def lsq_backward(x, step, grad_out, *, bits: int = 8, signed: bool = True, axis:
     """
     xf = np.asarray(x, dtype=np.float64)
     g = np.broadcast_to(np.asarray(grad_out, dtype=np.float64), xf.shape)
-    qn, qp = lsq_qrange(bits, signed)
+    qn, qp = lsq_qrange(bits, signed, narrow_range)
     s = expand_param(_check_scale(step), xf.shape, axis, None, "step")
-    q = quantize(xf, step, 0, bits=bits, signed=signed, axis=axis, rounding=rounding,
-                 seed=seed).astype(np.float64)
+    q = quantize(xf, step, 0, bits=bits, signed=signed or narrow_range, narrow_range=narrow_range, axis=axis,
+                 rounding=rounding, seed=seed).astype(np.float64)
     v = xf / s
     below, above = v < -qn, v > qp
     inside = ~(below | above)
