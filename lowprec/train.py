@@ -82,6 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: Optional[float] = None
     activation: str = "relu"
+    loss_weight: float = 1.0
     telemetry: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -102,6 +103,8 @@ class TrainConfig:
             amp.parse_loss_scale(self.loss_scale)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not (isinstance(self.loss_weight, (int, float)) and 0 < self.loss_weight < float("inf")):
+            raise ValueError(f"loss_weight must be positive and finite, got {self.loss_weight!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
         return self
@@ -402,7 +405,7 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
                 loss = softmax_cross_entropy(logits, yb)
                 opt.zero_grad()
                 scale = scaler.scale
-                loss.backward(scale)
+                loss.backward(scale * config.loss_weight)  # the gradient of loss_weight * loss, scaled
                 scaler.unscale_(opt)
                 if config.clip_norm is not None:
                     clip_grad_norm(params, config.clip_norm)
@@ -618,23 +621,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
     p.add_argument("--activation", choices=("relu", "tanh", "gelu"), default="relu")
+    p.add_argument("--loss-weight", type=float, default=1.0,
+                   help="train on loss_weight * cross-entropy (a small weight makes every gradient small, "
+                        "as a loss averaged over many more terms would; see docs/training.md)")
     p.add_argument("--data", default="digits", help="'digits' (bundled) or a directory with MNIST IDX files")
     p.add_argument("--loss-scale", default=None, metavar="none|static:VALUE|dynamic",
                    help="loss scaling (default: the policy's)")
     p.add_argument("--out", default=None, help="directory for run.json, steps.csv, plots, checkpoint")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT|RUN_DIR", help="continue a run bit-exactly")
     p.add_argument("--no-telemetry", action="store_true", help="do not count rounding events (faster)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="numba threads for the kernels (1 is fastest for small models on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
     return p
 
 
 def _main(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {args.threads}")
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     epochs = args.epochs if args.epochs is not None else 30
     config = TrainConfig(precision=args.precision, epochs=epochs, seed=args.seed, batch_size=args.batch_size,
                          lr=args.lr, hidden=args.hidden, data=args.data, loss_scale=args.loss_scale,
                          optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                         clip_norm=args.clip_norm, activation=args.activation,
+                         clip_norm=args.clip_norm, activation=args.activation, loss_weight=args.loss_weight,
                          telemetry=not args.no_telemetry)
     if args.compare:
         names = [n.strip() for n in args.compare.split(",") if n.strip()]
