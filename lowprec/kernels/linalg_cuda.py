@@ -1,0 +1,82 @@
+"""CUDA kernels for sum, dot, matmul and the elementwise ops around kernels/accum.py.
+
+The twins of linalg_cpu.py: one thread per output element running the same
+scalar accumulation (``accum.accumulate``) with the same counters, so the
+bits equal the CPU's. Kernels compile lazily, on first use: importing this
+module needs no GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` they run in numba's
+CUDA simulator (how CI proves CPU == CUDA).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import accum
+from .cuda import cuda, is_simulator
+
+_THREADS = 128
+_kernels: dict = {}
+
+
+def _sim_array(x):
+    """The numpy array behind a simulator's in-kernel array (the simulator cannot pass its
+    wrapper objects to compiled functions)."""
+    return getattr(getattr(x, "_item", None), "_ary", x)
+
+
+def _get_kernels() -> dict:
+    if _kernels:
+        return _kernels
+    if is_simulator():
+        def accumulate(a, ra, bt, rb, *rest):
+            return accum.accumulate(_sim_array(a), ra, _sim_array(bt), rb, *rest)
+    else:
+        accumulate = accum.accumulate
+
+    @cuda.jit
+    def matmul_kernel(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
+                      compensated, pout, key0, key1, offset, rbits):
+        o = cuda.grid(1)
+        if o < out.size:
+            MN = M * N
+            bi = o // MN
+            rest = o - bi * MN
+            i = rest // N
+            j = rest - i * N
+            stack = cuda.local.array(64, np.float64)  # accum.PAIRWISE_STACK
+            out[o] = accumulate(a, ia[bi] * M + i, bt, ib[bi] * N + j, K, o, has_prod, pprod, fused,
+                                      pacc, mode, order, chunk, pchunk, compensated, pout, key0, key1, offset,
+                                      rbits, stack)
+
+    @cuda.jit
+    def ops_kernel(x, y, z, out, op, p, mode, key0, key1, offset, rbits):
+        i = cuda.grid(1)
+        if i < out.size:
+            rnd = accum.draw(mode, key0, key1, offset + i, rbits)
+            out[i] = accum.apply_op(op, x[i], y[i], z[i], p, mode, rnd, rbits)
+
+    _kernels.update(matmul=matmul_kernel, ops=ops_kernel)
+    return _kernels
+
+
+def _launch(kernel, n, *args):
+    blocks = (n + _THREADS - 1) // _THREADS
+    kernel[blocks, _THREADS](*args)
+
+
+def _matmul_cuda(a, bt, ia, ib, out, *rest):
+    """Same arguments as linalg_cpu._matmul_cpu; fills ``out`` (host array)."""
+    k = _get_kernels()
+    d = [cuda.to_device(np.ascontiguousarray(v)) for v in (a, bt, ia, ib)]
+    d_out = cuda.device_array_like(out)
+    _launch(k["matmul"], out.size, *d, d_out, *rest)
+    d_out.copy_to_host(out)
+
+
+def _ops_cuda(x, y, z, out, *rest):
+    """Same arguments as linalg_cpu._ops_cpu; fills ``out`` (host array)."""
+    k = _get_kernels()
+    d = [cuda.to_device(np.ascontiguousarray(v)) for v in (x, y, z)]
+    d_out = cuda.device_array_like(out)
+    _launch(k["ops"], out.size, *d, d_out, *rest)
+    d_out.copy_to_host(out)
