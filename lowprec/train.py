@@ -592,6 +592,17 @@ def _summary_text(res: RunResult) -> str:
 # command line
 
 
+def _number(text: str) -> float:
+    """A float, also written as a power of two: ``2^-20`` or ``2**-20``."""
+    t = text.strip().replace("**", "^")
+    try:
+        if t.startswith("2^"):
+            return 2.0 ** int(t[2:])
+        return float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 2^K, got {text!r}") from None
+
+
 def _hidden(text: str) -> tuple:
     try:
         sizes = tuple(int(t) for t in text.split(",") if t.strip())
@@ -614,14 +625,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs in total (default 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=_number, default=0.05)
     p.add_argument("--hidden", type=_hidden, default=(128,), help="hidden widths, e.g. 256,256 (default 128)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
     p.add_argument("--activation", choices=("relu", "tanh", "gelu"), default="relu")
-    p.add_argument("--loss-weight", type=float, default=1.0,
+    p.add_argument("--loss-weight", type=_number, default=1.0,
                    help="train on loss_weight * cross-entropy (a small weight makes every gradient small, "
                         "as a loss averaged over many more terms would; see docs/training.md)")
     p.add_argument("--data", default="digits", help="'digits' (bundled) or a directory with MNIST IDX files")

@@ -146,6 +146,9 @@ def test_bad_input_messages(tmp_path, capsys):
     assert "unknown precision policy 'nope'" in capsys.readouterr().err
     assert cli.main(["train", "--loss-scale", "sometimes", "--quiet"]) == 2
     assert "unknown loss scale 'sometimes'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--loss-weight", "2^x", "--quiet"])
+    assert "expected a number or 2^K" in capsys.readouterr().err
     assert cli.main(["train", "--data", str(tmp_path / "missing"), "--quiet"]) == 2
     assert "--data must be 'digits' or a directory" in capsys.readouterr().err
     ds = load_digits()
@@ -174,6 +177,27 @@ def test_extra_policy_modules_are_optional(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", broken)
     with pytest.raises(ModuleNotFoundError, match="scipy"):
         T._load_extra_policies()  # a QAT module with a missing dependency is an error, not a skip
+
+
+def test_fp32_does_not_care_about_a_power_of_two_loss_weight(digits):
+    """loss_weight 2**-20 with lr * 2**20 is the same training, bit for bit, in fp32."""
+    a = T.train(T.TrainConfig(epochs=1, **SMALL), dataset=digits)
+    b = T.train(T.TrainConfig(epochs=1, loss_weight=2.0 ** -20, lr=0.05 * 2 ** 20, **SMALL), dataset=digits)
+    for x, y in zip(a.weights(), b.weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_fp16_without_loss_scaling_loses_small_gradients(digits):
+    """The documented configuration (docs/training.md): gradients 2**-20 times smaller than usual."""
+    cfg = dict(epochs=6, hidden=(32,), seed=0, loss_weight=2.0 ** -20, lr=0.05 * 2 ** 20)
+    fp32 = T.train(T.TrainConfig(precision="fp32", **cfg), dataset=digits).record["summary"]
+    none = T.train(T.TrainConfig(precision="fp16-mixed", loss_scale="none", **cfg), dataset=digits).record["summary"]
+    dyn = T.train(T.TrainConfig(precision="fp16-mixed", loss_scale="dynamic", **cfg), dataset=digits).record["summary"]
+    assert none["grad_underflow"] > 0
+    assert none["train_loss"] > 2 * fp32["train_loss"]
+    assert none["test_accuracy"] < fp32["test_accuracy"] - 0.10
+    assert abs(dyn["test_accuracy"] - fp32["test_accuracy"]) <= 0.01
 
 
 def _accuracy_runs(epochs, hidden, digits):

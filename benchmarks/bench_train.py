@@ -1,0 +1,114 @@
+"""One training epoch of a 64-256-256-10 MLP (batch 64, SGD momentum) on digits, three ways.
+
+1. plain numpy float32 (hand-written forward/backward, BLAS matmuls): the floor;
+2. lowprec with the ``fp32`` policy (bit-exact fixed-order matmuls, telemetry on);
+3. lowprec with ``bf16-mixed`` (every tensor rounded by role, fp32 master weights),
+   with telemetry on and off.
+
+Compilation is excluded (a warm-up epoch runs first); the best of ``--repeat``
+epochs is reported. Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``.
+Timings on a machine shared with other jobs are pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from lowprec.amp import Precision
+from lowprec.telemetry import Telemetry
+from lowprec.autograd import MLP, SGD, softmax_cross_entropy
+from lowprec.data import load_digits
+
+SIZES = [64, 256, 256, 10]
+BATCH = 64
+LR, MOMENTUM = 0.05, 0.9
+
+
+def numpy_epoch(ds, params, bufs, perm):
+    """SGD-momentum epoch in float32 numpy; params = [W1, b1, W2, b2, W3, b3] (W: in x out)."""
+    x_all, y_all = ds.x_train, ds.y_train
+    lr, mu = np.float32(LR), np.float32(MOMENTUM)
+    for b in range(0, len(perm), BATCH):
+        idx = perm[b:b + BATCH]
+        x, y = x_all[idx], y_all[idx]
+        hs, pre = [x], []
+        n_layers = len(params) // 2
+        for i in range(n_layers):
+            z = hs[-1] @ params[2 * i] + params[2 * i + 1]
+            pre.append(z)
+            if i < n_layers - 1:
+                hs.append(np.maximum(z, 0))
+        z = pre[-1] - pre[-1].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p = e / e.sum(axis=1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        g = p / np.float32(len(y))
+        for i in reversed(range(n_layers)):
+            grads = (hs[i].T @ g, g.sum(axis=0))
+            if i:
+                g = (g @ params[2 * i].T) * (pre[i - 1] > 0)
+            for j, gr in zip((2 * i, 2 * i + 1), grads):
+                bufs[j] = gr if bufs[j] is None else mu * bufs[j] + gr
+                params[j] -= lr * bufs[j]
+
+
+def lowprec_epoch(ds, model, opt, perm):
+    for b in range(0, len(perm), BATCH):
+        idx = perm[b:b + BATCH]
+        if model.ctx.telemetry is not None:
+            model.ctx.telemetry.begin_step(b)
+        loss = softmax_cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if model.ctx.telemetry is not None:
+            model.ctx.telemetry.end_step()
+
+
+def best_of(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    if args.threads:
+        import numba
+
+        numba.set_num_threads(args.threads)
+    ds = load_digits(seed=0)
+    perm = np.random.default_rng(0).permutation(len(ds.y_train))
+    print(f"one epoch = {-(-len(perm) // BATCH)} steps of batch {BATCH}, MLP {'-'.join(map(str, SIZES))}")
+
+    ref = MLP(SIZES, seed=0)
+    params = [p.data.astype(np.float32) for p in ref.parameters()]
+    bufs = [None] * len(params)
+    numpy_epoch(ds, params, bufs, perm)  # warm-up
+    t_np = best_of(lambda: numpy_epoch(ds, params, bufs, perm), args.repeat)
+    rows = [("numpy float32", t_np)]
+
+    for name, tel in (("fp32", True), ("bf16-mixed", True), ("bf16-mixed", False)):
+        ctx = Precision(name, seed=0, telemetry=Telemetry(keep_steps=False) if tel else None)
+        model = MLP(SIZES, seed=0, ctx=ctx)
+        opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        lowprec_epoch(ds, model, opt, perm)  # warm-up: compiles the kernels
+        t = best_of(lambda: lowprec_epoch(ds, model, opt, perm), args.repeat)
+        rows.append((f"lowprec {name}" + ("" if tel else " (no telemetry)"), t))
+
+    print(f"{'variant':<36} {'epoch s':>9} {'x numpy':>9}")
+    for label, t in rows:
+        print(f"{label:<36} {t:9.3f} {t / t_np:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
