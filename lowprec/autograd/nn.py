@@ -91,7 +91,7 @@ class Linear:
             if data is not w.data:  # a rounding that is the identity for the gradient (straight through)
                 src = w
                 w = Tensor(data, (src,), "round", name=f"layer{self.index}.weight_used")
-                w._backward = (lambda s=src, t=w: s._add_grad(t.grad))
+                w._backward = (lambda s=src, t=w: s._add_grad(t.grad, exact_from=t))
         if self.weight_quant is not None:
             w = self.weight_quant(w)
         return w

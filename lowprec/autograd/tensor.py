@@ -174,8 +174,17 @@ class Tensor:
             self.data = self.ctx.round(self.data, role, self._tname(self._op))
         return self
 
-    def _add_grad(self, g: np.ndarray) -> None:
-        """Accumulate a gradient contribution, rounded to this tensor's gradient role."""
+    @property
+    def _grad_role(self) -> str:
+        return "weight_grad" if self.is_param else "activation_grad"
+
+    def _add_grad(self, g: np.ndarray, exact_from: Optional["Tensor"] = None) -> None:
+        """Accumulate a gradient contribution, rounded to this tensor's gradient role.
+
+        ``exact_from=t`` says that ``g`` holds values of ``t.grad`` unchanged
+        (or zeros): when ``t``'s gradient role is this tensor's, the values
+        are already in the format and the first contribution is taken as is.
+        """
         if not self.requires_grad:
             return
         if g.shape != self.data.shape:
@@ -183,12 +192,14 @@ class Tensor:
         if self.ctx is None:
             g = np.asarray(g, dtype=self.data.dtype)
             self.grad = g.copy() if not self._grad_set else self.grad + g
+        elif (exact_from is not None and not self._grad_set and exact_from._grad_role == self._grad_role
+              and g.dtype == np.float32):
+            self.grad = np.ascontiguousarray(g)  # already rounded to this role's format: no second rounding
         else:
             g = np.asarray(g, dtype=np.float32)
             if self._grad_set:
                 g = self.grad + g
-            role = "weight_grad" if self.is_param else "activation_grad"
-            self.grad = np.ascontiguousarray(self.ctx.round(g, role, self._tname(self._op) + ".grad"))
+            self.grad = np.ascontiguousarray(self.ctx.round(g, self._grad_role, self._tname(self._op) + ".grad"))
         self._grad_set = True
 
     def zero_grad(self) -> None:
@@ -251,8 +262,8 @@ class Tensor:
         out = Tensor(data, (self, other), "add")._round_forward()
 
         def _backward():
-            self._add_grad(_unbroadcast(out.grad, self.shape))
-            other._add_grad(_unbroadcast(out.grad, other.shape))
+            self._add_grad(_unbroadcast(out.grad, self.shape), exact_from=out if self.shape == out.shape else None)
+            other._add_grad(_unbroadcast(out.grad, other.shape), exact_from=out if other.shape == out.shape else None)
         out._backward = _backward
         return out
 
@@ -293,7 +304,7 @@ class Tensor:
         out._round_forward()
 
         def _backward():
-            self._add_grad(np.where(mask, out.grad, out.grad.dtype.type(0)))
+            self._add_grad(np.where(mask, out.grad, out.grad.dtype.type(0)), exact_from=out)
         out._backward = _backward
         return out
 
@@ -358,7 +369,7 @@ class Tensor:
         out = Tensor(data, (self,), "reshape")
 
         def _backward():
-            self._add_grad(out.grad.reshape(self.shape))
+            self._add_grad(out.grad.reshape(self.shape), exact_from=out)
         out._backward = _backward
         return out
 
@@ -426,7 +437,7 @@ def add_bias(x: Tensor, bias: Tensor, name: Optional[str] = None) -> Tensor:
     out = Tensor(x.data + bias.data, (x, bias), "add_bias", name=name)._round_forward()
 
     def _backward():
-        x._add_grad(out.grad)
+        x._add_grad(out.grad, exact_from=out)
         bias._add_grad(out.grad.reshape(-1, bias.shape[0]).sum(axis=0))
     out._backward = _backward
     return out
