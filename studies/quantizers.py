@@ -44,7 +44,7 @@ MAX_1960_GAUSSIAN_MSE = {2: 0.3634, 4: 0.1175, 8: 0.03454, 16: 0.009497}
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return {"bits": [2, 3, 4], "samples": 20_000, "seeds": 1, "lsq_iters": 60, "train_epochs": 1}
+        return {"bits": [2, 3, 4], "samples": 20_000, "seeds": 1, "lsq_iters": 40, "train_epochs": 1}
     return {"bits": [2, 3, 4, 5, 6, 8], "samples": 200_000, "seeds": 3, "lsq_iters": 200, "train_epochs": 10}
 
 

@@ -170,8 +170,9 @@ def gamma(n: int, u: float) -> float:
 
 
 def gamma_tilde(n: int, u: float, lam: float = LAMBDA) -> float:
-    """exp(lam sqrt(n) u + n u^2 / (1 - u)) - 1 (Higham and Mary 2019, Thm 3.1)."""
-    return math.expm1(lam * math.sqrt(n) * u + n * u * u / (1 - u))
+    """exp(lam sqrt(n) u + n u^2 / (1 - u)) - 1 (Higham and Mary 2019, Thm 3.1); inf if that overflows."""
+    t = lam * math.sqrt(n) * u + n * u * u / (1 - u)
+    return math.expm1(t) if t < 700 else math.inf
 
 
 def checkpoints(n: int) -> np.ndarray:

@@ -198,3 +198,143 @@ def test_stochastic_bias_shrinks_and_nearest_bias_does_not(rounding_run):
     assert rn and all(b == pytest.approx(1 / 3, rel=1e-12) for b in rn)  # x0 = 1 + ulp/3 -> 1
     big = [float(r["abs_bias_ulps"]) for r in rows if r["rounding"] == "stochastic" and int(r["M"]) == 1024]
     assert big and max(big) < 5 * math.sqrt(2 / 9) / math.sqrt(1024)
+
+
+# -- accumulation ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def accumulation_run(tmp_path_factory):
+    return _run("accumulation", tmp_path_factory)
+
+
+def _gamma(n, u):
+    return n * u / (1 - n * u)
+
+
+def test_accumulation_errors_respect_the_deterministic_bound(accumulation_run):
+    # Positive data, so sum |a_i b_i| is the exact value: relative error <= gamma_n(u)
+    # (Higham 2002, eq. 3.5); the unfused form rounds each product too: gamma_(n+1).
+    rows = _rows(accumulation_run["csv"])
+    u16 = 2.0 ** -11
+    checked = 0
+    for r in rows:
+        n = int(r["n"])
+        bound = {"fp16 acc (fused)": _gamma(n, u16), "fp16 acc (unfused)": _gamma(n + 1, u16),
+                 "fp16 pairwise": _gamma(math.ceil(math.log2(n)) + 1, u16),
+                 "fp32 acc": _gamma(n, 2.0 ** -24) + 2.0 ** -24}.get(r["config"])
+        if bound is None or n * u16 >= 1:
+            continue
+        assert float(r["max"]) <= bound, r
+        checked += 1
+    assert checked >= 6
+
+
+def test_chunking_and_stochastic_rounding_beat_sequential_fp16_on_long_dots(accumulation_run):
+    rows = _rows(accumulation_run["csv"])
+    nmax = max(int(r["n"]) for r in rows)
+    err = {r["config"]: float(r["mean"]) for r in rows if int(r["n"]) == nmax}
+    assert err["fp16 chunk 32"] < err["fp16 acc (fused)"] / 4
+    assert err["fp16 acc, stochastic"] < err["fp16 acc (fused)"]
+    assert err["fp32 acc"] < 1e-5 < err["fp16 acc (fused)"]
+
+
+# -- training studies -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def precision_run(tmp_path_factory):
+    return _run("precision-table", tmp_path_factory)
+
+
+def test_precision_table_rows_and_bytes(precision_run):
+    from studies.precision_table import available_policies, sizes
+
+    rows = _rows(precision_run["csv"])
+    sz = sizes(True)
+    policies = available_policies()
+    assert {"fp32", "fp16-mixed", "bf16-mixed", "fp8-mixed", "pure-fp16"} <= set(policies)
+    for p in policies:
+        assert sum(r["policy"] == p for r in rows) == sz["seeds"] >= 3
+    accs = [float(r["test_accuracy"]) for r in rows]
+    assert all(0 <= a <= 1 for a in accs) and np.mean(accs) > 0.3  # chance is 0.1
+    n_params = 64 * 32 + 32 + 32 * 10 + 10
+    by = {r["policy"]: r for r in rows if r["seed"] == "0"}
+    assert int(by["fp32"]["bytes_weight"]) == 4 * n_params and int(by["fp32"]["bytes_master"]) == 0
+    assert int(by["fp16-mixed"]["bytes_weight"]) == 2 * n_params
+    assert int(by["fp16-mixed"]["bytes_master"]) == 4 * n_params
+    assert int(by["pure-fp16"]["bytes_master"]) == 0
+    assert int(by["fp8-mixed"]["bytes_activation"]) * 4 == int(by["fp32"]["bytes_activation"])
+    assert all(float(r["time_per_epoch_s"]) > 0 for r in rows)
+    table = Path(precision_run["table"]).read_text()
+    assert "slower" in table and "native fp32" in table and "± " in table
+
+
+@pytest.fixture(scope="module")
+def loss_scaling_run(tmp_path_factory):
+    return _run("loss-scaling", tmp_path_factory)
+
+
+def test_loss_scaling_rows_and_dynamic_scale_rule(loss_scaling_run):
+    from studies.loss_scaling import sizes
+
+    rows = _rows(loss_scaling_run["csv"])
+    assert {(r["policy"], r["scaling"]) for r in rows} >= {
+        (p, s) for p in ("fp16-mixed", "fp8-mixed") for s in ("none", "static:1024", "dynamic")}
+    for r in rows:
+        assert 0.0 <= float(r["grad_underflow"]) <= 1.0
+        if r["policy"] == "fp32":
+            assert float(r["grad_underflow"]) == 0.0  # rounding to fp32 is the identity
+    # Re-derive the dynamic scale trace from the skip flags (GradScaler's rule).
+    gi = sizes(True)["growth_interval"]
+    steps = _rows(Path(loss_scaling_run["csv"]).with_name("loss_scaling_steps.csv"))
+    for policy in ("fp16-mixed", "fp8-mixed"):
+        st = [s for s in steps if (s["policy"], s["scaling"], s["seed"]) == (policy, "dynamic", "0")]
+        scale, good = 2.0 ** 16, 0
+        for s in st:
+            assert float(s["scale"]) == scale
+            if s["skipped"] == "1":
+                scale, good = scale / 2, 0
+            else:
+                good += 1
+                if good == gi:
+                    scale, good = scale * 2, 0
+        static = [s for s in steps if (s["policy"], s["scaling"]) == (policy, "static:1024")]
+        assert static and all(float(s["scale"]) == 1024.0 for s in static)
+
+
+@pytest.fixture(scope="module")
+def fixed_run(tmp_path_factory):
+    return _run("fixed-point", tmp_path_factory)
+
+
+def test_fixed_point_rows(fixed_run):
+    from studies.fixed_point import fixed_policy, sizes
+
+    rows = _rows(fixed_run["csv"])
+    sz = sizes(True)
+    for fl in sz["fls"]:
+        for m in ("nearest_even", "stochastic"):
+            assert sum(r["frac_bits"] == str(fl) and r["rounding"] == m for r in rows) == sz["seeds"]
+    assert any(r["rounding"] == "fp32" for r in rows)
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+    p = fixed_policy(12, "stochastic")
+    fmt = p.format("weight")
+    assert (fmt.bits, fmt.frac_bits, fmt.eps, fmt.max) == (16, 12, 2.0 ** -12, 8 - 2.0 ** -12)
+    assert not p.master_weights and p.update_rounding.label == "stochastic"
+
+
+# -- quantizers --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quantizers_run(tmp_path_factory):
+    return _run("quantizers", tmp_path_factory)
+
+
+def test_lloyd_max_matches_max_1960_and_beats_minmax(quantizers_run):
+    rows = _rows(quantizers_run["csv"])
+    lm4 = [r for r in rows if (r["dist"], r["quantizer"], r["bits"]) == ("gaussian", "lloyd_max", "2")]
+    assert lm4 and float(lm4[0]["max_1960_mse"]) == 0.1175
+    # held-out MSE relative to the sample's power, against Max's optimum for 4 levels
+    rel = float(lm4[0]["mse"]) / float(lm4[0]["power"])
+    assert 0.1175 * 0.97 < rel < 0.1175 * 1.06
+    for dist in ("gaussian", "laplace", "trained_weights"):
+        for b in ("2", "3", "4"):
+            sq = {r["quantizer"]: float(r["sqnr_db"]) for r in rows if (r["dist"], r["bits"]) == (dist, b)}
+            assert sq["lloyd_max"] > sq["uniform_minmax"], (dist, b)
+            assert sq["lsq"] > sq["uniform_minmax"], (dist, b)
