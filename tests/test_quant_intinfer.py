@@ -179,3 +179,23 @@ def test_export_bad_input():
         IntegerMLP([], accumulator="x")
     with pytest.raises(TypeError, match="2-D integer array"):
         export_mlp(ws, bs, calib_x=np.ones((2, 3))).forward(np.ones((2, 3)))
+
+
+@settings(max_examples=50)
+@given(st.floats(2.0 ** -20, 2.0 ** 3), st.lists(int32s, min_size=2, max_size=40))
+def test_requantization_is_a_monotone_quantizer(m, accs):
+    # requantization, as a map of int32 accumulators (held exactly as float64), checked with
+    # lowprec.testing: monotone, and within one unit of the exact product acc * M0 * 2**(-31-shift)
+    from lowprec import testing as lt
+
+    m0, shift = quantize_multiplier(m)
+
+    def requant(v):
+        return multiply_by_quantized_multiplier(np.asarray(v).astype(np.int64).astype(np.int32), np.int32(m0),
+                                                np.int32(shift)).astype(np.float64)
+
+    x = np.array(accs, dtype=np.float64)
+    lt.check_monotone(requant, x)
+    # (two roundings of at most half a unit each; the left shift of M >= 1 may saturate: excluded)
+    exact = np.array([float(Fraction(a) * m0 * Fraction(2) ** (-31 - shift)) for a in accs])
+    lt.check_bounded_error(lambda v: requant(v) - exact + x, x, 1.0, where=np.abs(exact) < 2 ** 30)
