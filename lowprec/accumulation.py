@@ -9,12 +9,13 @@ An :class:`Accumulation` states (NUMERICS.md section 4):
 * ``fused``: one rounding of ``s + a*b`` (True), or the product first rounded
   (nearest-even) to the accumulator format and then added (False);
 * the accumulator format and its rounding ``acc_rounding`` (any mode,
-  stochastic included); every addition of the accumulation uses this mode;
+  stochastic included); every addition in the accumulator uses this mode;
 * the order: ``"sequential"`` over k, ``"pairwise"`` (bottom-up pairs,
   an odd block carried up), or ``"blocked"``: chunks of ``chunk`` consecutive
   terms summed in the accumulator from zero, each chunk sum then added in
-  order to a running total held in ``chunk_format`` (promotion, as fp8 GEMMs
-  do on hardware);
+  order, rounded to nearest-even, to a running total held in
+  ``chunk_format`` (promotion to a wider register, as fp8 GEMMs do on
+  hardware);
 * ``compensated``: Kahan summation in the accumulator (sequential, and
   within chunks for blocked);
 * the output format (the final sum rounded nearest-even to it).
@@ -82,12 +83,15 @@ class Accumulation:
     acc_format : format or name
         The accumulator's format (precision at most 51 bits).
     acc_rounding : Rounding or str
-        Rounding of every addition (nearest_even, toward_zero, stochastic, ...).
+        Rounding of every addition in the accumulator (nearest_even,
+        toward_zero, stochastic, ...). Conversions (inputs, products, the
+        promotion of chunk sums, the output) round to nearest-even.
     order : {"sequential", "pairwise", "blocked"}
     chunk : int or None
         Chunk size C (>= 1) for ``order="blocked"``; must be None otherwise.
     chunk_format : format, name or None
-        Format in which chunk sums are combined (blocked only); None: ``acc_format``.
+        Format in which chunk sums are combined, nearest-even (blocked only);
+        None: ``acc_format``.
     compensated : bool
         Kahan compensated summation (sequential or blocked order).
     out_format : format, name or None
@@ -177,13 +181,14 @@ class Accumulation:
     # -- derived facts ---------------------------------------------------------
     @property
     def random_bits(self) -> int:
-        """r, the random bits per stochastic rounding: min(32, 52 - p) for the widest rounded format.
+        """r, the random bits per stochastic rounding: min(32, 52 - p) for the accumulator's precision p.
 
         The bound keeps stochastic rounding of an exact sum exact through the
         float64 round-to-odd intermediate (see kernels/accum.py); fp32
         accumulators therefore use 28 random bits, fp16/bf16 ones 32."""
-        ps = [f.precision for f in (self.acc_format, self.chunk_format) if isinstance(f, FloatFormat)]
-        return min(32, 52 - max(ps, default=20))
+        if isinstance(self.acc_format, FloatFormat):
+            return min(32, 52 - self.acc_format.precision)
+        return 32
 
     @property
     def is_stochastic(self) -> bool:

@@ -222,7 +222,7 @@ def sum(x, axis=None, accumulation="fp32", *, seed=None, backend: str = "auto"):
     --------
     >>> import numpy as np
     >>> from lowprec.linalg import sum
-    >>> x = np.array([1.0, 2.0**-11, 2.0**-11], dtype=np.float32)
+    >>> x = np.array([1.0, 2.0**-11, 2.0**-11, 2.0**-11], dtype=np.float32)
     >>> float(sum(x, accumulation="fp16")), float(sum(x, accumulation="fp16-pairwise"))
     (1.0, 1.0009765625)
     """

@@ -110,7 +110,7 @@ def ref_accumulate(a_row, b_row, acc: Accumulation, rand=None) -> Fraction:
                 else:
                     cs = add(cs, terms[k], F, k, 0)
             if acc.order == "blocked":
-                total = add(total, cs, acc.chunk_format, min(start + C, K) - 1, 4)
+                total = ref_round(total + cs, acc.chunk_format)  # promotion: nearest-even
             else:
                 total = cs
         s = total

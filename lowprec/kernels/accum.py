@@ -51,7 +51,7 @@ SLOT_ADD = 0  # s + t (sequential/blocked), pairwise combine keyed by the right 
 SLOT_KAHAN_Y = 1  # y = t - c
 SLOT_KAHAN_Z = 2  # z = (s + y) - s
 SLOT_KAHAN_C = 3  # c = z - y
-SLOT_CHUNK = 4  # chunk sum added to the running total (keyed by the chunk's last k)
+# slots 4..7 are reserved (chunk sums are promoted with nearest-even and draw nothing)
 
 STOCHASTIC = scalar.STOCHASTIC
 NEAREST_EVEN = scalar.NEAREST_EVEN
@@ -282,9 +282,7 @@ def accumulate(a, ra, b, rb, K, o, has_prod, pprod, fused, pacc, mode, order, ch
                 cs = round_sum(cs, t, pacc, mode,
                                draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_ADD), rbits), rbits)
             if order == BLOCKED and ((k + 1) % C == 0 or k == K - 1):
-                total = round_sum(total, cs, pchunk, mode,
-                                  draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_CHUNK), rbits),
-                                  rbits)
+                total = round_sum(total, cs, pchunk, NEAREST_EVEN, np.uint64(0), rbits)  # promotion: RN
                 cs = 0.0
                 c = 0.0
         s = total if order == BLOCKED else cs
