@@ -121,6 +121,10 @@ class Telemetry:
         self.steps: list = []
         self.last_step: Optional[dict] = None
         self.tensor_totals: dict = {}
+        #: ``[step, tensor, role, format, underflow, subnormal, overflow, nan]`` for every tensor and step
+        #: with a non-zero count (kept even when ``keep_steps`` is False; ``lowprec train`` writes them
+        #: to telemetry.csv)
+        self.events: list = []
         self._current = None
 
     def begin_step(self, step: int) -> None:
@@ -152,6 +156,9 @@ class Telemetry:
                                                        **dict.fromkeys(EVENTS, 0)})
             for k in EVENTS:
                 tot[k] += entry[k]
+            if any(entry[k] for k in EVENTS):
+                self.events.append([self._current["step"], name, entry["role"], entry["format"],
+                                    *(entry[k] for k in EVENTS)])
         self.last_step = self._current
         if self.keep_steps:
             self.steps.append(self._current)
@@ -178,7 +185,7 @@ class Telemetry:
     def state_dict(self) -> dict:
         """A JSON-serialisable copy of the record (for checkpoints)."""
         return {"enabled": self.enabled, "keep_steps": self.keep_steps, "steps": self.steps,
-                "tensor_totals": self.tensor_totals}
+                "tensor_totals": self.tensor_totals, "events": self.events}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a record written by :meth:`state_dict`."""
@@ -186,5 +193,6 @@ class Telemetry:
         self.keep_steps = bool(state["keep_steps"])
         self.steps = list(state["steps"])
         self.tensor_totals = {k: dict(v) for k, v in state["tensor_totals"].items()}
+        self.events = [list(e) for e in state["events"]]
         self.last_step = self.steps[-1] if self.steps else None
         self._current = None

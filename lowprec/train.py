@@ -11,7 +11,8 @@ command line wraps it:
 What a run writes to ``--out``: ``run.json`` (configuration, policy table,
 summary, per-epoch metrics, telemetry totals per tensor), ``steps.csv``
 (one row per optimizer step: loss, batch accuracy, loss scale, skipped,
-counts per role and event), ``loss.png``, ``accuracy.png``,
+counts per role and event), ``telemetry.csv`` (one row per tensor and step
+with a non-zero count), ``loss.png``, ``accuracy.png``,
 ``loss_scale.png``, ``underflow.png`` and ``checkpoint.ckpt`` (written
 atomically at the end of every epoch).
 
@@ -124,6 +125,7 @@ class RunResult:
     scaler: LossScaler
     record: dict
     step_rows: list = field(default_factory=list)
+    telemetry: Optional[Telemetry] = None
 
     @property
     def test_accuracy(self) -> float:
@@ -438,7 +440,7 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
             bar.close()
     wall = wall_before + time.perf_counter() - t0
     record = _record(config, model, opt, scaler, tel, epochs_rows, step_rows, wall, ds)
-    result = RunResult(config, model, opt, scaler, record, step_rows)
+    result = RunResult(config, model, opt, scaler, record, step_rows, tel)
     if out is not None:
         write_run(out, result)
     return result
@@ -484,6 +486,11 @@ def write_run(out: str, result: RunResult) -> None:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+    if result.telemetry is not None:
+        with open(os.path.join(out, "telemetry.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "tensor", "role", "format", *EVENTS])
+            w.writerows(result.telemetry.events)
     _plots(out, result)
 
 

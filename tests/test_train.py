@@ -38,6 +38,16 @@ def test_cli_writes_record_csv_plots_and_checkpoint(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == rec["summary"]["steps"] == 2 * 12  # ceil(1438 / 128) = 12 steps per epoch
     assert {"loss", "accuracy", "loss_scale", "skipped", "activation_grad_underflow", "weight_grad_nan"} <= set(rows[0])
+    with open(out / "telemetry.csv") as f:
+        reader = csv.DictReader(f)
+        events = list(reader)
+    assert reader.fieldnames == ["step", "tensor", "role", "format", "underflow", "subnormal", "overflow", "nan"]
+    per_step = {}
+    for e in events:
+        if e["role"] in ("activation_grad", "weight_grad"):
+            per_step[int(e["step"])] = per_step.get(int(e["step"]), 0) + int(e["underflow"])
+    for r in rows:  # the per-tensor rows add up to the per-role columns of steps.csv
+        assert per_step.get(int(r["step"]), 0) == int(r["activation_grad_underflow"]) + int(r["weight_grad_underflow"])
     for png in ("loss.png", "accuracy.png", "loss_scale.png", "underflow.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "checkpoint.ckpt").exists()
@@ -177,6 +187,12 @@ def test_extra_policy_modules_are_optional(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", broken)
     with pytest.raises(ModuleNotFoundError, match="scipy"):
         T._load_extra_policies()  # a QAT module with a missing dependency is an error, not a skip
+
+
+@pytest.mark.parametrize("precision", ["fp8-mixed", "pure-fp16"])
+def test_other_presets_train(digits, precision):
+    res = T.train(T.TrainConfig(precision=precision, epochs=1, **SMALL), dataset=digits)
+    assert np.isfinite(res.record["summary"]["train_loss"]) and res.test_accuracy > 0.3
 
 
 def test_fp32_does_not_care_about_a_power_of_two_loss_weight(digits):
