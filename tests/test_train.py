@@ -15,6 +15,17 @@ from lowprec.data import Dataset, load_digits
 SMALL = dict(hidden=(16,), batch_size=128)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models run fastest on one numba thread (results are the same bits on any count)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_digits(seed=0)
@@ -91,6 +102,19 @@ def test_cli_resume_extends_a_run(tmp_path, capsys):
     assert cli.main(args + ["--epochs", "1", "--out", out]) == 0
     assert cli.main(args + ["--epochs", "2", "--resume", out]) == 0
     assert len(json.loads((tmp_path / "r" / "run.json").read_text())["epochs"]) == 2
+
+
+def test_cli_trains_on_mnist_idx_files(tmp_path, capsys):
+    from lowprec.data import MNIST_FILES, write_idx
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = (rng.integers(0, 40, (n, 4, 4)) + 20 * labels[:, None, None]).astype(np.uint8)
+        write_idx(tmp_path / (MNIST_FILES[f"{split}_images"] + ".gz"), images)
+        write_idx(tmp_path / MNIST_FILES[f"{split}_labels"], labels)
+    assert cli.main(["train", "--data", str(tmp_path), "--epochs", "1", "--hidden", "8", "--quiet"]) == 0
+    assert "on mnist: test accuracy" in capsys.readouterr().out
 
 
 def test_truncated_checkpoint_gives_a_clear_error(tmp_path, digits, capsys):
