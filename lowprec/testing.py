@@ -320,7 +320,8 @@ def check_bounded_error(q: Callable, x, bound, where=None) -> None:
     bad = mask & ~(err <= b)
     if bad.any():
         i = int(np.argmax(bad))
-        raise AssertionError(f"error too large: x={float(xf[i])!r} -> q(x)={float(y[i])!r}, |error|={float(err[i])!r} > bound {float(b[i])!r}")
+        raise AssertionError(f"error too large: x={float(xf[i])!r} -> q(x)={float(y[i])!r}, "
+                             f"|error|={float(err[i])!r} > bound {float(b[i])!r}")
 
 
 def check_in_levels(q: Callable, x, levels) -> None:
@@ -413,7 +414,8 @@ def check_unbiased(q: Callable, x, levels, *, n: int = 4000, delta: float = 1e-9
     bad = inside[:, None] & ~ok
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise AssertionError(f"stochastic output not a neighbour: x={float(xf[i])!r} -> {float(y[i, j])!r}; the neighbours are "
+        raise AssertionError(f"stochastic output not a neighbour: x={float(xf[i])!r} -> {float(y[i, j])!r}; "
+                             f"the neighbours are "
                              f"{float(d[i])!r} and {float(u[i])!r}")
     m = max(int(inside.sum()), 1)
     t = hoeffding_bound(n, m, delta) + resolution
@@ -423,6 +425,7 @@ def check_unbiased(q: Callable, x, levels, *, n: int = 4000, delta: float = 1e-9
     bad = inside & (dev > bound)
     if bad.any():
         i = int(np.argmax(bad))
-        raise AssertionError(f"biased: x={float(xf[i])!r}, mean of {n} draws {float(mean[i])!r}, |mean - x| = {float(dev[i])!r} > bound "
+        raise AssertionError(f"biased: x={float(xf[i])!r}, mean of {n} draws {float(mean[i])!r}, "
+                             f"|mean - x| = {float(dev[i])!r} > bound "
                              f"{float(bound[i])!r} (= gap {float(u[i] - d[i])!r} x (Hoeffding {t - resolution:.4g} at "
                              f"delta={delta:g} over {m} inputs + resolution {resolution:g}))")

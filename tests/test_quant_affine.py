@@ -128,6 +128,9 @@ def test_fake_quant_properties_with_lowprec_testing(bits, signed, data):
     # inside the range, nearest modes are within scale/2
     inside = (x >= levels[0]) & (x <= levels[-1])
     lt.check_bounded_error(q, x, _tol(s), where=inside)
+    qa = lambda v: fake_quantize(v, s, zp, rounding="nearest_away", **kw)  # noqa: E731
+    lt.check_bounded_error(qa, x, _tol(s), where=inside)
+    lt.check_neighbours(qa, x, levels)
     for mode in ("toward_zero", "up", "down", "odd"):
         qd = lambda v: fake_quantize(v, s, zp, rounding=mode, **kw)  # noqa: E731
         lt.check_neighbours(qd, x, levels)

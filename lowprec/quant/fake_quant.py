@@ -102,7 +102,8 @@ def fake_quant(x: Tensor, scale, zero_point=0, *, bits: int = 8, signed: bool = 
 
 
 def lsq_fake_quant(x: Tensor, step: Tensor, *, bits: int = 8, signed: bool = True, narrow_range: bool = False,
-                   axis: Optional[int] = None, grad_scale: Optional[float] = None, name: Optional[str] = None) -> Tensor:
+                   axis: Optional[int] = None, grad_scale: Optional[float] = None,
+                   name: Optional[str] = None) -> Tensor:
     """LSQ fake quantization with a trainable step (shape (1,) per tensor, (C,) per channel along ``axis``).
 
     ``narrow_range`` makes the signed range symmetric (``-Q_p..Q_p``).
@@ -225,7 +226,11 @@ class LSQQuantizer:
                               narrow_range=self.narrow_range, axis=self.axis, name=self.name)
 
     def qparams(self):
-        """(scale, zero point, signed) for integer export: zero point 0 (signed) or -2**(b-1) for int8 codes of an unsigned range."""
+        """(scale, zero point, signed) for integer export.
+
+        The zero point is 0 for a signed range and -2**(b-1) for an unsigned
+        one (its codes 0..2**b-1 become signed codes shifted by -2**(b-1)).
+        """
         s = np.maximum(self.step.data.astype(np.float64), _MIN_STEP)
         signed = True if self.narrow_range else bool(self.signed)
         return (s if self.channels is not None else float(s[0])), (0 if signed else -(1 << (self.bits - 1))), signed
