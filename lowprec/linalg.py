@@ -22,9 +22,11 @@ import numpy as np
 
 from .accumulation import ORDERS, Accumulation, get_accumulation
 from .core import round_to
+from .formats import FloatFormat, get_format
 from .kernels import accum as _accum
 from .kernels import dispatch
 from .rng import resolve_seed
+from .rounding import Rounding
 
 __all__ = ["matmul", "dot", "sum"]
 
@@ -86,6 +88,56 @@ def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
 
         linalg_cpu._matmul_cpu(*args)
     return out
+
+
+_FP32 = get_format("fp32")
+_FAST_MIN_WORK = 1 << 15  # below this many multiply-adds the general kernel is as fast
+
+
+def _fp32_products_exact(acc: Accumulation, a: np.ndarray, b: np.ndarray) -> bool:
+    """True when every product of (rounded) a and b is exactly a float32 number."""
+    pa, pb = acc.a_format.precision, acc.b_format.precision
+    if pa + pb > 24:
+        return False
+    with np.errstate(all="ignore"):
+        ma, mb = np.abs(a), np.abs(b)
+        lo_a = ma[ma > 0].min(initial=np.inf)
+        lo_b = mb[mb > 0].min(initial=np.inf)
+        hi = float(ma.max(initial=0.0)) * float(mb.max(initial=0.0))
+    # the lowest set bit of a product is >= |a| 2**(1-pa) * |b| 2**(1-pb): keep it >= 2**-149
+    small_ok = float(lo_a) * float(lo_b) >= 2.0 ** (-149 + pa + pb - 2) or not (lo_a < np.inf and lo_b < np.inf)
+    return bool(small_ok and hi <= _FP32.max)
+
+
+def _fast_fp32_kernel(acc: Accumulation, backend: str):
+    """'fma' / 'muladd' when IEEE float32 arithmetic *is* this accumulation, else None."""
+    if (backend != "cpu" or acc.acc_format != _FP32 or acc.acc_rounding is not Rounding.NEAREST_EVEN
+            or acc.order != "sequential" or acc.compensated
+            or not isinstance(acc.a_format, FloatFormat) or not isinstance(acc.b_format, FloatFormat)
+            or not (acc.a_format.fits_in(np.float32) and acc.b_format.fits_in(np.float32))):
+        return None
+    if acc.product_format is None and acc.fused:
+        return "fma"  # one rounding of s + a*b
+    if acc.product_format in (None, _FP32):
+        return "muladd"  # the product rounded to fp32, then the sum
+    return None
+
+
+def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
+    """The register-tiled float32 kernel (kernels/linalg_cpu.py), batch by batch; same bits as _run."""
+    from .kernels import linalg_cpu
+
+    a3 = a2.reshape(-1, M, K).astype(np.float32)
+    b3 = np.swapaxes(bt2.reshape(-1, N, K), -1, -2).astype(np.float32)
+    if kind == "fma" and _fp32_products_exact(acc, a3, b3):
+        kind = "muladd"  # exact products: fused and unfused agree, and mul+add vectorises
+    out = np.empty((ia.size, M, N), dtype=np.float32)
+    for bi in range(ia.size):
+        out[bi] = linalg_cpu._matmul_fp32_cpu(a3[ia[bi]], b3[ib[bi]], kind == "fma")
+    out[np.isnan(out)] = np.nan  # one NaN, as the scalar kernels give
+    if acc.out_format != _FP32:
+        return round_to(out.astype(np.float64), acc.out_format).reshape(-1)
+    return out.astype(np.float64).reshape(-1)
 
 
 def _batch_index(batch_shape, own_shape) -> np.ndarray:
@@ -156,7 +208,11 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(
         int(np.prod(B.shape[:-2], dtype=np.int64)) * N, K)
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
-    out = _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend).reshape(batch + (M, N))
+    fast = _fast_fp32_kernel(acc, backend) if M * N * K >= _FAST_MIN_WORK else None
+    if fast is not None:
+        out = _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, fast).reshape(batch + (M, N))
+    else:
+        out = _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend).reshape(batch + (M, N))
     if a_in.ndim == 1:
         out = out[..., 0, :]
     if b_in.ndim == 1:

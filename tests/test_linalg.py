@@ -394,3 +394,29 @@ def test_bad_input_messages():
         lp_sum(a, axis=3)
     with pytest.raises(ValueError, match="backend"):
         matmul(a, a.T, backend="tpu")
+
+
+# ----------------------------------------------------------------------------
+# the register-tiled fp32 kernel gives the scalar kernel's bits
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("acc", ["fp32", "fp16-fp32", "bf16-fp32", "e4m3-fp32", "e5m2-e4m3-fp32", "tf32-fp32",
+                                 Accumulation(fused=False), Accumulation(a_format="bf16", out_format="bf16"),
+                                 Accumulation(a_format="fp16", product_format="fp32")],
+                         ids=lambda a: a if isinstance(a, str) else "custom")
+def test_tiled_fp32_kernel_equals_scalar_kernel(acc):
+    from lowprec.linalg import _FAST_MIN_WORK, _run
+
+    rng = np.random.default_rng(8)
+    M, K, N = 37, 45, 41  # not multiples of the 4 x 16 tile
+    assert M * N * K >= _FAST_MIN_WORK
+    a = (rng.standard_normal((2, M, K)) * 2.0 ** rng.integers(-20, 20, (2, M, K))).astype(np.float32)
+    b = (rng.standard_normal((K, N)) * 2.0 ** rng.integers(-30, 10, (K, N))).astype(np.float32)
+    a[0, 0, 3], a[0, 1, 4], b[5, 2] = np.inf, np.nan, -np.inf
+    a[1, 2, :] = 2.0 ** -130  # bf16 subnormals: their products are not float32 numbers (the fma branch)
+    fast = matmul(a, b, acc, backend="cpu")
+    accobj = get_accumulation(acc)
+    a2 = round_to(a, accobj.a_format).astype(np.float64).reshape(-1, K)
+    bt2 = round_to(b, accobj.b_format).astype(np.float64).T.copy()
+    slow = _run(a2, bt2, np.arange(2), np.zeros(2, np.int64), M, N, K, accobj, None, "cpu").reshape(2, M, N)
+    assert bits_equal(fast, slow.astype(np.float32))
+    assert np.isnan(fast).any()  # the NaNs are the same bits too

@@ -286,4 +286,6 @@ def accumulate(a, ra, b, rb, K, o, has_prod, pprod, fused, pacc, mode, order, ch
                 cs = 0.0
                 c = 0.0
         s = total if order == BLOCKED else cs
+    if s != s:
+        s = np.nan  # one NaN for every backend (hardware default NaNs differ in sign)
     return round64(s, pout, NEAREST_EVEN, np.uint64(0), 32)
