@@ -646,7 +646,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--loss-scale", default=None, metavar="none|static:VALUE|dynamic",
                    help="loss scaling (default: the policy's)")
     p.add_argument("--out", default=None, help="directory for run.json, steps.csv, plots, checkpoint")
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT|RUN_DIR", help="continue a run bit-exactly")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT|RUN_DIR", help="continue a run bit-exactly (settings come from the checkpoint; --epochs sets the new total)")
     p.add_argument("--no-telemetry", action="store_true", help="do not count rounding events (faster)")
     p.add_argument("--threads", type=int, default=None,
                    help="numba threads for the kernels (1 is fastest for small models on a busy machine)")

@@ -48,6 +48,8 @@ class Linear:
     layer_index : int
         Position in the network: passed to the policy's fake-quant factories
         and used in telemetry names (``layer{i}.weight`` ...).
+    init : {"he", "lecun"}
+        He-uniform bound ``sqrt(6/in)`` (default) or LeCun-uniform ``sqrt(1/in)``.
     """
 
     def __init__(self, in_features: int, out_features: int, rng: np.random.Generator, ctx=None,
@@ -58,6 +60,8 @@ class Linear:
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.ctx = ctx
         self.index = int(layer_index)
+        if init not in ("he", "lecun"):
+            raise ValueError(f"init must be 'he' or 'lecun', got {init!r}")
         bound = np.sqrt(6.0 / in_features) if init == "he" else np.sqrt(1.0 / in_features)
         w = rng.uniform(-bound, bound, size=(in_features, out_features))
         dtype = np.float32 if ctx is not None else np.float64

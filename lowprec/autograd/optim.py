@@ -16,6 +16,9 @@ after loss-scale unscaling):
 4. with master weights, ``p.data`` is refreshed as the master rounded to
    ``weight``.
 
+The master copy starts as the stored initial weights (already rounded to
+``weight``), so that master and stored copies agree at step 0.
+
 Without a runtime (``ctx=None``) everything is plain numpy in the
 parameters' dtype. A step the loss scaler skips never calls
 :meth:`Optimizer.step`, so weights and state stay bit-for-bit unchanged.
