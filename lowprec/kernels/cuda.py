@@ -50,17 +50,15 @@ def _get_kernels():
     def round_kernel(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < x.size:
-            cmask = (1 << CW) - 1 if CW < 64 else -1
             rnd = scalar.random_bits(key0, key1, offset + i, rbits) if mode == STOCHASTIC else 0
-            out[i] = scalar.round_bits(x[i] & cmask, CW, CM, CB, p, mode, rnd, rbits)
+            out[i] = scalar.round_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
 
     @cuda.jit
     def encode_kernel(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < x.size:
-            cmask = (1 << CW) - 1 if CW < 64 else -1
             rnd = scalar.random_bits(key0, key1, offset + i, rbits) if mode == STOCHASTIC else 0
-            out[i] = scalar.encode_bits(x[i] & cmask, CW, CM, CB, p, mode, rnd, rbits)
+            out[i] = scalar.encode_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
 
     @cuda.jit
     def decode_kernel(bits, out, CW, CM, CB, p):

@@ -169,45 +169,46 @@ def _scaled_int_bits(s, e0, CM, CB):
     s = np.int64(s)
     n = _bit_length(s) - 1  # s = 2**n + rest
     ebiased = n + e0 + CB
-    normal = (np.int64(ebiased) << CM) | ((s - (np.int64(1) << max(n, 0))) << max(CM - n, 0))
+    normal = (np.int64(ebiased) << CM) + ((s << (CM - min(n, CM))) - (np.int64(1) << CM))
     # carrier subnormal: value / 2**(1 - CB - CM) is an integer
     sub = s << max(e0 - (1 - CB - CM), 0)
-    if s == 0:
-        return np.int64(0)
-    if ebiased >= 1:
-        return normal
-    return sub
+    return normal if (ebiased >= 1) & (s != 0) else sub
 
 
 @_jit
-def _apply_rounding(T0, sign, rem, half, d, mode, rnd, rbits):
-    """The rounded magnitude code from the truncated code ``T0`` and the dropped bits.
+def _increment(parity, sign, rem, half, d, mode, rnd, rbits):
+    """1 when the truncated value must move one unit away from zero, else 0.
 
-    rem  : the d dropped bits as an integer (0 <= rem < 2**d; d may exceed 63,
-           then rem is everything below the kept bits and half > rem)
-    half : 2**(d-1) (clamped, see callers)
-    rnd  : for STOCHASTIC, a uniform integer in [0, 2**rbits)
+    This is the single rounding rule every kernel applies.
+
+    parity : last bit of the truncated value's encoding (ties-to-even, odd)
+    rem    : the d dropped bits as an integer (0 <= rem < 2**d; when d > 62
+             rem is everything below the kept bits and half > rem)
+    half   : 2**(d-1) (clamped, see _split)
+    rnd    : for STOCHASTIC, a uniform integer in [0, 2**rbits)
+
+    Written with selects, not branches on the data, so that array loops vectorise.
     """
-    if rem == 0:
-        return T0
+    nz = rem != 0
     if mode == NEAREST_EVEN:
-        return T0 + np.int64((rem > half) or (rem == half and (T0 & 1) == 1))
-    if mode == NEAREST_AWAY:
-        return T0 + np.int64(rem >= half)
-    if mode == UP:
-        return T0 + np.int64(sign == 0)
-    if mode == DOWN:
-        return T0 + np.int64(sign == 1)
-    if mode == ODD:
-        return T0 | 1
-    if mode == STOCHASTIC:
+        inc = (rem > half) | ((rem == half) & nz & (parity == 1))
+    elif mode == NEAREST_AWAY:
+        inc = (rem >= half) & nz
+    elif mode == UP:
+        inc = nz & (sign == 0)
+    elif mode == DOWN:
+        inc = nz & (sign == 1)
+    elif mode == ODD:
+        inc = nz & (parity == 0)  # truncate, then make the last bit 1 if inexact
+    elif mode == STOCHASTIC:
         # round up iff R < floor(rem * 2**rbits / 2**d): P(up) = floor(2**r (x-lo)/(hi-lo)) / 2**r
-        if d >= rbits:
-            rem_r = np.uint64(rem) >> np.uint64(min(d - rbits, 63))
-        else:
-            rem_r = np.uint64(rem) << np.uint64(rbits - d)
-        return T0 + np.int64(np.uint64(rnd) < rem_r)
-    return T0  # TOWARD_ZERO
+        sh_down = np.uint64(min(max(d - rbits, 0), 63))
+        sh_up = np.uint64(min(max(rbits - d, 0), 63))
+        rem_r = (np.uint64(rem) >> sh_down) << sh_up
+        inc = np.uint64(rnd) < rem_r
+    else:  # TOWARD_ZERO
+        inc = False
+    return np.int64(inc)
 
 
 @_jit
@@ -220,57 +221,93 @@ def _split(sig, d):
     return kept, rem, half
 
 
+@_jit
+def _carrier_int(u, CW):
+    """The carrier bits as a nonnegative-for-float32 int64 (a float32 pattern arrives sign-extended)."""
+    u = np.int64(u)
+    return (u & 0xFFFFFFFF) if CW == 32 else u
+
+
+@_jit
+def _carrier_out(r, CW):
+    """Carrier bits as the signed int of the carrier's width (what an int32/int64 view holds)."""
+    return np.int64(np.int32(r)) if CW == 32 else np.int64(r)
+
+
 # --------------------------------------------------------------------------
 # float target
 # --------------------------------------------------------------------------
 @_jit
-def _overflow_class(sign, mode, sat, nan_code):
-    """After the magnitude code passed tmax: clamp to max (CLS_FINITE) or overflow (Inf/NaN)."""
-    clamp = (sat == 1 or mode == TOWARD_ZERO or mode == ODD
-             or (mode == UP and sign == 1) or (mode == DOWN and sign == 0))
-    if clamp:
-        return CLS_FINITE
-    if nan_code == NAN_IEEE:
-        return CLS_INF
-    return CLS_NAN
+def _float_consts(CW, CM, CB, m, emin, bias, tmax):
+    """Carrier bits of the format's max, smallest normal and smallest subnormal; NaN and Inf bits.
+
+    Pure functions of loop-invariant arguments: compilers hoist them out of array loops."""
+    expmax = (np.int64(1) << (CW - 1 - CM)) - 1
+    mmask = (np.int64(1) << m) - 1
+    maxbits = _scaled_int_bits((tmax & mmask) | (np.int64(1) << m), (tmax >> m) - bias - m, CM, CB)
+    minnorm = _scaled_int_bits(np.int64(1), emin, CM, CB)
+    minsub = _scaled_int_bits(np.int64(1), emin - m, CM, CB)
+    infbits = expmax << CM
+    nanbits = infbits | (np.int64(1) << (CM - 1))
+    return maxbits, minnorm, minsub, infbits, nanbits
 
 
 @_jit
-def round_float_code(u, CW, CM, CB, m, emin, tmax, nan_code, subn, sat, mode, rnd, rbits):
-    """Round the carrier value with bits ``u`` to a float format.
+def round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat, mode, rnd, rbits):
+    """THE float rounding: carrier bits ``u`` in, carrier bits of the rounded value out.
 
-    Returns (sign, T, cls): sign bit, magnitude code (valid when cls is
-    CLS_FINITE; T <= tmax) and result class."""
-    u = np.int64(u)
+    The value is truncated at the target's quantum directly in the carrier's
+    bit pattern and incremented once, ``((a >> d) + inc) << d``: a carry out of
+    the mantissa moves into the exponent, which is exactly the next binade.
+    Values below the smallest subnormal (d > CM) become 0 or that subnormal.
+    Overflow, flush-to-zero and Inf/NaN are selects on the result.
+    """
+    u = _carrier_int(u, CW)
+    maxbits, minnorm, minsub, infbits, nanbits = _float_consts(CW, CM, CB, m, emin, bias, tmax)
     sign = (u >> (CW - 1)) & 1
     a = u & ((np.int64(1) << (CW - 1)) - 1)
-    expmax = (np.int64(1) << (CW - 1 - CM)) - 1
     E = a >> CM
     frac = a & ((np.int64(1) << CM) - 1)
-    if E == expmax:
-        if frac != 0:
-            return sign, np.int64(0), CLS_NAN
-        # infinity in
-        if nan_code == NAN_IEEE:
-            return sign, np.int64(0), CLS_INF
-        if sat == 1:
-            return sign, np.int64(tmax), CLS_FINITE
-        return sign, np.int64(0), CLS_NAN
+    special = E == (np.int64(1) << (CW - 1 - CM)) - 1  # Inf or NaN in
+    nan_in = special & (frac != 0)
+    ex = max(E, 1) - CB
+    sig = frac | (np.int64(E != 0) << CM)
+    d = max(ex, emin) - m - ex + CM  # bits dropped below the target quantum (>= 0)
+    kept, rem, half = _split(sig, d)
+    kc = a >> min(d, CM)  # truncated value, carrier domain (valid for d <= CM)
+    # last bit of the truncated value's *target* encoding
+    par_cm = ((E + CB + bias) & 1) if ex >= emin else np.int64(1)  # d == CM: exponent lsb, or subnormal 1
+    parity = (kc & 1) if d < CM else (par_cm if d == CM else np.int64(0))
+    inc = _increment(parity, sign, rem, half, d, mode, rnd, rbits)
+    res = ((kc + inc) << min(d, CM)) if d <= CM else (minsub if inc == 1 else np.int64(0))
+    # overflow: clamp to max (saturating format, toward-zero-like modes) or Inf/NaN
+    clamp = ((sat == 1) | (mode == TOWARD_ZERO) | (mode == ODD)
+             | ((mode == UP) & (sign == 1)) | ((mode == DOWN) & (sign == 0)))
+    over_bits = maxbits if clamp else (infbits if nan_code == NAN_IEEE else nanbits)
+    res = over_bits if res > maxbits else res
+    res = 0 if (subn == 0) & (res < minnorm) else res  # flush to zero after rounding
+    inf_bits = infbits if nan_code == NAN_IEEE else (maxbits if sat == 1 else nanbits)
+    res = (nanbits if nan_in else inf_bits) if special else res
+    sign = 0 if (nan_code == NAN_NEGATIVE_ZERO) & (res == 0) else sign  # no negative zero
+    return _carrier_out((np.int64(sign) << (CW - 1)) | res, CW)
+
+
+@_jit
+def carrier_to_float_code(r, CW, CM, CB, m, emin, nan_code):
+    """(sign, T, cls) of a carrier value that is a value of the format (exact, no rounding)."""
+    r = np.int64(r)
+    sign = (r >> (CW - 1)) & 1
+    a = r & ((np.int64(1) << (CW - 1)) - 1)
+    E = a >> CM
+    frac = a & ((np.int64(1) << CM) - 1)
+    special = E == (np.int64(1) << (CW - 1 - CM)) - 1
     ex = max(E, 1) - CB
     sig = frac | (np.int64(E != 0) << CM)
     eq = max(ex, emin)
-    d = eq - m - ex + CM
-    kept, rem, half = _split(sig, d)
-    T0 = (np.int64(eq - emin) << m) + kept
-    T = _apply_rounding(T0, sign, rem, half, d, mode, rnd, rbits)
-    cls = CLS_FINITE
-    if T > tmax:
-        cls = _overflow_class(sign, mode, sat, nan_code)
-        T = np.int64(tmax)
-    if subn == 0 and T < (np.int64(1) << m):
-        T = np.int64(0)  # flush to zero after rounding
-    if nan_code == NAN_NEGATIVE_ZERO and T == 0 and cls == CLS_FINITE:
-        sign = np.int64(0)  # no negative zero
+    d = min(eq - m - ex + CM, 62)
+    T = (np.int64(eq - emin) << m) + (sig >> d)
+    cls = (CLS_NAN if frac != 0 else CLS_INF) if special else CLS_FINITE
+    T = 0 if special else T
     return sign, T, cls
 
 
@@ -279,17 +316,14 @@ def float_code_to_bits(sign, T, cls, CW, CM, CB, m, emin, bias):
     """Carrier bits of a float-format value given as (sign, magnitude code, class)."""
     expmax = (np.int64(1) << (CW - 1 - CM)) - 1
     sbit = np.int64(sign) << (CW - 1)
-    if cls == CLS_NAN:
-        return sbit | (expmax << CM) | (np.int64(1) << (CM - 1))
-    if cls == CLS_INF:
-        return sbit | (expmax << CM)
-    mmask = (np.int64(1) << m) - 1
     Et = T >> m
-    if Et == 0:
-        mag = _scaled_int_bits(T, emin - m, CM, CB)
-    else:
-        mag = _scaled_int_bits((T & mmask) | (np.int64(1) << m), Et - bias - m, CM, CB)
-    return sbit | mag
+    normal = Et != 0
+    s = (T & ((np.int64(1) << m) - 1)) | (np.int64(normal) << m)
+    e0 = (Et - bias - m) if normal else (emin - m)
+    mag = _scaled_int_bits(s, e0, CM, CB)
+    nan_bits = (expmax << CM) | (np.int64(1) << (CM - 1))
+    mag = nan_bits if cls == CLS_NAN else ((expmax << CM) if cls == CLS_INF else mag)
+    return _carrier_out(sbit | mag, CW)
 
 
 @_jit
@@ -341,7 +375,7 @@ def round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbi
     Returns (k, cls): the integer k (value = k * 2**-frac_bits) and CLS_NAN
     for NaN input (k = 0). Infinities saturate to the nearest end under
     both overflow modes (an infinity has no residue modulo 2**bits)."""
-    u = np.int64(u)
+    u = _carrier_int(u, CW)
     sign = (u >> (CW - 1)) & 1
     a = u & ((np.int64(1) << (CW - 1)) - 1)
     expmax = (np.int64(1) << (CW - 1 - CM)) - 1
@@ -359,7 +393,7 @@ def round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbi
     big = False
     if d >= 0:
         kept, rem, half = _split(sig, d)
-        T = _apply_rounding(kept, sign, rem, half, d, mode, rnd, rbits)
+        T = kept + _increment(kept & 1, sign, rem, half, d, mode, rnd, rbits)
     else:
         sh = -d
         big = _bit_length(sig) + sh > 62
@@ -381,10 +415,10 @@ def round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbi
 def fixed_int_to_bits(k, cls, CW, CM, CB, frac_bits):
     expmax = (np.int64(1) << (CW - 1 - CM)) - 1
     if cls == CLS_NAN:
-        return (expmax << CM) | (np.int64(1) << (CM - 1))
+        return _carrier_out((expmax << CM) | (np.int64(1) << (CM - 1)), CW)
     k = np.int64(k)
     sbit = np.int64(k < 0) << (CW - 1)
-    return sbit | _scaled_int_bits(abs(k), -frac_bits, CM, CB)
+    return _carrier_out(sbit | _scaled_int_bits(abs(k), -frac_bits, CM, CB), CW)
 
 
 # --------------------------------------------------------------------------
@@ -394,9 +428,8 @@ def fixed_int_to_bits(k, cls, CW, CM, CB, frac_bits):
 def round_bits(u, CW, CM, CB, p, mode, rnd, rbits):
     """Carrier bits in -> carrier bits of the value rounded to format ``p``."""
     if p[0] == KIND_FLOAT:
-        sign, T, cls = round_float_code(u, CW, CM, CB, p[1], p[2], p[4], p[5], p[6], p[7],
-                                        mode, rnd, rbits)
-        return float_code_to_bits(sign, T, cls, CW, CM, CB, p[1], p[2], p[3])
+        return round_float_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], p[5], p[6], p[7],
+                                   mode, rnd, rbits)
     k, cls = round_fixed_int(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
     return fixed_int_to_bits(k, cls, CW, CM, CB, p[2])
 
@@ -405,8 +438,9 @@ def round_bits(u, CW, CM, CB, p, mode, rnd, rbits):
 def encode_bits(u, CW, CM, CB, p, mode, rnd, rbits):
     """Carrier bits in -> the format's bit pattern (unsigned, in the low bits)."""
     if p[0] == KIND_FLOAT:
-        sign, T, cls = round_float_code(u, CW, CM, CB, p[1], p[2], p[4], p[5], p[6], p[7],
-                                        mode, rnd, rbits)
+        r = round_float_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], p[5], p[6], p[7],
+                                mode, rnd, rbits)
+        sign, T, cls = carrier_to_float_code(r, CW, CM, CB, p[1], p[2], p[5])
         return float_code_to_pattern(sign, T, cls, p[1], p[5], p[8])
     k, cls = round_fixed_int(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
     return k & ((np.int64(1) << p[1]) - 1)  # two's complement in `bits` bits

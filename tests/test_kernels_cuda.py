@@ -1,0 +1,73 @@
+"""CUDA kernels == CPU kernels, bit for bit, for every preset and mode.
+
+Runs under numba's CUDA simulator in CI (tests/conftest.py sets
+NUMBA_ENABLE_CUDASIM=1 before numba is imported); with LOWPREC_REAL_CUDA=1 on
+a machine with a GPU the same tests run on the device. The simulator runs
+each thread in Python, so the arrays here are small and chosen to cover
+every branch: zeros, subnormals, ties, overflow, Inf and NaN.
+"""
+
+import numpy as np
+import pytest
+
+import lowprec
+from lowprec.formats import FixedFormat, FloatFormat, get_format
+from lowprec.kernels import cuda as kcuda
+
+pytestmark = pytest.mark.skipif(not kcuda.is_available(), reason="no CUDA device or simulator")
+
+MODES = ["nearest_even", "nearest_away", "toward_zero", "up", "down", "odd", "stochastic"]
+FORMATS = [get_format(n) for n in lowprec.PRESETS] + [FloatFormat(3, 4, has_subnormals=False),
+                                                      FixedFormat(8, 3, overflow="wrap")]
+
+
+def _probe(fmt, dtype):
+    """Values around every interesting place of ``fmt``, representable in ``dtype``."""
+    base = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 1.0 + 2.0 ** -11, 0.1, 3.0, 7.5, 1e-3]
+    if isinstance(fmt, FloatFormat):
+        base += [fmt.max, fmt.max * 1.001, fmt.max * 2, fmt.tiny, fmt.tiny * 0.75, fmt.smallest_subnormal,
+                 fmt.smallest_subnormal * 0.5, fmt.smallest_subnormal * 1.5]
+    else:
+        base += [fmt.max + 0.5, fmt.min - 0.5, fmt.eps * 2.5, 1e9]
+    rng = np.random.default_rng(0)
+    base += list(rng.standard_normal(16) * 10.0 ** rng.integers(-6, 6, 16))
+    with np.errstate(over="ignore"):
+        x = np.array(base + [-v for v in base], dtype=dtype)
+    return x
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_round_cuda_equals_cpu_every_mode(fmt):
+    for dtype in (np.float64, np.float32):
+        if not fmt.fits_in(dtype):
+            continue
+        x = _probe(fmt, dtype)
+        for mode in MODES:
+            cpu = lowprec.round_to(x, fmt, mode, seed=7, backend="cpu")
+            gpu = lowprec.round_to(x, fmt, mode, seed=7, backend="cuda")
+            np.testing.assert_array_equal(_bits(cpu), _bits(gpu), err_msg=f"{fmt.name} {mode} {dtype}")
+
+
+@pytest.mark.parametrize("fmt", [get_format(n) for n in ("fp16", "fp8_e4m3fn", "fp4_e2m1fn", "int8")],
+                         ids=lambda f: f.name)
+def test_encode_decode_cuda_equals_cpu(fmt):
+    x = _probe(fmt, np.float64)
+    x = x[~np.isnan(x)] if not fmt.has_nan else x
+    for mode in ("nearest_even", "stochastic"):
+        e_cpu = lowprec.encode(x, fmt, mode, seed=3, backend="cpu")
+        e_gpu = lowprec.encode(x, fmt, mode, seed=3, backend="cuda")
+        np.testing.assert_array_equal(e_cpu, e_gpu)
+    pats = np.arange(1 << fmt.bits, dtype=np.uint8 if fmt.bits <= 8 else np.uint16)[:300]
+    np.testing.assert_array_equal(_bits(lowprec.decode(pats, fmt, backend="cpu")),
+                                  _bits(lowprec.decode(pats, fmt, backend="cuda")))
+
+
+def test_stochastic_offsets_and_streams_match_on_cuda():
+    x = np.linspace(-3, 3, 200)
+    for kw in (dict(seed=1, offset=12345), dict(seed=2 ** 63 + 5, stream=9), dict(seed=4, random_bits=64)):
+        np.testing.assert_array_equal(lowprec.round_to(x, "bf16", "stochastic", backend="cpu", **kw),
+                                      lowprec.round_to(x, "bf16", "stochastic", backend="cuda", **kw))
