@@ -1,7 +1,7 @@
 """The ``lowprec study`` command: run a study from ``studies/``.
 
 ``lowprec study --list`` names the studies and what each reproduces;
-``lowprec study NAME [--quick] [--out DIR] [--scheduler ADDRESS]`` runs one
+``lowprec study NAME [--quick] [--out DIR] [--scheduler ADDRESS] [--data PATH]`` runs one
 and prints where its figures, CSV and table went, followed by the table.
 """
 
@@ -52,20 +52,30 @@ def describe(name: str) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
-def run_study(name: str, out_dir=None, quick: bool = False, scheduler=None) -> dict:
+def run_study(name: str, out_dir=None, quick: bool = False, scheduler=None, data=None) -> dict:
     """Run the study ``name``; write its files under ``out_dir`` (default ``study_out/NAME``).
+
+    ``data`` (a directory with the MNIST IDX files) is passed to the studies
+    that train on a dataset of the user's choice (precision-table).
 
     Returns the study's result dict (``figures``, ``csv``, ``table`` paths, ...).
 
     Raises
     ------
     ValueError
-        Unknown study name.
+        Unknown study name, or ``data`` given to a study that takes none.
     """
+    import inspect
+
     mod = _module(name)
     if out_dir is None:
         out_dir = Path("study_out") / name
-    return mod.run(out_dir, quick=bool(quick), scheduler=scheduler)
+    kwargs = {}
+    if data is not None:
+        if "data" not in inspect.signature(mod.run).parameters:
+            raise ValueError(f"study {name!r} does not take --data (only precision-table does)")
+        kwargs["data"] = str(data)
+    return mod.run(out_dir, quick=bool(quick), scheduler=scheduler, **kwargs)
 
 
 def _main(args) -> int:
@@ -77,7 +87,7 @@ def _main(args) -> int:
                 print(f"{n:16s} (unavailable: {exc})")
         return 0 if args.list else 2
     t0 = time.perf_counter()
-    res = run_study(args.name, args.out, quick=args.quick, scheduler=args.scheduler)
+    res = run_study(args.name, args.out, quick=args.quick, scheduler=args.scheduler, data=args.data)
     dt = time.perf_counter() - t0
     print(f"study {args.name} ({'quick' if args.quick else 'full'} run) finished in {dt:.1f} s")
     for fig in res.get("figures", []):
@@ -99,6 +109,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default study_out/NAME)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address for the sweep (default: a local process pool)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="directory with the MNIST IDX files (precision-table; default: bundled digits)")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.set_defaults(func=_main)
     return p

@@ -338,3 +338,28 @@ def test_lloyd_max_matches_max_1960_and_beats_minmax(quantizers_run):
             sq = {r["quantizer"]: float(r["sqnr_db"]) for r in rows if (r["dist"], r["bits"]) == (dist, b)}
             assert sq["lloyd_max"] > sq["uniform_minmax"], (dist, b)
             assert sq["lsq"] > sq["uniform_minmax"], (dist, b)
+
+
+def test_data_option_only_for_studies_that_train_on_a_dataset(tmp_path, capsys):
+    assert main(["study", "formats", "--quick", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "does not take --data" in capsys.readouterr().err
+
+
+def test_precision_table_task_reads_mnist_idx_files(tmp_path):
+    # A small MNIST-shaped set (digits upscaled to 28x28) in the four IDX files.
+    from sklearn.datasets import load_digits
+
+    from lowprec.data import MNIST_FILES, write_idx
+    from studies.precision_table import train_task
+
+    d = load_digits()
+    img = np.kron(d.images, np.ones((1, 3, 3)))[:, :24, :24] * 15
+    img = np.pad(img, ((0, 0), (2, 2), (2, 2))).clip(0, 255).astype(np.uint8)
+    lab = d.target.astype(np.uint8)
+    write_idx(tmp_path / MNIST_FILES["train_images"], img[:200])
+    write_idx(tmp_path / MNIST_FILES["train_labels"], lab[:200])
+    write_idx(tmp_path / MNIST_FILES["test_images"], img[200:300])
+    write_idx(tmp_path / MNIST_FILES["test_labels"], lab[200:300])
+    r = train_task("fp32", 0, 1, [16], str(tmp_path), 0, 0, 50)
+    assert 0.0 <= r["test_accuracy"] <= 1.0
+    assert r["bytes_per_role"]["weight"] == 4 * (784 * 16 + 16 + 16 * 10 + 10)
