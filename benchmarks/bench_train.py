@@ -6,8 +6,10 @@
    with telemetry on and off.
 
 Compilation is excluded (a warm-up epoch runs first); the best of ``--repeat``
-epochs is reported. Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``.
-Timings on a machine shared with other jobs are pessimistic.
+epochs is reported. Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``;
+for a like-for-like single-thread comparison also set ``OPENBLAS_NUM_THREADS=1``
+(numpy's BLAS) with ``--threads 1`` (lowprec's kernels). Timings on a machine
+shared with other jobs are pessimistic and noisy.
 """
 
 from __future__ import annotations
