@@ -57,7 +57,7 @@ def test_explain_errors_are_clear(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "lowprec.cli", "explain", "0x1.8p-3", "-f", "fp8_e5m2"],
                          capture_output=True, text=True, check=True).stdout
-    assert "value        0.1875 (exact)" in out
+    assert "value        0x1.8p-3 = 0.1875 (as float64)" in out and "exponent 01100 | mantissa 10" in out
 
 
 def test_no_command_prints_help(capsys):
