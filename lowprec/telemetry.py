@@ -62,32 +62,50 @@ def count_events(before, after, fmt) -> dict:
         ``{"underflow": int, "subnormal": int, "overflow": int, "nan": int}``
         as defined in the module docstring.
     """
-    fmt = get_format(fmt)
+    tiny, fmax, has_inf = _limits(fmt)
     before = np.asarray(before)
     after = np.asarray(after)
     if before.shape != after.shape:
         raise ValueError(f"before and after must have the same shape, got {before.shape} and {after.shape}")
+    # a few whole-array passes; the exact tests run only on the (usually few) flagged elements
     a_abs = np.abs(after)
-    zero_after = after == 0
-    nan_after = np.isnan(after)
-    if before is after:  # nothing was rounded: only the state of the values is counted
-        underflow = 0
-    else:
-        underflow = int(np.count_nonzero(zero_after & (before != 0) & np.isfinite(before)))
-    tiny = float(fmt.tiny) if isinstance(fmt, FloatFormat) else 0.0
-    subnormal = int(np.count_nonzero((a_abs < tiny) & ~zero_after)) if tiny > 0 else 0
-    if before is after:
-        overflow = 0
-    else:
-        finite_before = np.isfinite(before)
-        big = np.isinf(after)
-        if not (isinstance(fmt, FloatFormat) and fmt.has_inf):
-            big = big | nan_after
-        if isinstance(fmt, FloatFormat):
-            big = big | ((a_abs == float(fmt.max)) & (np.abs(before) > float(fmt.max)))
-        overflow = int(np.count_nonzero(big & finite_before))
-    nan = int(np.count_nonzero(nan_after))
+    zero_after = a_abs == 0
+    n_zero = int(np.count_nonzero(zero_after))
+    n_nan = int(np.count_nonzero(np.isnan(after)))
+    same = before is after  # nothing was rounded: only the state of the values is counted
+    underflow = 0
+    if n_zero and not same:
+        underflow = int(np.count_nonzero(before[zero_after] != 0))
+    subnormal = int(np.count_nonzero(a_abs < tiny)) - n_zero if tiny > 0 else 0
+    overflow = 0
+    if not same:
+        big = a_abs >= fmax  # Inf and +-max (NaN compares False)
+        if not has_inf and n_nan:
+            big |= np.isnan(after)
+        if big.any():
+            b, a = before[big], a_abs[big]
+            hit = np.isinf(a) | (np.abs(b) > fmax) | np.isnan(a)
+            overflow = int(np.count_nonzero(hit & np.isfinite(b)))
+    nan = n_nan
     return {"underflow": underflow, "subnormal": subnormal, "overflow": overflow, "nan": nan}
+
+
+_LIMITS: dict = {}
+
+
+def _limits(fmt) -> tuple:
+    """(smallest normal, max finite, has Inf) of a format, cached (the properties use Fractions)."""
+    key = id(fmt) if not isinstance(fmt, str) else fmt
+    hit = _LIMITS.get(key)
+    if hit is not None and hit[0] is fmt:
+        return hit[1]
+    f = get_format(fmt)
+    if isinstance(f, FloatFormat):
+        lim = (float(f.tiny), float(f.max), bool(f.has_inf))
+    else:
+        lim = (0.0, float(f.max), False)
+    _LIMITS[key] = (fmt, lim)
+    return lim
 
 
 class Telemetry:
