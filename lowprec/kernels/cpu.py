@@ -6,7 +6,7 @@ no float bit-casts are needed. Every element's random counter is
 ``offset + i``: results do not depend on the thread count.
 
 Loops are specialised per (format kind, rounding mode): both are closure
-constants, so numba folds the mode dispatch away and the loop vectorises
+constants (and parallel or serial, by size), so numba folds the mode dispatch away and the loop vectorises
 (measured 8x faster than a runtime mode). numba hashes closure variables
 into its cache key, so each specialisation is cached on disk separately;
 :data:`lowprec.kernels.SOURCE_DIGEST` is closed over too, so that an edit
@@ -18,10 +18,15 @@ from numba import njit, prange
 from . import SOURCE_DIGEST, scalar
 
 _loop = njit(parallel=True, cache=True, nogil=True)
+_serial = njit(cache=True, nogil=True)
 _specialised: dict = {}
 
+#: Below this many elements the loops run on the calling thread: waking the
+#: thread pool costs ~1 ms, more than rounding 32k values. Same bits either way.
+SERIAL_BELOW = 1 << 15
 
-def _build(kind, mode, digest):
+
+def _build(kind, mode, digest, _loop):
     stochastic = mode == scalar.STOCHASTIC
 
     @_loop
@@ -45,19 +50,20 @@ def _build(kind, mode, digest):
     return round_loop, encode_loop
 
 
-def _loops(kind: int, mode: int):
-    key = (kind, mode)
+def _loops(kind: int, mode: int, n: int):
+    serial = n < SERIAL_BELOW
+    key = (kind, mode, serial)
     if key not in _specialised:
-        _specialised[key] = _build(kind, mode, SOURCE_DIGEST)
+        _specialised[key] = _build(kind, mode, SOURCE_DIGEST, _serial if serial else _loop)
     return _specialised[key]
 
 
 def _round_cpu(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
-    _loops(p[0], mode)[0](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
+    _loops(p[0], mode, x.size)[0](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
 
 
 def _encode_cpu(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
-    _loops(p[0], mode)[1](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
+    _loops(p[0], mode, x.size)[1](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
 
 
 @_loop

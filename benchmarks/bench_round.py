@@ -1,0 +1,94 @@
+"""Rounding throughput: lowprec.round_to vs the memory floor and peers, in one run, as ratios.
+
+2**24 float32 values (normal random data), on 1 and 2 threads. Columns:
+
+* copy: a parallel numba copy of the same array into a preallocated output (the floor);
+* lowprec: ``round_to`` (allocates its output, as numpy's astype does), per preset and mode;
+* numpy f16: ``x.astype(float16).astype(float32)``;
+* ml_dtypes: bf16 and fp8 e4m3fn round trips.
+
+Every number is Melem/s (best of N) and a ratio against the copy floor and
+against the peer for the same format. Run: ``python benchmarks/bench_round.py``.
+Also reports the first-call time of a fresh process (numba's on-disk cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+import lowprec
+
+
+@njit(parallel=True, cache=True)
+def _pcopy(a, b):
+    for i in prange(a.size):
+        b[i] = a[i]
+
+
+def _best(f, repeat):
+    f()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _first_call_seconds() -> float:
+    code = ("import time, numpy as np, lowprec; x = np.ones(1 << 16, np.float32); "
+            "t = time.perf_counter(); lowprec.round_to(x, 'bf16'); print(time.perf_counter() - t)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # fill the cache
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return float(out.strip())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--log2n", type=int, default=24)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    import ml_dtypes
+
+    n = 1 << args.log2n
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    out = np.empty_like(x)
+    peers = {
+        "numpy f16": lambda: x.astype(np.float16).astype(np.float32),
+        "ml_dtypes bf16": lambda: x.astype(ml_dtypes.bfloat16).astype(np.float32),
+        "ml_dtypes e4m3fn": lambda: x.astype(ml_dtypes.float8_e4m3fn).astype(np.float32),
+    }
+    peer_rate = {k: n / _best(f, args.repeat) / 1e6 for k, f in peers.items()}
+    cases = [("fp16", "nearest_even", "numpy f16"), ("bf16", "nearest_even", "ml_dtypes bf16"),
+             ("fp8_e4m3fn", "nearest_even", "ml_dtypes e4m3fn"), ("fp8_e5m2", "nearest_even", None),
+             ("fp16", "stochastic", None), ("bf16", "stochastic", None), ("fp8_e4m3fn", "stochastic", None),
+             ("int8", "nearest_even", None)]
+    print(f"n = 2^{args.log2n} float32, best of {args.repeat}; rates in Melem/s\n")
+    for k, v in peer_rate.items():
+        print(f"peer {k:<18} {v:8.0f}")
+    print()
+    print("| threads | format | rounding | Melem/s | vs copy | vs peer (same format) |")
+    print("|---|---|---|---|---|---|")
+    before = numba.get_num_threads()
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        copy = n / _best(lambda: _pcopy(x, out), args.repeat) / 1e6
+        print(f"| {threads} | (parallel copy) | - | {copy:.0f} | 1.00 | - |")
+        for fmt, mode, peer in cases:
+            rate = n / _best(lambda: lowprec.round_to(x, fmt, mode, seed=1), args.repeat) / 1e6
+            vs_peer = f"{rate / peer_rate[peer]:.1f}x {peer}" if peer else "-"
+            print(f"| {threads} | {fmt} | {mode} | {rate:.0f} | {rate / copy:.2f} | {vs_peer} |")
+    numba.set_num_threads(before)
+    print(f"\nfirst call in a fresh process (cache warm): {_first_call_seconds():.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
