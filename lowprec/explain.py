@@ -20,7 +20,9 @@ __all__ = ["format_table", "explain", "add_parser"]
 def _num(v: float) -> str:
     if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
         return str(v)
-    return f"{v:.10g}"
+    r = repr(float(v))
+    r = r[:-2] if r.endswith(".0") else r
+    return r if len(r) <= 14 else f"{v:.10g}"
 
 
 def _pow2(v: float) -> str:
