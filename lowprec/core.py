@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import FixedFormat, FloatFormat, get_format
+from .formats import FixedFormat, get_format
 from .kernels import dispatch
 from .rng import resolve_seed
 from .rounding import MAX_RANDOM_BITS, DEFAULT_RANDOM_BITS, Rounding, get_rounding

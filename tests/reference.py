@@ -10,7 +10,23 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import ml_dtypes
+import numpy as np
+
 from lowprec.formats import FixedFormat, FloatFormat
+
+#: The independent implementation of each preset float format (numpy or ml_dtypes).
+ML_DTYPES = {
+    "fp16": np.float16,
+    "bf16": ml_dtypes.bfloat16,
+    "fp8_e4m3fn": ml_dtypes.float8_e4m3fn,
+    "fp8_e5m2": ml_dtypes.float8_e5m2,
+    "fp8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
+    "fp8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
+    "fp6_e3m2fn": ml_dtypes.float6_e3m2fn,
+    "fp6_e2m3fn": ml_dtypes.float6_e2m3fn,
+    "fp4_e2m1fn": ml_dtypes.float4_e2m1fn,
+}
 
 INF = float("inf")
 NAN = float("nan")

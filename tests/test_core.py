@@ -12,19 +12,9 @@ from hypothesis import given, strategies as st
 import lowprec
 from lowprec.formats import FixedFormat, FloatFormat, get_format
 
-from reference import round_fraction
+from reference import ML_DTYPES, round_fraction
 
-ML = {
-    "fp16": np.float16,
-    "bf16": ml_dtypes.bfloat16,
-    "fp8_e4m3fn": ml_dtypes.float8_e4m3fn,
-    "fp8_e5m2": ml_dtypes.float8_e5m2,
-    "fp8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
-    "fp8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
-    "fp6_e3m2fn": ml_dtypes.float6_e3m2fn,
-    "fp6_e2m3fn": ml_dtypes.float6_e2m3fn,
-    "fp4_e2m1fn": ml_dtypes.float4_e2m1fn,
-}
+ML = dict(ML_DTYPES)
 SMALL = sorted(ML)
 MODES = ["nearest_even", "nearest_away", "toward_zero", "up", "down", "odd"]
 

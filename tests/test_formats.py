@@ -9,18 +9,9 @@ import pytest
 import lowprec
 from lowprec.formats import FixedFormat, FloatFormat, all_values, get_format
 
-ML = {
-    "fp16": np.float16,
-    "bf16": ml_dtypes.bfloat16,
-    "fp8_e4m3fn": ml_dtypes.float8_e4m3fn,
-    "fp8_e5m2": ml_dtypes.float8_e5m2,
-    "fp8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
-    "fp8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
-    "fp6_e3m2fn": ml_dtypes.float6_e3m2fn,
-    "fp6_e2m3fn": ml_dtypes.float6_e2m3fn,
-    "fp4_e2m1fn": ml_dtypes.float4_e2m1fn,
-    "fp32": np.float32,
-}
+from reference import ML_DTYPES
+
+ML = dict(ML_DTYPES, fp32=np.float32)
 
 
 @pytest.mark.parametrize("name", sorted(ML), ids=str)
