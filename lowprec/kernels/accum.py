@@ -3,8 +3,12 @@
 Scalars in, scalars out (plus read-only input rows and one small scratch
 array for pairwise order), compiled into both the CPU loops
 (linalg_cpu.py) and the CUDA kernels (linalg_cuda.py), so the two cannot
-drift apart. Every function is ``njit(inline="always")`` and never cached on
-its own (a cached callee cannot be inlined).
+drift apart. Small helpers are ``njit(inline="always")``; the three big
+steps (``round64``, ``round_sum``/``apply_op``, ``accumulate``) are plain
+``njit`` functions that are compiled once and called, because inlining them
+at numba-IR level at every call site made a kernel take minutes and
+gigabytes to compile. None is cached on its own (the loops that call them
+are, keyed on SOURCE_DIGEST).
 
 All values travel in float64 registers. Every format an accumulation uses
 holds its values exactly in float64, products of the (validated) input

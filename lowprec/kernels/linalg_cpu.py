@@ -10,7 +10,6 @@ counters, so the result does not depend on the thread count.
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
