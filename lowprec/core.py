@@ -215,8 +215,8 @@ def decode(bits, fmt, dtype=np.float64, *, backend: str = "auto"):
     Examples
     --------
     >>> import numpy as np, lowprec
-    >>> lowprec.decode(np.array([0x7E, 0x7F, 0x01], dtype=np.uint8), "fp8_e4m3fn")
-    array([4.48e+02,      nan, 1.953125e-03])
+    >>> lowprec.decode(np.array([0x7E, 0x7F, 0x01], dtype=np.uint8), "fp8_e4m3fn").tolist()
+    [448.0, nan, 0.001953125]
     """
     fmt = get_format(fmt)
     is_scalar = np.isscalar(bits) and not isinstance(bits, (str, bytes))

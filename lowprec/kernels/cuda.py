@@ -50,14 +50,14 @@ def _get_kernels():
     def round_kernel(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < x.size:
-            rnd = scalar.random_bits(key0, key1, offset + i, rbits) if mode == STOCHASTIC else 0
+            rnd = np.uint64(scalar.random_bits(key0, key1, offset + i, rbits)) if mode == STOCHASTIC else np.uint64(0)
             out[i] = scalar.round_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
 
     @cuda.jit
     def encode_kernel(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < x.size:
-            rnd = scalar.random_bits(key0, key1, offset + i, rbits) if mode == STOCHASTIC else 0
+            rnd = np.uint64(scalar.random_bits(key0, key1, offset + i, rbits)) if mode == STOCHASTIC else np.uint64(0)
             out[i] = scalar.encode_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
 
     @cuda.jit
