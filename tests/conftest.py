@@ -11,6 +11,7 @@ import os
 if os.environ.get("LOWPREC_REAL_CUDA") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile("ci", deadline=None, derandomize=True, max_examples=200,
@@ -18,3 +19,16 @@ settings.register_profile("ci", deadline=None, derandomize=True, max_examples=20
 settings.register_profile("dev", deadline=None, max_examples=200,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="module")
+def one_numba_thread():
+    """Run a module's tests on one numba thread (same bits; small kernels skip the ~1 ms pool wake-up).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_numba_thread")``."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(old)

@@ -8,21 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import numba
 
 from lowprec import testing as lt
 from lowprec.quant.affine import (AffineQuantizer, choose_qparams, dequantize, fake_quantize, qrange,
                                   quantize)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny arrays: numba's parallel launch costs ~1 ms per call on a busy machine, a serial one ~10 us."""
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def _tol(s):

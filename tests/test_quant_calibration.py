@@ -1,6 +1,5 @@
 """Calibration: min-max, percentile, MSE search, EMA observer; per channel/group; bad data."""
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,13 +11,7 @@ from lowprec.quant.affine import fake_quantize, qrange
 from lowprec.quant.calibration import (EMAObserver, calibrate, grouped_rows, minmax_range, mse_range,
                                        percentile_range)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 finite = st.floats(-1e6, 1e6, allow_nan=False)

@@ -1,6 +1,5 @@
 """Codebook quantization: interval semantics, uniform = affine, Lloyd-Max optimality conditions."""
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,13 +9,7 @@ from lowprec import testing as lt
 from lowprec.quant.affine import fake_quantize
 from lowprec.quant.codebook import Codebook, lloyd_max, uniform_codebook
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def test_intervals_are_closed_below_open_above_and_saturate():

@@ -3,7 +3,6 @@
 import math
 from decimal import Decimal, getcontext
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -13,13 +12,7 @@ from lowprec import testing as lt
 from lowprec.quant.companding import (CompandingQuantizer, compand, compand_grad, companding_fake_quant,
                                       companding_fake_quant_backward, expand, expand_grad)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def _exact_inverse(y: float, alpha: float, beta: float) -> Decimal:

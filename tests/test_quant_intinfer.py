@@ -2,7 +2,6 @@
 
 from fractions import Fraction
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,13 +12,7 @@ from lowprec.quant.intinfer import (INT32_MAX, INT32_MIN, IntegerMLP, export_mlp
                                     ref_multiply_by_quantized_multiplier, ref_rounding_divide_by_pot, ref_srdhm,
                                     rounding_divide_by_pot, saturating_rounding_doubling_high_mul)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 int32s = st.one_of(st.integers(INT32_MIN, INT32_MAX),

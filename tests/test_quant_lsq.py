@@ -1,6 +1,5 @@
 """LSQ: forward properties, the STE step gradient and its 1/sqrt(N Q_p) scale, through numpy and the autograd."""
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,13 +11,7 @@ from lowprec.quant.affine import fake_quantize
 from lowprec.quant.fake_quant import LSQQuantizer, lsq_fake_quant
 from lowprec.quant.lsq import lsq_backward, lsq_forward, lsq_grad_scale, lsq_init_step, lsq_qrange
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 dyadic = st.builds(lambda m, e: m * 2.0 ** e, st.integers(1, 2 ** 16), st.integers(-20, 2))

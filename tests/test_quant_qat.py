@@ -1,6 +1,5 @@
 """Fake quantization in the autograd, QAT policies in training, export to integer-only inference."""
 
-import numba
 import numpy as np
 import pytest
 
@@ -15,13 +14,7 @@ from lowprec.quant.fake_quant import (CompandingFakeQuantizer, MinMaxQuantizer, 
 from lowprec.quant.intinfer import reference_forward
 from lowprec.train import TrainConfig, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def test_policies_are_registered():

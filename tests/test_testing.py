@@ -3,7 +3,6 @@
 import math
 
 import ml_dtypes
-import numba
 import numpy as np
 import pytest
 from hypothesis import find, given, settings
@@ -13,13 +12,7 @@ import lowprec
 from lowprec import testing as lt
 from lowprec.formats import FP16, FP8_E4M3FN, FixedFormat, FloatFormat
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def _is_tie_fp16(x: float) -> bool:
