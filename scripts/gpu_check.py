@@ -12,6 +12,13 @@ Checks, each CPU (backend="cpu") against CUDA (backend="cuda"), bit for bit:
   3. the elementwise ops in bf16 and fp16, nearest and stochastic.
 Then it times the CUDA matmul kernels (no throughput under the simulator).
 Exit status 0 when every comparison is bit-identical, 1 otherwise.
+
+Each line is printed as it happens, with the seconds since the start: on a
+real GPU each kernel specialisation takes ~20-30 s to compile (measured on an
+H200 with numba-cuda 0.30.4), so a run is dominated by compilation. A
+comparison that raises is reported and counted as a failure; the run goes on.
+numba-cuda 0.30.4 fails to import with numpy 2.5 (np.row_stack is gone):
+use numpy <= 2.4 there.
 """
 
 from __future__ import annotations
@@ -55,11 +62,22 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(2024)
     failures = []
 
-    def check(label, cpu, gpu):
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
+
+    def check(label, cpu_fn, gpu_fn):
+        try:
+            cpu, gpu = cpu_fn(), gpu_fn()
+        except Exception as exc:  # report and go on: one broken kernel must not hide the others
+            failures.append(label)
+            log(f"ERROR {label}: {type(exc).__name__}: {str(exc)[-500:]}")
+            return False
         ok = np.asarray(cpu).shape == np.asarray(gpu).shape and np.array_equal(_bits(cpu), _bits(gpu))
         if not ok:
             failures.append(label)
-            print(f"MISMATCH {label}")
+            log(f"MISMATCH {label}")
         return ok
 
     # 1. round_to: every format x every mode, both carriers
@@ -77,11 +95,12 @@ def main(argv=None) -> int:
                     continue
                 kw = dict(seed=7) if mode is lowprec.Rounding.STOCHASTIC else {}
                 with np.errstate(over="ignore"):
-                    cpu = lowprec.round_to(x, fmt, mode, backend="cpu", **kw)
-                    gpu = lowprec.round_to(x, fmt, mode, backend="cuda", **kw)
-                check(f"round_to {fmt_name} {mode.label} {x.dtype}", cpu, gpu)
+                    check(f"round_to {fmt_name} {mode.label} {x.dtype}",
+                          lambda: lowprec.round_to(x, fmt, mode, backend="cpu", **kw),
+                          lambda: lowprec.round_to(x, fmt, mode, backend="cuda", **kw))
                 count += 1
-    print(f"round_to: {count} format/mode/dtype combinations checked")
+        log(f"round_to {fmt_name}: done")
+    log(f"round_to: {count} format/mode/dtype combinations checked")
 
     # 2. every accumulation preset at a few shapes
     shapes = [((2, 3, 5), (5, 2)), ((1, 130), (130, 3))] if args.quick else \
@@ -94,9 +113,10 @@ def main(argv=None) -> int:
                 a, b = np.round(a * 40), np.round(b * 60)
             else:
                 a, b = a.astype(np.float32), b.astype(np.float32)
-            check(f"matmul {name} {sa}x{sb}", matmul(a, b, acc, seed=11, backend="cpu"),
-                  matmul(a, b, acc, seed=11, backend="cuda"))
-    print(f"matmul: {len(PRESETS)} presets x {len(shapes)} shapes checked")
+            check(f"matmul {name} {sa}x{sb}", lambda: matmul(a, b, acc, seed=11, backend="cpu"),
+                  lambda: matmul(a, b, acc, seed=11, backend="cuda"))
+        log(f"matmul {name}: done")
+    log(f"matmul: {len(PRESETS)} presets x {len(shapes)} shapes checked")
 
     # 3. ops
     m = 16 if args.quick else 100_000
@@ -106,9 +126,9 @@ def main(argv=None) -> int:
         operands = (np.abs(x),) if op == "sqrt" else (x, y, z) if op == "fma" else (x, y)
         for fmt in ("bf16", "fp16"):
             for mode in ("nearest_even", "stochastic"):
-                check(f"ops.{op} {fmt} {mode}", fn(*operands, fmt, mode, seed=3, backend="cpu"),
-                      fn(*operands, fmt, mode, seed=3, backend="cuda"))
-    print("ops: 6 ops x 2 formats x 2 modes checked")
+                check(f"ops.{op} {fmt} {mode}", lambda: fn(*operands, fmt, mode, seed=3, backend="cpu"),
+                      lambda: fn(*operands, fmt, mode, seed=3, backend="cuda"))
+    log("ops: 6 ops x 2 formats x 2 modes checked")
 
     # throughput (real GPU only)
     if not sim:
@@ -120,7 +140,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             matmul(a, b, name, seed=1, backend="cuda")
             dt = time.perf_counter() - t
-            print(f"CUDA matmul {name:>14} {size}^3: {dt:.3f} s, {size ** 3 / dt / 1e9:.2f} G multiply-adds/s "
+            log(f"CUDA matmul {name:>14} {size}^3: {dt:.3f} s, {size ** 3 / dt / 1e9:.2f} G multiply-adds/s "
                   "(including transfers)")
         xs = rng.standard_normal(1 << 24).astype(np.float32)
         for mode in ("nearest_even", "stochastic"):
@@ -128,7 +148,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             lowprec.round_to(xs, "bf16", mode, seed=1, backend="cuda")
             dt = time.perf_counter() - t
-            print(f"CUDA round_to bf16 {mode}: {xs.size / dt / 1e6:.0f} Melem/s (including transfers)")
+            log(f"CUDA round_to bf16 {mode}: {xs.size / dt / 1e6:.0f} Melem/s (including transfers)")
 
     print("ALL BIT-IDENTICAL" if not failures else f"{len(failures)} MISMATCHES")
     return 0 if not failures else 1

@@ -71,3 +71,24 @@ def test_stochastic_offsets_and_streams_match_on_cuda():
     for kw in (dict(seed=1, offset=12345), dict(seed=2 ** 63 + 5, stream=9), dict(seed=4, random_bits=64)):
         np.testing.assert_array_equal(lowprec.round_to(x, "bf16", "stochastic", backend="cpu", **kw),
                                       lowprec.round_to(x, "bf16", "stochastic", backend="cuda", **kw))
+
+
+def test_kernel_sources_use_no_numpy_ufuncs_on_scalars():
+    """numba-cuda (the real GPU target) has no scalar lowering for numpy ufuncs such as np.sqrt:
+    on an H200 the ops kernel failed to compile with ``KeyError: <ufunc 'sqrt'>`` although the
+    simulator (plain Python) ran it. Scalar kernel code must use ``math`` functions and dtype
+    constructors only."""
+    import re
+    from pathlib import Path
+
+    allowed = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
+               "float64", "bool_", "empty", "zeros", "nan", "inf"}
+    kernels = Path(lowprec.__file__).parent / "kernels"
+    offenders = []
+    for name in ("scalar.py", "accum.py"):
+        for lineno, line in enumerate((kernels / name).read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for fn in re.findall(r"\bnp\.([A-Za-z_0-9]+)\s*\(", code):
+                if fn not in allowed:
+                    offenders.append(f"{name}:{lineno}: np.{fn}")
+    assert not offenders, offenders

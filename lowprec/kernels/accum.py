@@ -34,6 +34,8 @@ Random counters: the rounding event ``slot`` of term ``k`` of output element
 the output element and k, never of a thread, a tile or a backend.
 """
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -180,7 +182,7 @@ def apply_op(op, x, y, z, p, mode, rnd, rbits):
                 r = -r  # x/y - q = r/y
         return round64(to_odd(q, r), p, mode, rnd, rbits)
     if op == OP_SQRT:
-        q = np.sqrt(x) if x >= 0.0 else np.nan  # sqrt(-0) = -0, sqrt(x < 0) = NaN
+        q = math.sqrt(x) if x >= 0.0 else np.nan  # sqrt(-0) = -0, sqrt(x < 0) = NaN; math.sqrt: numba-cuda has no np.sqrt for scalars
         r = 0.0
         if q - q == 0.0 and q > 0.0:
             h, l = two_prod(q, q)
