@@ -94,19 +94,31 @@ _FP32 = get_format("fp32")
 _FAST_MIN_WORK = 1 << 15  # below this many multiply-adds the general kernel is as fast
 
 
-def _fp32_products_exact(acc: Accumulation, a: np.ndarray, b: np.ndarray) -> bool:
-    """True when every product of (rounded) a and b is exactly a float32 number."""
+def _abs_range(x: np.ndarray) -> tuple:
+    """(smallest non-zero |x| or inf, largest |x| or 0; NaN if x holds NaN) as floats."""
+    with np.errstate(all="ignore"):
+        m = np.abs(x)
+        return float(m[m > 0].min(initial=np.inf)), float(m.max(initial=0.0))
+
+
+def _ranges_exact(acc: Accumulation, a_range: tuple, b_range: tuple) -> bool:
+    """_fp32_products_exact from the operands' :func:`_abs_range`."""
     pa, pb = acc.a_format.precision, acc.b_format.precision
     if pa + pb > 24:
         return False
+    (lo_a, hi_a), (lo_b, hi_b) = a_range, b_range
     with np.errstate(all="ignore"):
-        ma, mb = np.abs(a), np.abs(b)
-        lo_a = ma[ma > 0].min(initial=np.inf)
-        lo_b = mb[mb > 0].min(initial=np.inf)
-        hi = float(ma.max(initial=0.0)) * float(mb.max(initial=0.0))
+        hi = hi_a * hi_b
     # the lowest set bit of a product is >= |a| 2**(1-pa) * |b| 2**(1-pb): keep it >= 2**-149
-    small_ok = float(lo_a) * float(lo_b) >= 2.0 ** (-149 + pa + pb - 2) or not (lo_a < np.inf and lo_b < np.inf)
+    small_ok = lo_a * lo_b >= 2.0 ** (-149 + pa + pb - 2) or not (lo_a < np.inf and lo_b < np.inf)
     return bool(small_ok and hi <= _FP32.max)
+
+
+def _fp32_products_exact(acc: Accumulation, a: np.ndarray, b: np.ndarray) -> bool:
+    """True when every product of (rounded) a and b is exactly a float32 number."""
+    if acc.a_format.precision + acc.b_format.precision > 24:
+        return False
+    return _ranges_exact(acc, _abs_range(a), _abs_range(b))
 
 
 def _fast_fp32_kernel(acc: Accumulation, backend: str):
@@ -138,6 +150,35 @@ def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
     if acc.out_format != _FP32:
         return round_to(out.astype(np.float64), acc.out_format).reshape(-1)
     return out.astype(np.float64).reshape(-1)
+
+
+def _matmul_f32(a: np.ndarray, b: np.ndarray, acc: Accumulation, seed=None, exact=None) -> np.ndarray:
+    """``matmul(a, b, acc, seed=seed, backend="cpu")`` without the public checks (internal, for training).
+
+    The caller promises: ``a`` (M, K) and ``b`` (K, N) are 2-D native float32 arrays whose values are
+    already values of ``acc.a_format`` / ``acc.b_format`` (rounding them again would change nothing), and
+    ``acc.out_format`` fits in float32. ``exact`` says whether every product ``a[i, k] * b[k, j]`` is
+    exactly a float32 (as :func:`_ranges_exact` decides it; None: computed here): it only picks between
+    two kernels that give the same bits when it holds. Returns a float32 (M, N) array.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    fast = _fast_fp32_kernel(acc, "cpu") if M * N * K >= _FAST_MIN_WORK else None
+    if fast is None:
+        one = np.zeros(1, dtype=np.int64)
+        return _run(a.astype(np.float64), np.ascontiguousarray(b.T, dtype=np.float64), one, one, M, N, K, acc,
+                    seed, "cpu").reshape(M, N).astype(np.float32)
+    if fast == "fma" and (exact if exact is not None else _fp32_products_exact(acc, a, b)):
+        fast = "muladd"
+    from .kernels import linalg_cpu
+
+    out = np.ascontiguousarray(linalg_cpu._matmul_fp32_cpu(a, b, fast == "fma"))
+    nan = np.isnan(out)
+    if nan.any():
+        out[nan] = np.nan  # one NaN, as the scalar kernels give
+    if acc.out_format != _FP32:
+        return round_to(out.astype(np.float64), acc.out_format).astype(np.float32)
+    return out
 
 
 def _batch_index(batch_shape, own_shape) -> np.ndarray:
