@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from . import SOURCE_DIGEST, accum
+from . import SOURCE_DIGEST, accum, scalar
 
 _loop = njit(parallel=True, cache=True, nogil=True)
 
@@ -22,7 +22,7 @@ def _build(digest):
     # `digest` is referenced so that numba keys its cache on the kernel sources (see __init__).
 
     @_loop
-    def _matmul_cpu(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk,
+    def _matmul_cpu_scalar(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk,
                     pchunk, compensated, pout, key0, key1, offset, rbits):
         digest  # noqa: B018
         B = ia.size
@@ -37,10 +37,10 @@ def _build(digest):
                                           mode, order, chunk, pchunk, compensated, pout, key0, key1,
                                           offset, rbits, stack)
 
-    return _matmul_cpu
+    return _matmul_cpu_scalar
 
 
-_matmul_cpu = _build(SOURCE_DIGEST)
+_matmul_cpu_scalar = _build(SOURCE_DIGEST)
 
 
 def _build_ops(digest):
@@ -149,3 +149,312 @@ def _matmul_fp32_cpu(a, b, fused):
     out = np.empty((Mp, npanel * TILE_N), dtype=np.float32)
     _fp32_tiles[fused](Ap, Bp, out, K, SOURCE_DIGEST)
     return out[:M, :N]
+
+
+# ----------------------------------------------------------------------------
+# fast paths: a float accumulator narrower than fp32 (fp16, bf16, ...), sequential k order
+# ----------------------------------------------------------------------------
+# The general kernel rounds one output element at a time. These kernels keep a tile of NARROW_R rows x
+# NARROW_N columns of accumulators and update a whole row of the tile per k with a loop over its columns
+# that has no branches (selects only), so LLVM's loop vectoriser runs it on 4 or 8 float64 lanes. Every
+# output still adds its terms in the order k = 0, 1, ..., K-1 and every addition is the exact sum rounded
+# once, as in accum.accumulate; tests/test_linalg_tile.py checks the bits against that kernel and against
+# an exact Fraction reference. Preconditions (checked by the caller, lowprec.linalg._narrow_kind): fused,
+# exact products, sequential order, no compensation, finite inputs, and an IEEE accumulator format with
+# subnormals, Inf, no saturation, emax <= 1000 and precision p <= 20 (narrow_params).
+#
+# Step, for the accumulator value s and the exact float64 product t = a*b:
+#   "direct" : f = fl64(s + t) (one FMA). Exact, or harmless: when the exact sum needs more than 53 bits,
+#              either t is below a quarter of the accumulator's spacing around s (p + pa + pb <= 50: the
+#              result is s both ways) or |s + t| is beyond the overflow threshold (emax - q_min <= 50,
+#              q_min the accumulator's smallest quantum: both give Inf). Used when both bounds hold (fp16).
+#   "twosum" : f = round-to-odd at 53 bits of the exact s + t (TwoSum, then the last bit forced odd toward
+#              the error), exactly as accum.round_sum does; then rounded once (Boldo-Melquiond).
+# Rounding f to nearest-even: the magic-constant addition (f + C) - C with C = 1.5 * 2**(e + 52 - m)
+# (e = f's exponent, at least emin), whose ulp is the target quantum, so the float64 addition itself
+# rounds f once to the accumulator's grid with ties to even (subnormals included); multiplying by
+# 2**(1023 - emax) and back turns every result above the format's max into Inf (the next value up,
+# 2**(emax+1), overflows float64) and leaves the others exact; the sign is or-ed back for -0.
+# Stochastic: the round-to-odd value is rounded with integer operations on its float64 bits, the same
+# rule as scalar.round_float_carrier (round up iff R < the 32 bits below the kept ones), R =
+# scalar.random_bits for the same counter accum.counter_of gives.
+NARROW_R = 4
+NARROW_N = 64
+_EXPMASK = np.int64(0x7FF0000000000000)
+_SIGN = np.int64(-0x8000000000000000)
+_ABS = np.int64(0x7FFFFFFFFFFFFFFF)
+_FRAC = np.int64((1 << 52) - 1)
+_HID = np.int64(1 << 52)
+_INFBITS = np.int64(0x7FF0000000000000)
+
+_step = njit(nogil=True, inline="always", error_model="numpy")
+
+
+@intrinsic
+def fma64(typingctx, a, b, c):
+    """llvm.fma.f64: a*b + c rounded once."""
+    if not (a == types.float64 and b == types.float64 and c == types.float64):
+        return None
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+def narrow_params(m: int, emin: int, emax: int) -> tuple:
+    """Constants of the fast kernels for an IEEE accumulator with m mantissa bits and exponents emin..emax.
+
+    (cadd, minc, up, down, maxbits, minsub): see the comment above; maxbits and minsub are the float64
+    bits of the format's max and smallest subnormal."""
+    cadd = np.int64(((52 - m) << 52) | (1 << 51))
+    minc = 1.5 * 2.0 ** (emin + 52 - m)
+    up, down = 2.0 ** (1023 - emax), 2.0 ** (emax - 1023)
+    maxbits = np.float64((2.0 - 2.0 ** -m) * 2.0 ** emax).view(np.int64)
+    minsub = np.float64(2.0 ** (emin - m)).view(np.int64)
+    return cadd, minc, up, down, maxbits, minsub
+
+
+@_step
+def _rne(f, cadd, minc, up, down):
+    """f rounded to nearest-even on the accumulator's grid (f exact, harmless or rounded to odd)."""
+    ub = scalar.f64_as_i64(f)
+    c = scalar.i64_as_f64((ub & _EXPMASK) + cadd)  # 1.5 * 2**(e + 52 - m); garbage (negative) for Inf
+    c = c if c > minc else minc
+    r = (f + c) - c
+    r = (r * up) * down  # above max -> Inf
+    return scalar.i64_as_f64(scalar.f64_as_i64(r) | (ub & _SIGN))
+
+
+@_step
+def _to_odd(s, t):
+    """Bits of the exact s + t rounded to odd at 53 bits (TwoSum; finite s + t, else s + t's bits)."""
+    f = s + t
+    bb = f - s
+    e = (s - (f - bb)) + (t - bb)
+    ub = scalar.f64_as_i64(f)
+    eb = scalar.f64_as_i64(e)
+    inexact = (e < 0.0) | (e > 0.0)  # false for the NaN error of an infinite sum
+    adj = ((eb ^ ub) >> 63) | 1  # +1: the exact sum is farther from zero than f, -1: nearer
+    return ub + adj if inexact & ((ub & 1) == 0) else ub
+
+
+@_step
+def _round_sr(u, rnd, m, emin, maxbits, minsub):
+    """Carrier bits u (float64, finite or Inf) rounded stochastically with 32 random bits ``rnd``.
+
+    scalar.round_float_carrier for CW=64 and an IEEE format with subnormals, written for vectors."""
+    sign = u & _SIGN
+    a = u & _ABS
+    E = a >> 52
+    ex = max(E, np.int64(1)) - 1023
+    d = max(ex, emin) - m - ex + 52  # dropped bits, >= 52 - m >= 32
+    sig = (a & _FRAC) | (_HID if E != 0 else np.int64(0))
+    dd = min(d, np.int64(62))
+    rem = sig & ((np.int64(1) << dd) - 1)
+    rem_r = rem >> min(d - 32, np.int64(63))
+    inc = np.int64(np.int64(rnd) < rem_r)
+    dk = min(d, np.int64(52))
+    res = ((a >> dk) + inc) << dk
+    res = res if d <= 52 else (minsub if inc == 1 else np.int64(0))
+    res = _INFBITS if res > maxbits else res
+    res = _INFBITS if E == 0x7FF else res
+    return scalar.i64_as_f64(res | sign)
+
+
+def _build_narrow(digest):
+    # One kernel per step kind; format constants are runtime arguments (a new format does not recompile).
+
+    @_loop
+    def _narrow_direct(Ap, Bp, out, K, cadd, minc, up, down):
+        digest  # noqa: B018
+        nrow = Ap.shape[0]
+        ncb = Bp.shape[0]
+        for t in prange(nrow * ncb):
+            jb = t // nrow
+            ib = t - jb * nrow
+            acc = np.zeros((NARROW_R, NARROW_N))
+            for k in range(K):
+                for r in range(NARROW_R):
+                    a = Ap[ib, k, r]
+                    for j in range(NARROW_N):
+                        acc[r, j] = _rne(fma64(a, Bp[jb, k, j], acc[r, j]), cadd, minc, up, down)
+            for r in range(NARROW_R):
+                for j in range(NARROW_N):
+                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
+
+    @_loop
+    def _narrow_twosum(Ap, Bp, out, K, cadd, minc, up, down):
+        digest  # noqa: B018
+        nrow = Ap.shape[0]
+        ncb = Bp.shape[0]
+        for t in prange(nrow * ncb):
+            jb = t // nrow
+            ib = t - jb * nrow
+            acc = np.zeros((NARROW_R, NARROW_N))
+            for k in range(K):
+                for r in range(NARROW_R):
+                    a = Ap[ib, k, r]
+                    for j in range(NARROW_N):
+                        u = _to_odd(acc[r, j], a * Bp[jb, k, j])
+                        acc[r, j] = _rne(scalar.i64_as_f64(u), cadd, minc, up, down)
+            for r in range(NARROW_R):
+                for j in range(NARROW_N):
+                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
+
+    @_loop
+    def _narrow_sr(Ap, Bp, out, K, N, m, emin, maxbits, minsub, key0, key1, offset, obase):
+        # counter of (output o, term k): offset + (o*K + k)*NSLOT + SLOT_ADD, o = obase + i*N + j
+        digest  # noqa: B018
+        nrow = Ap.shape[0]
+        ncb = Bp.shape[0]
+        step = np.int64(K) * accum.NSLOT  # counter distance between neighbouring columns
+        for t in prange(nrow * ncb):
+            jb = t // nrow
+            ib = t - jb * nrow
+            acc = np.zeros((NARROW_R, NARROW_N))
+            o0 = obase + ib * NARROW_R * N + jb * NARROW_N
+            first = accum.counter_of(offset, o0, K, 0, 0)
+            last = accum.counter_of(offset, o0 + (NARROW_R - 1) * N + NARROW_N - 1, K, K - 1, accum.NSLOT - 1)
+            if (first >> 32) == (last >> 32):
+                # the whole tile's counters share their high 32 bits: written as (hi << 32) | lo32 so that
+                # LLVM sees that half of the hash is loop-invariant (same counter values, same bits)
+                hi = (first >> 32) << 32
+                for k in range(K):
+                    for r in range(NARROW_R):
+                        a = Ap[ib, k, r]
+                        lo0 = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD) - hi
+                        for j in range(NARROW_N):
+                            u = _to_odd(acc[r, j], a * Bp[jb, k, j])
+                            c = hi | np.int64(np.uint32(lo0 + j * step))
+                            rnd = scalar.random_bits(key0, key1, c, 32)
+                            acc[r, j] = _round_sr(u, rnd, m, emin, maxbits, minsub)
+            else:
+                for k in range(K):
+                    for r in range(NARROW_R):
+                        a = Ap[ib, k, r]
+                        c0 = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD)
+                        for j in range(NARROW_N):
+                            u = _to_odd(acc[r, j], a * Bp[jb, k, j])
+                            rnd = scalar.random_bits(key0, key1, c0 + j * step, 32)
+                            acc[r, j] = _round_sr(u, rnd, m, emin, maxbits, minsub)
+            for r in range(NARROW_R):
+                for j in range(NARROW_N):
+                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
+
+    return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr}
+
+
+_narrow_kernels = _build_narrow(SOURCE_DIGEST)
+
+
+def _pack(a, b):
+    """a (M, K) and b (K, N) float64 into row panels (M/R, K, R) and column panels (N/NB, K, NB), zero-padded."""
+    M, K = a.shape
+    N = b.shape[1]
+    Mp = -(-M // NARROW_R) * NARROW_R
+    npanel = -(-N // NARROW_N)
+    apad = np.zeros((Mp, K))
+    apad[:M] = a
+    Ap = np.ascontiguousarray(apad.reshape(Mp // NARROW_R, NARROW_R, K).transpose(0, 2, 1))
+    bpad = np.zeros((K, npanel * NARROW_N))
+    bpad[:, :N] = b
+    Bp = np.ascontiguousarray(bpad.reshape(K, npanel, NARROW_N).transpose(1, 0, 2))
+    return Ap, Bp
+
+
+def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0):
+    """C = A @ B for 2-D float64 A (M, K), B (K, N) with a narrow accumulator (m, emin, emax) (see above).
+
+    ``kind``: "direct", "twosum" (nearest-even) or "sr" (stochastic, 32 random bits); obase is the flat
+    index of C[0, 0] in the whole output (it keys the random counters). Returns float64 (M, N)."""
+    M, K = a.shape
+    N = b.shape[1]
+    Ap, Bp = _pack(a, b)
+    out = np.empty((Ap.shape[0] * NARROW_R, Bp.shape[0] * NARROW_N))
+    cadd, minc, up, down, maxbits, minsub = narrow_params(m, emin, emax)
+    if kind == "sr":
+        _narrow_kernels["sr"](Ap, Bp, out, np.int64(K), np.int64(N), np.int64(m), np.int64(emin), maxbits, minsub,
+                              np.uint32(key0), np.uint32(key1), np.int64(offset), np.int64(obase))
+    else:
+        _narrow_kernels[kind](Ap, Bp, out, np.int64(K), cadd, minc, up, down)
+    return out[:M, :N]
+
+
+_NARROW_MIN_WORK = 1 << 15  # multiply-adds below which the general kernel is as fast
+_NARROW_MIN_N = NARROW_N // 4  # narrower outputs would mostly compute padding
+
+
+def _float_fields(p):
+    """(m, emin, emax) of a float format's kernel tuple that the fast kernels support, else None."""
+    kind, m, emin, bias, tmax, nan_code, subn, sat, _ = p
+    if kind != scalar.KIND_FLOAT or nan_code != scalar.NAN_IEEE or subn != 1 or sat != 0:
+        return None
+    emax = (tmax >> m) - bias
+    if m > 20 or not 0 <= emax <= 1000 or emin - m < -1000:
+        return None
+    return m, emin, emax
+
+
+def _holds(p, m, emin, emax) -> bool:
+    """True when format p (a kernel tuple) holds every value of the IEEE format (m, emin, emax), Inf included."""
+    kind, pm, pemin, bias, tmax, nan_code, subn, _, _ = p
+    if kind != scalar.KIND_FLOAT or nan_code != scalar.NAN_IEEE:
+        return False
+    smallest = pemin - pm if subn == 1 else pemin
+    return pm >= m and (tmax >> pm) - bias >= emax and smallest <= emin - m and (subn == 1 or pemin <= emin - m)
+
+
+def _significant_bits(x) -> int:
+    """An upper bound on the significant bits of the float64 values in x (finite values)."""
+    low = np.bitwise_or.reduce((x.view(np.int64) & ((1 << 52) - 1)).ravel())
+    if low == 0:
+        return 1
+    return 53 - ((int(low) & -int(low)).bit_length() - 1)
+
+
+def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout,
+                rbits):
+    """"direct", "twosum" or "sr" when a fast narrow-accumulator kernel gives this accumulation's bits
+    (see the comment above NARROW_R), else None."""
+    if (has_prod or not fused or order != accum.SEQUENTIAL or compensated
+            or ia.size * M * N * K < _NARROW_MIN_WORK or N < _NARROW_MIN_N):
+        return None
+    acc = _float_fields(pacc)
+    if acc is None:
+        return None
+    m, emin, emax = acc
+    if mode == scalar.STOCHASTIC:
+        if rbits != 32:
+            return None
+    elif mode != scalar.NEAREST_EVEN:
+        return None
+    if tuple(pout) != tuple(pacc) and not _holds(pout, m, emin, emax):
+        return None  # the final rounding must change nothing
+    if not (np.isfinite(a).all() and np.isfinite(bt).all()):
+        return None  # NaN/Inf inputs: the general kernel
+    if mode == scalar.STOCHASTIC:
+        return "sr"
+    pt = _significant_bits(a) + _significant_bits(bt)
+    if m + 1 + pt <= 50 and emax - (emin - m) <= 50:
+        return "direct"
+    return "twosum"
+
+
+def _matmul_cpu(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
+                compensated, pout, key0, key1, offset, rbits):
+    """The CPU matmul (arguments as _matmul_cpu_scalar): a fast narrow-accumulator kernel where one gives
+    the same bits, else the general per-element kernel."""
+    kind = narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated,
+                       pout, rbits)
+    if kind is None:
+        _matmul_cpu_scalar(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
+                           compensated, pout, key0, key1, offset, rbits)
+        return
+    M, N, K = int(M), int(N), int(K)
+    res = out.reshape(-1, M, N)
+    for bi in range(ia.size):
+        ra, rb = int(ia[bi]) * M, int(ib[bi]) * N
+        res[bi] = _matmul_narrow(a[ra:ra + M], bt[rb:rb + N].T, kind, *_float_fields(pacc), key0, key1, offset,
+                                 bi * M * N)

@@ -1,0 +1,230 @@
+"""The fast narrow-accumulator matmul kernels (kernels/linalg_cpu.py, "direct", "twosum", "sr") give the
+bits of the general per-element kernel (accum.accumulate) and of an exact Fraction reference.
+
+Data are built to reach the edges of the accumulator: overflow to Inf, subnormal and underflowing
+sums, exact ties, exact cancellation to (signed) zero, and signed-zero inputs; shapes leave tile
+remainders; stochastic runs cross a 2**32 boundary of the random counters.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_linalg import bits_equal, ref_matmul
+
+from lowprec import round_to
+from lowprec.accumulation import Accumulation, get_accumulation
+from lowprec.kernels import linalg_cpu as L
+from lowprec.linalg import _kernel_args, matmul
+from lowprec.rng import resolve_seed
+
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
+
+NSLOT = 8
+
+
+def _args(a2, bt2, ia, ib, M, N, K, acc, key0=0, key1=0, offset=0):
+    ia, ib = np.asarray(ia, np.int64), np.asarray(ib, np.int64)
+    out = np.empty(ia.size * M * N)
+    return (np.ascontiguousarray(a2), np.ascontiguousarray(bt2), ia, ib,
+            out, np.int64(M), np.int64(N), np.int64(K), *_kernel_args(acc), np.uint32(key0), np.uint32(key1),
+            np.int64(offset), np.int64(acc.random_bits))
+
+
+def _kind(args):
+    a, bt, ia, _, _, M, N, K, *rest = args
+    return L.narrow_kind(a, bt, ia, M, N, K, *rest[:-4], rest[-1])
+
+
+def general(args):
+    """The general per-element kernel (accum.accumulate), the reference the fast kernels must equal."""
+    L._matmul_cpu_scalar(*args)
+    return args[4].copy()
+
+
+def dispatched(args):
+    out = np.empty_like(args[4])
+    L._matmul_cpu(*args[:4], out, *args[5:])
+    return out
+
+
+def fields(fmt):
+    return fmt.man_bits, fmt.emin, fmt.emax
+
+
+def edge_values(rng, shape, fmt, spread):
+    """Values of ``fmt`` with random significands and exponents over ``spread`` (lo, hi), zeros, -0."""
+    p = fmt.precision
+    sig = rng.integers(1 << (p - 1), 1 << p, shape) / float(1 << (p - 1))
+    x = sig * np.exp2(rng.integers(spread[0], spread[1] + 1, shape)) * rng.choice([-1.0, 1.0], shape)
+    x[rng.random(shape) < 0.05] = 0.0
+    x[rng.random(shape) < 0.05] = -0.0
+    return np.asarray(round_to(x, fmt), dtype=np.float64)
+
+
+def tie_values(rng, shape):
+    """Small integers: their sums pass 2048 (fp16) / 256 (bf16), where odd sums are exact ties."""
+    return rng.integers(-40, 41, shape).astype(np.float64)
+
+
+def cancelling(a, bt):
+    """Over the first half of k, make term 2k+1 the exact negative of term 2k, and b a power of two (so
+    the terms are values of the accumulator): the partial sums return to zero after every pair, then go on."""
+    a, bt = a.copy(), bt.copy()
+    K = a.shape[1] // 2 - (a.shape[1] // 2) % 2
+    bt[:, :K] = np.exp2(np.round(np.log2(np.abs(bt[:, :K]) + 2.0 ** -8)))
+    a[:, 1:K:2] = -a[:, 0:K:2]
+    bt[:, 1:K:2] = bt[:, 0:K:2]
+    return a, bt
+
+
+_SPREADS = {  # (a spread, b spread) per case and accumulator, in exponents
+    "fp16": {"mixed": ((-14, 7), (-12, 8)), "overflow": ((4, 7), (3, 7)), "tiny": ((-14, -8), (-14, -8))},
+    "bf16": {"mixed": ((-80, 60), (-70, 70)), "overflow": ((50, 64), (55, 64)), "tiny": ((-75, -60), (-74, -60))},
+}
+
+
+def _case(rng, acc, case, M, N, K):
+    F = acc.a_format
+    if case == "ties":
+        return tie_values(rng, (M, K)), tie_values(rng, (N, K))
+    sa, sb = _SPREADS[acc.acc_format.name]["mixed" if case == "cancel" else case]
+    a, bt = edge_values(rng, (M, K), F, sa), edge_values(rng, (N, K), F, sb)
+    return cancelling(a, bt) if case == "cancel" else (a, bt)
+
+
+_CASES = ["mixed", "overflow", "tiny", "ties", "cancel"]
+_KINDS = [("fp16", "direct"), ("fp16", "twosum"), ("bf16", "twosum"), ("fp16-sr", "sr"), ("bf16-sr", "sr")]
+
+
+@pytest.mark.parametrize("name,kind", _KINDS)
+@pytest.mark.parametrize("case", _CASES)
+def test_fast_kernel_equals_general_kernel_on_edge_data(name, kind, case):
+    acc = get_accumulation(name)
+    rng = np.random.default_rng(sum(map(ord, name + case)))
+    M, N, K = 9, 70, 41  # remainders in both tile directions
+    a, bt = _case(rng, acc, case, M, N, K)
+    k0, k1, off = (0x1234, 0xBEEF, (1 << 32) - 40000) if acc.is_stochastic else (0, 0, 0)  # crosses 2**32
+    ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, k0, k1, off)).reshape(M, N)
+    fast = L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
+    assert bits_equal(fast, ref)
+    if case == "overflow":
+        assert np.isinf(ref).any() and np.isfinite(ref).any()
+
+
+def test_edge_data_reach_the_edges():
+    """The data above do reach what they are meant to: Inf, subnormal results, zeros of both signs."""
+    acc = get_accumulation("fp16")
+    rng = np.random.default_rng(0)
+    a, bt = _case(rng, acc, "tiny", 9, 70, 41)
+    r = L._matmul_narrow(a, bt.T, "direct", *fields(acc.acc_format))
+    assert ((r != 0) & (np.abs(r) < 2.0 ** -14)).any()
+    r = L._matmul_narrow(a[:, :1], bt[:, :1].T, "direct", *fields(acc.acc_format))
+    assert (np.signbit(r) & (r == 0)).any()  # negative sums that underflow to -0
+    a, bt = _case(rng, acc, "cancel", 9, 70, 40)
+    r = L._matmul_narrow(a[:, :20], bt[:, :20].T, "direct", *fields(acc.acc_format))
+    assert ((r == 0) | np.isinf(r)).all() and (r == 0).mean() > 0.9  # (an overflow to Inf stays Inf)
+
+
+@pytest.mark.parametrize("name,kind", _KINDS)
+@pytest.mark.parametrize("M,N,K", [(1, 1, 0), (3, 5, 1), (4, 64, 2), (5, 65, 3), (8, 128, 7)])
+def test_fast_kernel_shapes(name, kind, M, N, K):
+    acc = get_accumulation(name)
+    rng = np.random.default_rng(M * 100 + N + K)
+    a, bt = _case(rng, acc, "mixed", M, N, K)
+    ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 3, 4, 5)).reshape(M, N)
+    assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 3, 4, 5, 0), ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 9), N=st.integers(1, 70), K=st.integers(0, 40),
+       case=st.sampled_from(_CASES), which=st.sampled_from(_KINDS), offset=st.integers(0, 2**40))
+def test_fast_kernel_equals_general_kernel_hypothesis(seed, M, N, K, case, which, offset):
+    name, kind = which
+    acc = get_accumulation(name)
+    rng = np.random.default_rng(seed)
+    a, bt = _case(rng, acc, case, M, N, K)
+    k0, k1 = seed & 0xFFFFFFFF, (seed * 2654435761) & 0xFFFFFFFF
+    ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, k0, k1, offset)).reshape(M, N)
+    assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, offset, 0), ref)
+
+
+@pytest.mark.parametrize("name,kind", _KINDS)
+def test_fast_kernel_matches_fraction_reference(name, kind):
+    """Against exact step-by-step Fraction arithmetic (tests/test_linalg.ref_matmul), away from overflow."""
+    acc = get_accumulation(name)
+    rng = np.random.default_rng(5)
+    M, N, K = 3, 6, 17
+    for case in ("mixed", "tiny", "ties", "cancel"):
+        if case == "mixed":  # keep clear of overflow: the reference has no Inf
+            sa = (-14, 3) if acc.acc_format.name == "fp16" else (-70, 20)
+            a, bt = edge_values(rng, (M, K), acc.a_format, sa), edge_values(rng, (N, K), acc.a_format, sa)
+        else:
+            a, bt = _case(rng, acc, case, M, N, K)
+        ref = ref_matmul(a, bt.T, acc, seed=11)
+        k0, k1, off = resolve_seed(11, M * N * K * NSLOT) if acc.is_stochastic else (0, 0, 0)
+        fast = L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
+        assert bits_equal(fast, ref), case
+
+
+def test_dispatch_picks_the_fast_kernels_and_keeps_the_bits():
+    rng = np.random.default_rng(3)
+    M, N, K = 6, 40, 150
+    for name, expect in [("fp16", "direct"), ("bf16", "twosum"), ("fp16-sr", "sr"), ("bf16-sr", "sr"),
+                         (Accumulation(a_format="fp32", acc_format="fp16"), "twosum"),  # 24+24+11 > 50
+                         (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp32"), "direct"),
+                         (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp8_e5m2"), None),
+                         (Accumulation(a_format="fp16", acc_format="fp16", fused=False), None),
+                         (Accumulation(a_format="fp16", acc_format="fp16", acc_rounding="toward_zero"), None),
+                         ("fp16-pairwise", None), ("fp16-kahan", None), ("fp16-fp32", None)]:
+        acc = get_accumulation(name)
+        a = np.asarray(round_to(rng.standard_normal((2 * M, K)) * 4, acc.a_format), np.float64)
+        bt = np.asarray(round_to(rng.standard_normal((N, K)) * 4, acc.b_format), np.float64)
+        args = _args(a, bt, [0, 1], [0, 0], M, N, K, acc, 9, 8, 7)
+        assert _kind(args) == expect, name
+        assert bits_equal(dispatched(args), general(args)), name
+        if expect is not None:  # a NaN or Inf input sends the call to the general kernel
+            a[1, 2] = np.inf
+            args = _args(a, bt, [0, 1], [0, 0], M, N, K, acc, 9, 8, 7)
+            assert _kind(args) is None
+            assert bits_equal(dispatched(args), general(args)), name
+
+
+def test_matmul_batched_and_thread_count_independent():
+    import numba
+
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal((2, 1, 13, 70)) * 8).astype(np.float32)
+    b = (rng.standard_normal((3, 70, 33)) * 8).astype(np.float32)
+    for name in ("fp16", "bf16", "bf16-sr", "fp16-sr"):
+        acc = get_accumulation(name)
+        r1 = matmul(a, b, acc, seed=21)
+        old = numba.get_num_threads()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        try:
+            r2 = matmul(a, b, acc, seed=21)
+        finally:
+            numba.set_num_threads(old)
+        assert bits_equal(r1, r2)
+        # each batch element equals a 2-D product keyed by its place in the batch (general kernel)
+        A = np.broadcast_to(a, (2, 3, 13, 70)).reshape(6, 13, 70)
+        B = np.broadcast_to(b, (2, 3, 70, 33)).reshape(6, 70, 33)
+        a2 = np.asarray(round_to(A, acc.a_format), np.float64).reshape(-1, 70)
+        bt2 = np.swapaxes(np.asarray(round_to(B, acc.b_format), np.float64), 1, 2).reshape(-1, 70)
+        k0, k1, off = resolve_seed(21, 6 * 13 * 33 * 70 * NSLOT) if acc.is_stochastic else (0, 0, 0)
+        args = _args(a2, bt2, np.arange(6), np.arange(6), 13, 33, 70, acc, k0, k1, off)
+        assert _kind(args) is not None
+        assert bits_equal(r1.reshape(-1).astype(np.float64), general(args))
+
+
+@pytest.mark.parametrize("name,kind", [("fp16", "direct"), ("bf16", "twosum"), ("bf16-sr", "sr")])
+def test_fast_kernel_equals_cuda_simulator(name, kind):
+    from lowprec.kernels import linalg_cuda
+
+    acc = get_accumulation(name)
+    rng = np.random.default_rng(6)
+    M, N, K = 3, 5, 9
+    a, bt = _case(rng, acc, "mixed", M, N, K)
+    args = _args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 1, 2, 3)
+    linalg_cuda._matmul_cuda(*args)
+    assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 1, 2, 3, 0).ravel(), args[4])
