@@ -204,16 +204,19 @@ def fma64(typingctx, a, b, c):
 
 
 def narrow_params(m: int, emin: int, emax: int) -> tuple:
-    """Constants of the fast kernels for an IEEE accumulator with m mantissa bits and exponents emin..emax.
-
-    (cadd, minc, up, down, maxbits, minsub): see the comment above; maxbits and minsub are the float64
-    bits of the format's max and smallest subnormal."""
+    """(cadd, minc, up, down) of the nearest-even kernels for an IEEE accumulator (m, emin, emax)."""
     cadd = np.int64(((52 - m) << 52) | (1 << 51))
     minc = 1.5 * 2.0 ** (emin + 52 - m)
     up, down = 2.0 ** (1023 - emax), 2.0 ** (emax - 1023)
-    maxbits = np.float64((2.0 - 2.0 ** -m) * 2.0 ** emax).view(np.int64)
-    minsub = np.float64(2.0 ** (emin - m)).view(np.int64)
-    return cadd, minc, up, down, maxbits, minsub
+    return cadd, minc, up, down
+
+
+def sr_params(m: int, emin: int, emax: int) -> tuple:
+    """(emz, scale, unscale, maxs, dsh, dmask) of the stochastic kernel (see _round_sr)."""
+    S = -1022 - emin
+    D = 52 - m
+    maxs = np.float64((2.0 - 2.0 ** -m) * 2.0 ** (emax + S)).view(np.int64)
+    return (np.int64(emin + 1023), 2.0 ** S, 2.0 ** -S, maxs, np.int64(D - 32), np.int64(-1 << D))
 
 
 @_step
@@ -241,26 +244,25 @@ def _to_odd(s, t):
 
 
 @_step
-def _round_sr(u, rnd, m, emin, maxbits, minsub):
+def _round_sr(u, rnd, emz, scale, unscale, maxs, dsh, dmask):
     """Carrier bits u (float64, finite or Inf) rounded stochastically with 32 random bits ``rnd``.
 
-    scalar.round_float_carrier for CW=64 and an IEEE format with subnormals, written for vectors."""
+    The rule of scalar.round_float_carrier (CW=64, an IEEE format with subnormals): round up iff rnd is
+    below the 32 bits under the kept ones. Written for vectors: the value is scaled by 2**S, S = -1022 -
+    emin, which maps the format's subnormal range onto float64's and its normal range onto float64's
+    normal range, so that the format's quantum is 2**D units of the last place everywhere (D = 52 - m
+    >= 32). The z = emin - e bits that would fall below 2**-1074 are cleared first (they lie under the
+    32 bits that decide: the scaling is then exact); the decision is the carry of adding (2**32 - 1 -
+    rnd) just under the kept bits, which are then cut; a result above max*2**S becomes Inf."""
     sign = u & _SIGN
     a = u & _ABS
-    E = a >> 52
-    ex = max(E, np.int64(1)) - 1023
-    d = max(ex, emin) - m - ex + 52  # dropped bits, >= 52 - m >= 32
-    sig = (a & _FRAC) | (_HID if E != 0 else np.int64(0))
-    dd = min(d, np.int64(62))
-    rem = sig & ((np.int64(1) << dd) - 1)
-    rem_r = rem >> min(d - 32, np.int64(63))
-    inc = np.int64(np.int64(rnd) < rem_r)
-    dk = min(d, np.int64(52))
-    res = ((a >> dk) + inc) << dk
-    res = res if d <= 52 else (minsub if inc == 1 else np.int64(0))
-    res = _INFBITS if res > maxbits else res
-    res = _INFBITS if E == 0x7FF else res
-    return scalar.i64_as_f64(res | sign)
+    E = max(a >> 52, np.int64(1))
+    z = max(emz - E, np.int64(0))
+    keep = (np.int64(-1) << min(z, np.int64(63))) if z < 53 else np.int64(0)
+    p = scalar.f64_as_i64(scalar.i64_as_f64(a & keep) * scale)
+    p = (p + (np.int64(np.uint32(rnd) ^ np.uint32(0xFFFFFFFF)) << dsh)) & dmask
+    p = _INFBITS if p > maxs else p
+    return scalar.i64_as_f64(scalar.f64_as_i64(scalar.i64_as_f64(p) * unscale) | sign)
 
 
 def _build_narrow(digest):
@@ -304,7 +306,7 @@ def _build_narrow(digest):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
     @_loop
-    def _narrow_sr(Ap, Bp, out, K, N, m, emin, maxbits, minsub, key0, key1, offset, obase):
+    def _narrow_sr(Ap, Bp, out, K, N, emz, scale, unscale, maxs, dsh, dmask, key0, key1, offset, obase):
         # counter of (output o, term k): offset + (o*K + k)*NSLOT + SLOT_ADD, o = obase + i*N + j
         digest  # noqa: B018
         nrow = Ap.shape[0]
@@ -324,21 +326,22 @@ def _build_narrow(digest):
                 for k in range(K):
                     for r in range(NARROW_R):
                         a = Ap[ib, k, r]
-                        lo0 = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD) - hi
+                        lo = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD) - hi
                         for j in range(NARROW_N):
                             u = _to_odd(acc[r, j], a * Bp[jb, k, j])
-                            c = hi | np.int64(np.uint32(lo0 + j * step))
-                            rnd = scalar.random_bits(key0, key1, c, 32)
-                            acc[r, j] = _round_sr(u, rnd, m, emin, maxbits, minsub)
+                            rnd = scalar.random_bits(key0, key1, hi | np.int64(np.uint32(lo)), 32)
+                            acc[r, j] = _round_sr(u, rnd, emz, scale, unscale, maxs, dsh, dmask)
+                            lo += step
             else:
                 for k in range(K):
                     for r in range(NARROW_R):
                         a = Ap[ib, k, r]
-                        c0 = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD)
+                        c = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD)
                         for j in range(NARROW_N):
                             u = _to_odd(acc[r, j], a * Bp[jb, k, j])
-                            rnd = scalar.random_bits(key0, key1, c0 + j * step, 32)
-                            acc[r, j] = _round_sr(u, rnd, m, emin, maxbits, minsub)
+                            rnd = scalar.random_bits(key0, key1, c, 32)
+                            acc[r, j] = _round_sr(u, rnd, emz, scale, unscale, maxs, dsh, dmask)
+                            c += step
             for r in range(NARROW_R):
                 for j in range(NARROW_N):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
@@ -373,9 +376,9 @@ def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0)
     N = b.shape[1]
     Ap, Bp = _pack(a, b)
     out = np.empty((Ap.shape[0] * NARROW_R, Bp.shape[0] * NARROW_N))
-    cadd, minc, up, down, maxbits, minsub = narrow_params(m, emin, emax)
+    cadd, minc, up, down = narrow_params(m, emin, emax)
     if kind == "sr":
-        _narrow_kernels["sr"](Ap, Bp, out, np.int64(K), np.int64(N), np.int64(m), np.int64(emin), maxbits, minsub,
+        _narrow_kernels["sr"](Ap, Bp, out, np.int64(K), np.int64(N), *sr_params(m, emin, emax),
                               np.uint32(key0), np.uint32(key1), np.int64(offset), np.int64(obase))
     else:
         _narrow_kernels[kind](Ap, Bp, out, np.int64(K), cadd, minc, up, down)
