@@ -159,15 +159,17 @@ def _matmul_fp32_cpu(a, b, fused):
 # that has no branches (selects only), so LLVM's loop vectoriser runs it on 4 or 8 float64 lanes. Every
 # output still adds its terms in the order k = 0, 1, ..., K-1 and every addition is the exact sum rounded
 # once, as in accum.accumulate; tests/test_linalg_tile.py checks the bits against that kernel and against
-# an exact Fraction reference. Preconditions (checked by the caller, lowprec.linalg._narrow_kind): fused,
-# exact products, sequential order, no compensation, finite inputs, and an IEEE accumulator format with
-# subnormals, Inf, no saturation, emax <= 1000 and precision p <= 20 (narrow_params).
+# an exact Fraction reference. Preconditions (checked by narrow_kind below): fused, exact products,
+# sequential order, no compensation, finite inputs, an output format that holds every accumulator value,
+# nearest-even or stochastic with 32 random bits, and an IEEE accumulator format with subnormals, Inf,
+# no saturation, 0 <= emax <= 1000, emin - m >= -1000 and m <= 20 mantissa bits (_float_fields).
 #
 # Step, for the accumulator value s and the exact float64 product t = a*b:
 #   "direct" : f = fl64(s + t) (one FMA). Exact, or harmless: when the exact sum needs more than 53 bits,
-#              either t is below a quarter of the accumulator's spacing around s (p + pa + pb <= 50: the
-#              result is s both ways) or |s + t| is beyond the overflow threshold (emax - q_min <= 50,
-#              q_min the accumulator's smallest quantum: both give Inf). Used when both bounds hold (fp16).
+#              either t is below a quarter of the accumulator's spacing around s (p + pa + pb <= 50, pa
+#              and pb bounds on the inputs' significant bits: the result is s both ways) or |s + t| >
+#              2**(51 + q_min) is beyond the overflow threshold (emax - q_min <= 50, q_min the exponent
+#              of the accumulator's smallest quantum: both give Inf). Used when both bounds hold (fp16).
 #   "twosum" : f = round-to-odd at 53 bits of the exact s + t (TwoSum, then the last bit forced odd toward
 #              the error), exactly as accum.round_sum does; then rounded once (Boldo-Melquiond).
 # Rounding f to nearest-even: the magic-constant addition (f + C) - C with C = 1.5 * 2**(e + 52 - m)
@@ -175,9 +177,12 @@ def _matmul_fp32_cpu(a, b, fused):
 # rounds f once to the accumulator's grid with ties to even (subnormals included); multiplying by
 # 2**(1023 - emax) and back turns every result above the format's max into Inf (the next value up,
 # 2**(emax+1), overflows float64) and leaves the others exact; the sign is or-ed back for -0.
-# Stochastic: the round-to-odd value is rounded with integer operations on its float64 bits, the same
-# rule as scalar.round_float_carrier (round up iff R < the 32 bits below the kept ones), R =
-# scalar.random_bits for the same counter accum.counter_of gives.
+# Stochastic ("sr", 32 random bits): the round-to-odd value is rounded by the rule of
+# scalar.round_float_carrier (round up iff R < the 32 bits below the kept ones), written for vectors
+# (_round_sr), with R = scalar.random_bits of the counter accum.counter_of gives.
+# The dispatcher _matmul_cpu (what lowprec.linalg calls) picks a fast kernel where one applies
+# (narrow_kind) and runs the general kernel _matmul_cpu_scalar otherwise; CUDA always runs the general
+# per-element code, so CPU == CUDA holds through tests/test_linalg_tile.py's fast == general checks.
 NARROW_R = 4
 NARROW_N = 64
 _EXPMASK = np.int64(0x7FF0000000000000)
