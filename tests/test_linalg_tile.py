@@ -81,20 +81,32 @@ def cancelling(a, bt):
 _SPREADS = {  # (a spread, b spread) per case and accumulator, in exponents
     "fp16": {"mixed": ((-14, 7), (-12, 8)), "overflow": ((4, 7), (3, 7)), "tiny": ((-14, -8), (-14, -8))},
     "bf16": {"mixed": ((-80, 60), (-70, 70)), "overflow": ((50, 64), (55, 64)), "tiny": ((-75, -60), (-74, -60))},
+    # twosum32 needs values, products and sums that float32 holds exactly (products < 2**128, >= 2**-149)
+    "bf16-f32": {"mixed": ((-60, 60), (-60, 60)), "overflow": ((60, 63), (60, 63)), "tiny": ((-66, -60), (-66, -60))},
 }
 
 
-def _case(rng, acc, case, M, N, K):
+def _case(rng, acc, case, M, N, K, kind=None):
     F = acc.a_format
     if case == "ties":
         return tie_values(rng, (M, K)), tie_values(rng, (N, K))
-    sa, sb = _SPREADS[acc.acc_format.name]["mixed" if case == "cancel" else case]
+    key = "bf16-f32" if kind == "twosum32" else acc.acc_format.name
+    sa, sb = _SPREADS[key]["mixed" if case == "cancel" else case]
     a, bt = edge_values(rng, (M, K), F, sa), edge_values(rng, (N, K), F, sb)
     return cancelling(a, bt) if case == "cancel" else (a, bt)
 
 
 _CASES = ["mixed", "overflow", "tiny", "ties", "cancel"]
-_KINDS = [("fp16", "direct"), ("fp16", "twosum"), ("bf16", "twosum"), ("fp16-sr", "sr"), ("bf16-sr", "sr")]
+_KINDS = [("fp16", "direct"), ("fp16", "twosum"), ("bf16", "twosum"), ("bf16", "twosum32"), ("fp16-sr", "sr"),
+          ("bf16-sr", "sr")]
+
+
+def _check_preconditions(a, bt, acc, kind):
+    """The test data meet the conditions under which narrow_kind would pick this kernel."""
+    if kind == "direct":
+        assert L.narrow_kind(a, bt, np.zeros(1), 64, 64, 64, *_kernel_args(acc), 32) == "direct"
+    if kind == "twosum32":
+        assert L._float32_exact(a, bt, L._significant_bits(a), L._significant_bits(bt))
 
 
 @pytest.mark.parametrize("name,kind", _KINDS)
@@ -103,7 +115,8 @@ def test_fast_kernel_equals_general_kernel_on_edge_data(name, kind, case):
     acc = get_accumulation(name)
     rng = np.random.default_rng(sum(map(ord, name + case)))
     M, N, K = 9, 70, 41  # remainders in both tile directions
-    a, bt = _case(rng, acc, case, M, N, K)
+    a, bt = _case(rng, acc, case, M, N, K, kind)
+    _check_preconditions(a, bt, acc, kind)
     k0, k1, off = (0x1234, 0xBEEF, (1 << 32) - 40000) if acc.is_stochastic else (0, 0, 0)  # crosses 2**32
     ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, k0, k1, off)).reshape(M, N)
     fast = L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
@@ -131,7 +144,8 @@ def test_edge_data_reach_the_edges():
 def test_fast_kernel_shapes(name, kind, M, N, K):
     acc = get_accumulation(name)
     rng = np.random.default_rng(M * 100 + N + K)
-    a, bt = _case(rng, acc, "mixed", M, N, K)
+    a, bt = _case(rng, acc, "mixed", M, N, K, kind)
+    _check_preconditions(a, bt, acc, kind)
     ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 3, 4, 5)).reshape(M, N)
     assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 3, 4, 5, 0), ref)
 
@@ -143,7 +157,8 @@ def test_fast_kernel_equals_general_kernel_hypothesis(seed, M, N, K, case, which
     name, kind = which
     acc = get_accumulation(name)
     rng = np.random.default_rng(seed)
-    a, bt = _case(rng, acc, case, M, N, K)
+    a, bt = _case(rng, acc, case, M, N, K, kind)
+    _check_preconditions(a, bt, acc, kind)
     k0, k1 = seed & 0xFFFFFFFF, (seed * 2654435761) & 0xFFFFFFFF
     ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, k0, k1, offset)).reshape(M, N)
     assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, offset, 0), ref)
@@ -157,10 +172,11 @@ def test_fast_kernel_matches_fraction_reference(name, kind):
     M, N, K = 3, 6, 17
     for case in ("mixed", "tiny", "ties", "cancel"):
         if case == "mixed":  # keep clear of overflow: the reference has no Inf
-            sa = (-14, 3) if acc.acc_format.name == "fp16" else (-70, 20)
+            sa = (-14, 3) if acc.acc_format.name == "fp16" else (-60, 20)
             a, bt = edge_values(rng, (M, K), acc.a_format, sa), edge_values(rng, (N, K), acc.a_format, sa)
         else:
-            a, bt = _case(rng, acc, case, M, N, K)
+            a, bt = _case(rng, acc, case, M, N, K, kind)
+        _check_preconditions(a, bt, acc, kind)
         ref = ref_matmul(a, bt.T, acc, seed=11)
         k0, k1, off = resolve_seed(11, M * N * K * NSLOT) if acc.is_stochastic else (0, 0, 0)
         fast = L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
@@ -170,7 +186,7 @@ def test_fast_kernel_matches_fraction_reference(name, kind):
 def test_dispatch_picks_the_fast_kernels_and_keeps_the_bits():
     rng = np.random.default_rng(3)
     M, N, K = 6, 40, 150
-    for name, expect in [("fp16", "direct"), ("bf16", "twosum"), ("fp16-sr", "sr"), ("bf16-sr", "sr"),
+    for name, expect in [("fp16", "direct"), ("bf16", "twosum32"), ("fp16-sr", "sr"), ("bf16-sr", "sr"),
                          (Accumulation(a_format="fp32", acc_format="fp16"), "twosum"),  # 24+24+11 > 50
                          (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp32"), "direct"),
                          (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp8_e5m2"), None),
@@ -217,14 +233,26 @@ def test_matmul_batched_and_thread_count_independent():
         assert bits_equal(r1.reshape(-1).astype(np.float64), general(args))
 
 
-@pytest.mark.parametrize("name,kind", [("fp16", "direct"), ("bf16", "twosum"), ("bf16-sr", "sr")])
+def test_twosum32_only_where_float32_is_exact():
+    acc = get_accumulation("bf16")
+    rng = np.random.default_rng(7)
+    for case, expect in [("mixed", "twosum32"), ("overflow", "twosum"), ("tiny", "twosum")]:
+        sa, sb = _SPREADS["bf16-f32" if case == "mixed" else "bf16"][case]
+        a, bt = edge_values(rng, (6, 150), acc.a_format, sa), edge_values(rng, (40, 150), acc.a_format, sb)
+        args = _args(a, bt, [0], [0], 6, 40, 150, acc)
+        assert _kind(args) == expect, case
+        assert bits_equal(dispatched(args), general(args)), case
+
+
+@pytest.mark.parametrize("name,kind", [("fp16", "direct"), ("bf16", "twosum"), ("bf16", "twosum32"),
+                                       ("bf16-sr", "sr")])
 def test_fast_kernel_equals_cuda_simulator(name, kind):
     from lowprec.kernels import linalg_cuda
 
     acc = get_accumulation(name)
     rng = np.random.default_rng(6)
     M, N, K = 3, 5, 9
-    a, bt = _case(rng, acc, "mixed", M, N, K)
+    a, bt = _case(rng, acc, "mixed", M, N, K, kind)
     args = _args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 1, 2, 3)
     linalg_cuda._matmul_cuda(*args)
     assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 1, 2, 3, 0).ravel(), args[4])

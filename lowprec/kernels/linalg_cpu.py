@@ -172,6 +172,11 @@ def _matmul_fp32_cpu(a, b, fused):
 #              of the accumulator's smallest quantum: both give Inf). Used when both bounds hold (fp16).
 #   "twosum" : f = round-to-odd at 53 bits of the exact s + t (TwoSum, then the last bit forced odd toward
 #              the error), exactly as accum.round_sum does; then rounded once (Boldo-Melquiond).
+#   "twosum32": the same in float32 lanes (16 per AVX-512 vector) for accumulators with float32's exponent
+#              range (bf16), when float32 holds every input value and every product exactly
+#              (_float32_exact): round-to-odd at 24 bits >= p + 2, then nearest-even on the float32 bit
+#              pattern, which covers the format's subnormals (float32's own) and carries into Inf above
+#              max. A float32 sum that overflows is beyond bf16's overflow threshold too: Inf either way.
 # Rounding f to nearest-even: the magic-constant addition (f + C) - C with C = 1.5 * 2**(e + 52 - m)
 # (e = f's exponent, at least emin), whose ulp is the target quantum, so the float64 addition itself
 # rounds f once to the accumulator's grid with ties to even (subnormals included); multiplying by
@@ -270,6 +275,25 @@ def _round_sr(u, rnd, emz, scale, unscale, maxs, dsh, dmask):
     return scalar.i64_as_f64(scalar.f64_as_i64(scalar.i64_as_f64(p) * unscale) | sign)
 
 
+@_step
+def _twosum32_rne(s, t, half, dbit, dmask):
+    """bf16-like accumulators in float32 lanes: TwoSum (exact: no float32 overflow, see narrow_kind),
+    round to odd at 24 bits, then nearest-even to d = 23 - m bits with the float32 bit pattern
+    ``(u + 2**(d-1) - 1 + lsb) & -2**d``, which is the rounding for normal and (format subnormals being
+    float32 subnormals) subnormal values alike, and carries into the Inf pattern above max."""
+    f = s + t
+    bb = f - s
+    e = (s - (f - bb)) + (t - bb)
+    ub = scalar.f32_as_i32(f)
+    eb = scalar.f32_as_i32(e)
+    inexact = (e < np.float32(0.0)) | (e > np.float32(0.0))  # false for the NaN error of an infinite sum
+    # int32 throughout (numba would widen to int64 and halve the vector width)
+    adj = np.int32(np.int32(np.int32(eb ^ ub) >> np.int32(31)) | np.int32(1))
+    u = np.int32(ub + adj) if inexact & (np.int32(ub & np.int32(1)) == np.int32(0)) else ub
+    lsb = np.int32(np.int32(u & dbit) != np.int32(0))  # dbit = 2**d: the last kept bit
+    return scalar.i32_as_f32(np.int32(np.int32(np.int32(u + half) + lsb) & dmask))
+
+
 def _build_narrow(digest):
     # One kernel per step kind; format constants are runtime arguments (a new format does not recompile).
 
@@ -351,22 +375,40 @@ def _build_narrow(digest):
                 for j in range(NARROW_N):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
-    return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr}
+    @_loop
+    def _narrow_twosum32(Ap, Bp, out, K, half, dbit, dmask):
+        digest  # noqa: B018
+        nrow = Ap.shape[0]
+        ncb = Bp.shape[0]
+        for t in prange(nrow * ncb):
+            jb = t // nrow
+            ib = t - jb * nrow
+            acc = np.zeros((NARROW_R, NARROW_N), dtype=np.float32)
+            for k in range(K):
+                for r in range(NARROW_R):
+                    a = Ap[ib, k, r]
+                    for j in range(NARROW_N):
+                        acc[r, j] = _twosum32_rne(acc[r, j], a * Bp[jb, k, j], half, dbit, dmask)
+            for r in range(NARROW_R):
+                for j in range(NARROW_N):
+                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
+
+    return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr, "twosum32": _narrow_twosum32}
 
 
 _narrow_kernels = _build_narrow(SOURCE_DIGEST)
 
 
-def _pack(a, b):
+def _pack(a, b, dtype=np.float64):
     """a (M, K) and b (K, N) float64 into row panels (M/R, K, R) and column panels (N/NB, K, NB), zero-padded."""
     M, K = a.shape
     N = b.shape[1]
     Mp = -(-M // NARROW_R) * NARROW_R
     npanel = -(-N // NARROW_N)
-    apad = np.zeros((Mp, K))
+    apad = np.zeros((Mp, K), dtype=dtype)
     apad[:M] = a
     Ap = np.ascontiguousarray(apad.reshape(Mp // NARROW_R, NARROW_R, K).transpose(0, 2, 1))
-    bpad = np.zeros((K, npanel * NARROW_N))
+    bpad = np.zeros((K, npanel * NARROW_N), dtype=dtype)
     bpad[:, :N] = b
     Bp = np.ascontiguousarray(bpad.reshape(K, npanel, NARROW_N).transpose(1, 0, 2))
     return Ap, Bp
@@ -375,14 +417,18 @@ def _pack(a, b):
 def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0):
     """C = A @ B for 2-D float64 A (M, K), B (K, N) with a narrow accumulator (m, emin, emax) (see above).
 
-    ``kind``: "direct", "twosum" (nearest-even) or "sr" (stochastic, 32 random bits); obase is the flat
+    ``kind``: "direct", "twosum", "twosum32" (nearest-even) or "sr" (stochastic, 32 random bits); obase is the flat
     index of C[0, 0] in the whole output (it keys the random counters). Returns float64 (M, N)."""
     M, K = a.shape
     N = b.shape[1]
-    Ap, Bp = _pack(a, b)
+    Ap, Bp = _pack(a, b, np.float32 if kind == "twosum32" else np.float64)
     out = np.empty((Ap.shape[0] * NARROW_R, Bp.shape[0] * NARROW_N))
     cadd, minc, up, down = narrow_params(m, emin, emax)
-    if kind == "sr":
+    if kind == "twosum32":
+        d = 23 - m
+        _narrow_kernels[kind](Ap, Bp, out, np.int64(K), np.int32((1 << (d - 1)) - 1), np.int32(1 << d),
+                              np.int32(-1 << d))
+    elif kind == "sr":
         _narrow_kernels["sr"](Ap, Bp, out, np.int64(K), np.int64(N), *sr_params(m, emin, emax),
                               np.uint32(key0), np.uint32(key1), np.int64(offset), np.int64(obase))
     else:
@@ -390,6 +436,7 @@ def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0)
     return out[:M, :N]
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
 _NARROW_MIN_WORK = 1 << 15  # multiply-adds below which the general kernel is as fast
 _NARROW_MIN_N = NARROW_N // 4  # narrower outputs would mostly compute padding
 
@@ -444,10 +491,29 @@ def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, c
         return None  # NaN/Inf inputs: the general kernel
     if mode == scalar.STOCHASTIC:
         return "sr"
-    pt = _significant_bits(a) + _significant_bits(bt)
-    if m + 1 + pt <= 50 and emax - (emin - m) <= 50:
+    pa, pb = _significant_bits(a), _significant_bits(bt)
+    if m + 1 + pa + pb <= 50 and emax - (emin - m) <= 50:
         return "direct"
+    if emin == -126 and emax == 127 and pa + pb <= 24 and _float32_exact(a, bt, pa, pb):
+        return "twosum32"  # bf16 and the like: float32 holds the values, the products and exact TwoSums
     return "twosum"
+
+
+def _float32_exact(a, bt, pa, pb) -> bool:
+    """True when every value of a and bt and every product a*b is exactly a float32 (pa, pb: bits)."""
+    lo, hi = [], []
+    for x in (a, bt):
+        m = np.abs(x)
+        nz = m[m > 0]
+        lo.append(float(nz.min()) if nz.size else np.inf)
+        hi.append(float(m.max(initial=0.0)))
+    tiny = 2.0 ** -149
+    if hi[0] * hi[1] > _FLT_MAX or max(hi) > _FLT_MAX:
+        return False
+    if lo[0] * 2.0 ** (1 - pa) < tiny or lo[1] * 2.0 ** (1 - pb) < tiny:
+        return False  # a value that float32 would round
+    # the lowest set bit of a product is >= |a| 2**(1-pa) * |b| 2**(1-pb)
+    return bool(lo[0] == np.inf or lo[1] == np.inf or lo[0] * 2.0 ** (1 - pa) * lo[1] * 2.0 ** (1 - pb) >= tiny)
 
 
 def _matmul_cpu(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
