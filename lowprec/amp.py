@@ -56,9 +56,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from .core import round_to
-from .formats import FP32, FloatFormat, get_format
+from .formats import FP32, FixedFormat, FloatFormat, get_format
+from .kernels import dispatch
 from .rng import RandomStream
-from .rounding import Rounding, get_rounding
+from .rounding import DEFAULT_RANDOM_BITS, Rounding, get_rounding
 from .telemetry import Telemetry
 
 __all__ = ["ROLES", "Policy", "register_policy", "get_policy", "policy_names", "Precision",
@@ -69,6 +70,7 @@ ROLES = ("weight", "weight_used", "activation", "activation_grad", "weight_grad"
          "master")
 
 _STREAM_OF_ROLE = {r: i for i, r in enumerate(ROLES)}
+_F32 = np.dtype(np.float32)
 
 
 def _entry(role: str, value) -> tuple:
@@ -302,6 +304,8 @@ class Precision:
         for kind, sid in self.MATMUL_STREAMS.items():
             self.streams["matmul_" + kind] = root.spawn(sid)
         self._accumulations: dict = {}
+        self._kernels: dict = {}  # id(format) -> (format, kernel parameters)
+        self._backend: Optional[str] = None
 
     def round(self, x: np.ndarray, role: str, name: Optional[str] = None, *, fmt=None, rounding=None,
               stream: Optional[RandomStream] = None) -> np.ndarray:
@@ -310,20 +314,69 @@ class Precision:
         ``fmt``/``rounding``/``stream`` override the policy's entry (used by the optimizer).
         A role whose format is None (``master`` without master weights) returns ``x`` as is.
         """
+        return self._round(x, role, name, None, fmt, rounding, stream)[0]
+
+    def _round(self, x, role, name, tag, fmt=None, rounding=None, stream=None) -> tuple:
+        """:meth:`round`, told that ``x`` is already exactly in format ``tag`` (or None: unknown).
+
+        Returns ``(result, tag of the result)``. The tag of a result is the format
+        it is exactly in as :func:`round_to` would give it (canonical NaNs
+        included), or None. Rounding an array to the format it is tagged with
+        is skipped: every mode returns a value of the format unchanged
+        (stochastic rounding too: its stream still advances by ``x.size``, so
+        later draws are those of the unskipped run); telemetry still counts it.
+        """
         pfmt, prnd = self.policy.table[role]
         fmt = pfmt if fmt is None else fmt
         rnd = prnd if rounding is None else rounding
         if fmt is None:
-            return x
+            return x, tag
         if fmt is FP32 and x.dtype == np.float32:
             out = x  # float32 values are fp32 values: rounding is the identity
-        elif rnd is Rounding.STOCHASTIC:
-            out = round_to(x, fmt, rnd, seed=stream if stream is not None else self.streams[role])
+            out_tag = tag
+        elif not (isinstance(x, np.ndarray) and x.dtype == _F32 and isinstance(rnd, Rounding)
+                  and isinstance(fmt, (FloatFormat, FixedFormat))
+                  and (stream is None or isinstance(stream, RandomStream))):
+            out_tag = None  # the general path, as round_to takes its arguments
+            if rnd is Rounding.STOCHASTIC:
+                out = round_to(x, fmt, rnd, seed=stream if stream is not None else self.streams[role])
+            else:
+                out = round_to(x, fmt, rnd)
+        elif tag is not None and (tag is fmt or tag == fmt):
+            out, out_tag = x, fmt  # already a value of fmt: rounding would return it unchanged
+            if rnd is Rounding.STOCHASTIC:
+                (stream if stream is not None else self.streams[role]).take(x.size)
         else:
-            out = round_to(x, fmt, rnd)
+            out = self._kernel_round(x, fmt, rnd, stream if stream is not None else self.streams[role])
+            out_tag = fmt
         if self.telemetry is not None and name is not None:
             self.telemetry.record(name, role, x, out, fmt)
-        return out
+        return out, out_tag
+
+    def _kernel_round(self, x: np.ndarray, fmt, rnd: Rounding, stream: Optional[RandomStream]) -> np.ndarray:
+        """``round_to(x, fmt, rnd, seed=stream)`` for a native float32 ndarray ``x`` (internal).
+
+        The checks round_to makes on every call (format and rounding names, dtype,
+        the format fitting in float32, the backend) are made once per format;
+        the kernel gets exactly the arguments round_to gives it. ``stream`` is
+        only used (and advanced) by stochastic rounding.
+        """
+        entry = self._kernels.get(id(fmt))
+        if entry is None or entry[0] is not fmt:
+            if not fmt.fits_in(np.float32):
+                return round_to(x, fmt, rnd, seed=stream)  # raises round_to's error
+            if self._backend is None:
+                self._backend = dispatch.resolve_backend("auto")
+            entry = self._kernels[id(fmt)] = (fmt, fmt._kernel_params())
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty(flat.size, dtype=np.float32)
+        if rnd is Rounding.STOCHASTIC:
+            k0, k1, off = stream.take(flat.size)
+        else:
+            k0 = k1 = off = 0
+        dispatch.round_array(self._backend, flat.view(np.int32), out.view(np.int32), 32, 23, 127, entry[1],
+                             int(rnd), np.uint32(k0), np.uint32(k1), np.int64(off), DEFAULT_RANDOM_BITS)
+        return out.reshape(x.shape)
 
     def accumulation(self, which: str):
         """The Accumulation object of ``which`` in ("forward", "backward")."""
@@ -334,6 +387,23 @@ class Precision:
             name = getattr(self.policy, which + "_accumulation")
             acc = self._accumulations[which] = get_accumulation(name)
         return acc
+
+    def _lean_matmul(self, which: str):
+        """None when ``which``'s matmuls must take linalg.matmul (not on the CPU, or an output format
+        float32 cannot hold: matmul raises); else the kind of linalg's fast fp32 kernel ("fma",
+        "muladd") or "general" (internal, cached)."""
+        key = "lean_" + which
+        if key not in self._accumulations:
+            from . import linalg
+
+            acc = self.accumulation(which)
+            if self._backend is None:
+                self._backend = dispatch.resolve_backend("auto")
+            lean = None
+            if self._backend == "cpu" and acc.out_format.fits_in(np.float32):
+                lean = linalg._fast_fp32_kernel(acc, "cpu") or "general"
+            self._accumulations[key] = lean
+        return self._accumulations[key]
 
     def stream_state(self) -> dict:
         """Offsets of every stream (for checkpoints)."""

@@ -91,6 +91,7 @@ def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
 
 
 _FP32 = get_format("fp32")
+_FP32_MAX = float(_FP32.max)  # exact: the largest float32
 _FAST_MIN_WORK = 1 << 15  # below this many multiply-adds the general kernel is as fast
 
 
@@ -111,7 +112,7 @@ def _ranges_exact(acc: Accumulation, a_range: tuple, b_range: tuple) -> bool:
         hi = hi_a * hi_b
     # the lowest set bit of a product is >= |a| 2**(1-pa) * |b| 2**(1-pb): keep it >= 2**-149
     small_ok = lo_a * lo_b >= 2.0 ** (-149 + pa + pb - 2) or not (lo_a < np.inf and lo_b < np.inf)
-    return bool(small_ok and hi <= _FP32.max)
+    return bool(small_ok and hi <= _FP32_MAX)
 
 
 def _fp32_products_exact(acc: Accumulation, a: np.ndarray, b: np.ndarray) -> bool:

@@ -37,6 +37,7 @@ from collections import defaultdict
 from typing import Optional
 
 import numpy as np
+from numba import njit
 
 from .formats import FloatFormat, get_format
 
@@ -62,17 +63,29 @@ def count_events(before, after, fmt) -> dict:
         ``{"underflow": int, "subnormal": int, "overflow": int, "nan": int}``
         as defined in the module docstring.
     """
-    tiny, fmax, has_inf = _limits(fmt)
+    return dict(zip(EVENTS, _count(before, after, fmt)))
+
+
+def _count(before, after, fmt) -> tuple:
+    """count_events as a tuple in :data:`EVENTS` order."""
+    lim = _limits32(fmt)
+    if (lim is not None and type(after) is np.ndarray and type(before) is np.ndarray and after.dtype == _F32
+            and before.dtype == _F32 and after.shape == before.shape and after.flags.c_contiguous
+            and before.flags.c_contiguous):  # the training case, in one compiled pass
+        u, s, o, n = _count_bits(before.reshape(-1).view(np.uint32), after.reshape(-1).view(np.uint32), *lim,
+                                 before is after)
+        return int(u), int(s), int(o), int(n)
     before = np.asarray(before)
     after = np.asarray(after)
+    same = before is after  # nothing was rounded: only the state of the values is counted
     if before.shape != after.shape:
         raise ValueError(f"before and after must have the same shape, got {before.shape} and {after.shape}")
+    tiny, fmax, has_inf = _limits(fmt)
     # a few whole-array passes; the exact tests run only on the (usually few) flagged elements
     a_abs = np.abs(after)
     zero_after = a_abs == 0
     n_zero = int(np.count_nonzero(zero_after))
     n_nan = int(np.count_nonzero(np.isnan(after)))
-    same = before is after  # nothing was rounded: only the state of the values is counted
     underflow = 0
     if n_zero and not same:
         underflow = int(np.count_nonzero(before[zero_after] != 0))
@@ -87,7 +100,72 @@ def count_events(before, after, fmt) -> dict:
             hit = np.isinf(a) | (np.abs(b) > fmax) | np.isnan(a)
             overflow = int(np.count_nonzero(hit & np.isfinite(b)))
     nan = n_nan
-    return {"underflow": underflow, "subnormal": subnormal, "overflow": overflow, "nan": nan}
+    return underflow, subnormal, overflow, nan
+
+
+_F32 = np.dtype(np.float32)
+
+
+def _limits32(fmt):
+    """_count_bits's thresholds (uint32 bits of tiny and max, and top) when tiny and max are float32
+    numbers, else None (cached)."""
+    key = id(fmt) if not isinstance(fmt, str) else fmt
+    hit = _LIMITS32.get(key)
+    if hit is not None and hit[0] is fmt:
+        return hit[1]
+    tiny, fmax, has_inf = _limits(fmt)
+    exact = all(abs(v) <= 3.4028234663852886e38 and float(np.float32(v)) == v for v in (tiny, fmax))
+    top = 0x7F800000 if has_inf else 0xFFFFFFFF
+    lim = tuple(np.uint32(v) for v in (np.float32(tiny).view(np.uint32), np.float32(fmax).view(np.uint32), top)) \
+        if exact else None
+    _LIMITS32[key] = (fmt, lim)
+    return lim
+
+
+_LIMITS32: dict = {}
+
+
+@njit(cache=True, nogil=True)
+def _count_bits(before, after, tiny, fmax, top, same):  # pragma: no cover - compiled
+    """count_events for flat float32 arrays given as uint32 bit patterns.
+
+    For a non-negative float the order of the values is the order of the bits, so
+    the definitions become integer comparisons of ``|bits|`` (``bits & 0x7FFFFFFF``)
+    with the thresholds' bits (``tiny``, ``fmax``): a NaN's ``|bits|`` exceed
+    Inf's. ``top`` is the largest ``|bits|`` an overflowed result can have: Inf's
+    bits, or all ones where a NaN result counts (a format without Inf). Counts
+    are summed as integer products (branch-free: the loops vectorise); the
+    overflow pass runs only when some result is at least ``max``.
+    """
+    absm = np.uint32(0x7FFFFFFF)
+    z = np.uint32(0)
+    inf = np.uint32(0x7F800000)
+    nan = 0
+    subnormal = 0
+    underflow = 0
+    big = 0
+    if same:
+        for i in range(after.size):
+            a = after[i] & absm
+            nan += np.int64(a > inf)
+            subnormal += np.int64(a != z) * np.int64(a < tiny)
+        return 0, subnormal, 0, nan
+    for i in range(after.size):
+        a = after[i] & absm
+        b = before[i] & absm
+        nan += np.int64(a > inf)
+        subnormal += np.int64(a != z) * np.int64(a < tiny)
+        underflow += np.int64(a == z) * np.int64(b != z)
+        big += np.int64(a >= fmax) * np.int64(a <= top)
+    overflow = 0
+    if big:
+        for i in range(after.size):
+            a = after[i] & absm
+            b = before[i] & absm
+            # a finite value whose result is Inf (or NaN without Inf), or +-max from beyond max
+            overflow += (np.int64(b < inf) * np.int64(a >= fmax) * np.int64(a <= top)
+                         * max(np.int64(a >= inf), np.int64(b > fmax)))
+    return underflow, subnormal, overflow, nan
 
 
 _LIMITS: dict = {}
@@ -153,15 +231,16 @@ class Telemetry:
         """Count the events of one rounding of tensor ``name`` (role ``role``)."""
         if not self.enabled or self._current is None:
             return
-        counts = count_events(before, after, fmt)
+        counts = _count(before, after, fmt)
         tensors = self._current["tensors"]
         entry = tensors.get(name)
         if entry is None:
             fmt = get_format(fmt)
-            tensors[name] = {"role": role, "format": fmt.name, "size": int(np.size(after)), **counts}
+            tensors[name] = {"role": role, "format": fmt.name, "size": int(np.size(after)),
+                             **dict(zip(EVENTS, counts))}
         else:  # the same tensor rounded twice in a step (e.g. gradient accumulation): add up
-            for k in EVENTS:
-                entry[k] += counts[k]
+            for k, c in zip(EVENTS, counts):
+                entry[k] += c
 
     def end_step(self, loss_scale: float = 1.0, skipped: bool = False) -> None:
         """Finish the current step, recording its loss scale and whether it was skipped."""
@@ -169,14 +248,20 @@ class Telemetry:
             return
         self._current["loss_scale"] = float(loss_scale)
         self._current["skipped"] = bool(skipped)
+        step = self._current["step"]
+        totals = self.tensor_totals
         for name, entry in self._current["tensors"].items():
-            tot = self.tensor_totals.setdefault(name, {"role": entry["role"], "format": entry["format"],
-                                                       **dict.fromkeys(EVENTS, 0)})
-            for k in EVENTS:
-                tot[k] += entry[k]
-            if any(entry[k] for k in EVENTS):
-                self.events.append([self._current["step"], name, entry["role"], entry["format"],
-                                    *(entry[k] for k in EVENTS)])
+            tot = totals.get(name)
+            if tot is None:
+                tot = totals[name] = {"role": entry["role"], "format": entry["format"],
+                                      "underflow": 0, "subnormal": 0, "overflow": 0, "nan": 0}
+            u, s, o, n = entry["underflow"], entry["subnormal"], entry["overflow"], entry["nan"]
+            if u or s or o or n:
+                tot["underflow"] += u
+                tot["subnormal"] += s
+                tot["overflow"] += o
+                tot["nan"] += n
+                self.events.append([step, name, entry["role"], entry["format"], u, s, o, n])
         self.last_step = self._current
         if self.keep_steps:
             self.steps.append(self._current)

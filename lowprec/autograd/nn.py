@@ -71,7 +71,8 @@ class Linear:
                            name=f"layer{self.index}.bias", ctx=ctx, is_param=True)
         if ctx is not None:  # weights as stored
             for p in (self.weight, self.bias):
-                p.data = ctx.round(p.data, "weight")
+                p.data, tag = ctx._round(p.data, "weight", None, None)
+                p._set_fmt(tag)
         policy = ctx.policy if ctx is not None else None
         wq = policy.weight_fake_quant if policy is not None else None
         aq = policy.act_fake_quant if policy is not None else None
@@ -91,10 +92,11 @@ class Linear:
         w = self.weight
         policy = self.ctx.policy if self.ctx is not None else None
         if policy is not None and policy.format("weight_used") != policy.format("weight"):
-            data = self.ctx.round(w.data, "weight_used", f"layer{self.index}.weight_used")
+            data, tag = self.ctx._round(w.data, "weight_used", f"layer{self.index}.weight_used", w._data_fmt())
             if data is not w.data:  # a rounding that is the identity for the gradient (straight through)
                 src = w
                 w = Tensor(data, (src,), "round", name=f"layer{self.index}.weight_used")
+                w._set_fmt(tag)
                 w._backward = (lambda s=src, t=w: s._add_grad(t.grad, exact_from=t))
         if self.weight_quant is not None:
             w = self.weight_quant(w)

@@ -107,9 +107,12 @@ class Optimizer:
             elif self.master is not None:
                 self.master[i] = self.ctx.round(new, "master", self._pname(i, "master"),
                                                 stream=self.update_streams[i])
-                p.data = self.ctx.round(self.master[i], "weight", self._pname(i, "stored"))
+                p.data, tag = self.ctx._round(self.master[i], "weight", self._pname(i, "stored"), None)
+                p._set_fmt(tag)
             else:
-                p.data = self.ctx.round(new, "weight", self._pname(i, "stored"), stream=self.update_streams[i])
+                p.data, tag = self.ctx._round(new, "weight", self._pname(i, "stored"), None,
+                                              stream=self.update_streams[i])
+                p._set_fmt(tag)
 
     def _update(self, i: int, g: np.ndarray, dtype) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -46,6 +46,10 @@ import math
 from typing import Optional
 
 import numpy as np
+from numba import njit
+
+from ..formats import FP32
+from ..rounding import Rounding
 
 __all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "no_grad"]
 
@@ -53,6 +57,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
 _GRAD_ENABLED = [True]
+_F32 = np.dtype(np.float32)
 
 
 class no_grad:
@@ -143,6 +148,8 @@ class Tensor:
         self.requires_grad = bool(requires_grad) or (_GRAD_ENABLED[0] and any(c.requires_grad for c in _children))
         self.name = name
         self.is_param = bool(is_param)
+        # the format the data / the gradient are exactly in (see _data_fmt), and the array it was given for
+        self._fmt = self._fmt_of = self._gfmt = self._gfmt_of = None
 
     # ----- plumbing -------------------------------------------------------------------------
 
@@ -171,8 +178,29 @@ class Tensor:
     def _round_forward(self, role: str = "activation") -> "Tensor":
         """Round ``self.data`` in place to the format of ``role`` (no-op without a runtime)."""
         if self.ctx is not None:
-            self.data = self.ctx.round(self.data, role, self._tname(self._op))
+            self.data, tag = self.ctx._round(self.data, role, self._tname(self._op), self._data_fmt())
+            self._set_fmt(tag)
         return self
+
+    # A tag says "this array is exactly in format F": round_to(array, F, any mode) returns it bit for
+    # bit, so that rounding it to F again (a role's rounding, a matmul's input rounding) can be skipped.
+    # A tag belongs to one array object: assigning a new array to .data/.grad drops it. Arrays are
+    # never modified in place by lowprec; code that does so must assign the result again
+    # (``t.data = t.data.copy()`` after editing) to drop the tag.
+
+    def _data_fmt(self):
+        """The format ``self.data`` is exactly in, or None."""
+        return self._fmt if self._fmt_of is self.data else None
+
+    def _set_fmt(self, fmt) -> None:
+        self._fmt, self._fmt_of = fmt, (self.data if fmt is not None else None)
+
+    def _grad_fmt(self):
+        """The format ``self.grad`` is exactly in, or None."""
+        return self._gfmt if self._gfmt_of is self.grad else None
+
+    def _set_grad_fmt(self, fmt) -> None:
+        self._gfmt, self._gfmt_of = fmt, (self.grad if fmt is not None else None)
 
     @property
     def _grad_role(self) -> str:
@@ -194,12 +222,16 @@ class Tensor:
             self.grad = g.copy() if not self._grad_set else self.grad + g
         elif (exact_from is not None and not self._grad_set and exact_from._grad_role == self._grad_role
               and g.dtype == np.float32):
+            tag = exact_from._grad_fmt()  # g holds values of exact_from.grad (or zeros): its format too
             self.grad = np.ascontiguousarray(g)  # already rounded to this role's format: no second rounding
+            self._set_grad_fmt(tag)
         else:
             g = np.asarray(g, dtype=np.float32)
             if self._grad_set:
                 g = self.grad + g
-            self.grad = np.ascontiguousarray(self.ctx.round(g, self._grad_role, self._tname(self._op) + ".grad"))
+            g, tag = self.ctx._round(g, self._grad_role, self._tname(self._op) + ".grad", None)
+            self.grad = np.ascontiguousarray(g)
+            self._set_grad_fmt(tag)
         self._grad_set = True
 
     def zero_grad(self) -> None:
@@ -301,6 +333,7 @@ class Tensor:
         """max(x, 0); the gradient at 0 is taken as 0."""
         mask = self.data > 0
         out = Tensor(np.where(mask, self.data, self.data.dtype.type(0)), (self,), "relu", name=name)
+        out._set_fmt(self._data_fmt())  # values of self, or +0: in self's format
         out._round_forward()
 
         def _backward():
@@ -367,6 +400,7 @@ class Tensor:
         except ValueError:
             raise ValueError(f"cannot reshape a tensor of shape {self.shape} into {shape}") from None
         out = Tensor(data, (self,), "reshape")
+        out._set_fmt(self._data_fmt() if out.data is data else None)
 
         def _backward():
             self._add_grad(out.grad.reshape(self.shape), exact_from=out)
@@ -379,14 +413,65 @@ def _check_matmul_shapes(a: Tensor, b: Tensor) -> None:
         raise ValueError(f"matmul needs (..., M, K) @ (..., K, N) operands, got shapes {a.shape} and {b.shape}")
 
 
-def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str) -> np.ndarray:
-    """a @ b: plain numpy without a runtime, else lowprec.linalg with the policy's accumulation."""
+def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str, a_fmt=None, b_fmt=None) -> np.ndarray:
+    """a @ b: plain numpy without a runtime, else lowprec.linalg with the policy's accumulation.
+
+    ``a_fmt``/``b_fmt``: formats the operands are known to be exactly in (tags), or None. The result
+    is ``linalg.matmul(a, b, accumulation, seed=stream)`` bit for bit; on the CPU it is computed by
+    the lean entry ``linalg._matmul_f32``: an operand is rounded to its input format only when it is
+    not already in it.
+    """
     if ctx is None:
         return a @ b
     from .. import linalg  # issue 3's module
 
-    return linalg.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), ctx.accumulation(which),
-                         seed=ctx.streams["matmul_" + which])
+    acc = ctx.accumulation(which)
+    seed = ctx.streams["matmul_" + which]
+    lean = ctx._lean_matmul(which)
+    if lean is None or a.dtype != _F32 or b.dtype != _F32 or a.ndim != 2 or b.ndim != 2:
+        return linalg.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), acc, seed=seed)
+    a = _operand(ctx, a, a_fmt, acc.a_format)
+    b = _operand(ctx, b, b_fmt, acc.b_format)
+    exact = None
+    if lean == "fma" and a.shape[0] * a.shape[1] * b.shape[1] >= linalg._FAST_MIN_WORK:
+        exact = linalg._ranges_exact(acc, _abs_range(a), _abs_range(b))
+    return linalg._matmul_f32(a, b, acc, seed=seed, exact=exact)
+
+
+def _operand(ctx, x: np.ndarray, tag, fmt) -> np.ndarray:
+    """``x`` (float32) as linalg.matmul's input rounding (nearest-even to ``fmt``) would leave it."""
+    if tag is not None and (tag is fmt or tag == fmt):
+        return x
+    if fmt is FP32 and not np.isnan(x).any():
+        return x  # float32 numbers are fp32 numbers; only NaNs would change (to the canonical NaN)
+    return ctx._kernel_round(x, fmt, Rounding.NEAREST_EVEN, None)
+
+
+_EXP_ALL_ONES = 0x7F800000  # float32 bits of +Inf; larger magnitudes are NaNs
+
+
+def _abs_range(x: np.ndarray) -> tuple:
+    """linalg._abs_range of a float32 array, in one compiled pass over the bit patterns.
+
+    For non-negative floats the order of the values is the order of their bits.
+    """
+    lo, hi = _abs_bits_range(x.ravel(order="K").view(np.uint32))
+    lo, hi = int(lo), int(hi)
+    lo = float("inf") if lo >= _EXP_ALL_ONES else float(np.uint32(lo + 1).view(np.float32))
+    hi = float("nan") if hi > _EXP_ALL_ONES else float(np.uint32(hi).view(np.float32))
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def _abs_bits_range(u):  # pragma: no cover - compiled
+    """(smallest |bits| - 1 over non-zero values, wrapping 0 to 2**32-1; largest |bits|)."""
+    lo = np.uint32(0xFFFFFFFF)
+    hi = np.uint32(0)
+    for i in range(u.size):
+        v = np.uint32(u[i] & np.uint32(0x7FFFFFFF))
+        hi = max(hi, v)
+        lo = min(lo, np.uint32(v - np.uint32(1)))
+    return lo, hi
 
 
 @_quiet
@@ -410,14 +495,16 @@ def matmul(a: Tensor, b: Tensor, name: Optional[str] = None) -> Tensor:
     if a.data.ndim != 2 or b.data.ndim != 2:
         raise ValueError(f"matmul takes 2-D tensors, got shapes {a.shape} and {b.shape}")
     ctx = a.ctx or b.ctx
-    out = Tensor(_mm(ctx, a.data, b.data, "forward"), (a, b), "matmul", name=name, ctx=ctx)._round_forward()
+    out = Tensor(_mm(ctx, a.data, b.data, "forward", a._data_fmt(), b._data_fmt()), (a, b), "matmul", name=name,
+                 ctx=ctx)._round_forward()
 
     def _backward():
         g = out.grad
+        gf = out._grad_fmt()
         if a.requires_grad:
-            a._add_grad(_mm(ctx, g, b.data.T, "backward"))
+            a._add_grad(_mm(ctx, g, b.data.T, "backward", gf, b._data_fmt()))
         if b.requires_grad:  # dB = a.T @ g computed as (g.T @ a).T: the gradient is the left operand
-            b._add_grad(_mm(ctx, g.T, a.data, "backward").T)
+            b._add_grad(_mm(ctx, g.T, a.data, "backward", gf, a._data_fmt()).T)
     out._backward = _backward
     return out
 
