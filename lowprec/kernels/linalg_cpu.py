@@ -6,6 +6,11 @@ and ``ia``/``ib`` map each output batch to its row block of ``a``/``bt``
 (batch broadcasting without copies). The loop is parallel over the output
 rows; every output element runs the same scalar accumulation with its own
 counters, so the result does not depend on the thread count.
+
+Below it, fast kernels for the common cases (fp32 accumulation; fp16/bf16-like
+accumulators, nearest-even or stochastic) that give the same bits with a tile
+of accumulators: lowprec.linalg picks the fp32 one, ``_matmul_cpu`` (the
+entry lowprec.linalg calls otherwise) a narrow-accumulator one where it applies.
 """
 
 import numba
@@ -193,8 +198,6 @@ NARROW_N = 64
 _EXPMASK = np.int64(0x7FF0000000000000)
 _SIGN = np.int64(-0x8000000000000000)
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)
-_FRAC = np.int64((1 << 52) - 1)
-_HID = np.int64(1 << 52)
 _INFBITS = np.int64(0x7FF0000000000000)
 
 _step = njit(nogil=True, inline="always", error_model="numpy")
