@@ -101,7 +101,7 @@ def _prepare(x, fmt, rounding, seed, stream, offset, random_bits, saturate):
 
 
 def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, offset: int = 0,
-             random_bits: int = DEFAULT_RANDOM_BITS, saturate=None, backend: str = "auto"):
+             random_bits: int = DEFAULT_RANDOM_BITS, saturate=None, backend: str = "auto", out=None):
     """Round every element of ``x`` once, exactly, to the format ``fmt``.
 
     Parameters
@@ -126,22 +126,27 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     saturate : bool, optional
         Override the format's saturation (``+-max`` instead of Inf/NaN on overflow).
     backend : {"auto", "cpu", "cuda"}
+    out : ndarray, optional
+        Where to write the result (then returned): a writable array of the
+        result's shape and dtype. It may be ``x`` itself (rounding in place).
+        Saves allocating, and first touching, a new array for large inputs.
 
     Returns
     -------
     ndarray or float
         Same shape and dtype as ``x`` (float64 for Python input); a NumPy
-        scalar for scalar input. Each element is a value of ``fmt`` (or
+        scalar for scalar input (``out`` itself when given). Each element is a value of ``fmt`` (or
         +-Inf/NaN where the format and mode say so; NaN stays NaN even in
         formats that cannot encode it).
 
     Raises
     ------
     TypeError
-        ``x`` is complex, a string, an object array, float16; wrong argument types.
+        ``x`` is complex, a string, an object array, float16; wrong argument
+        types; ``out`` not an ndarray of the result's dtype.
     ValueError
         Unknown format or rounding; a format float32 cannot hold for float32
-        input; bad ``random_bits``/``seed``.
+        input; bad ``random_bits``/``seed``; ``out`` of another shape or read-only.
 
     Examples
     --------
@@ -154,13 +159,31 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, key = _prepare(
         x, fmt, rounding, seed, stream, offset, random_bits, saturate)
     CW, CM, CB, ity = carrier_of(arr.dtype)
-    out = np.empty(flat.size, dtype=arr.dtype)
-    dispatch.round_array(backend, flat.view(ity), out.view(ity), CW, CM, CB, p, int(mode),
+    if out is not None:
+        _check_out(out, arr.shape, out_dtype)
+    direct = out is not None and out.dtype == arr.dtype and out.flags.c_contiguous
+    res = out.reshape(-1) if direct else np.empty(flat.size, dtype=arr.dtype)
+    dispatch.round_array(backend, flat.view(ity), res.view(ity), CW, CM, CB, p, int(mode),
                          np.uint32(key[0]), np.uint32(key[1]), np.int64(key[2]), rbits)
-    out = out.reshape(arr.shape)
-    if out.dtype != out_dtype:
-        out = out.astype(out_dtype)
-    return out[()] if is_scalar else out
+    if out is not None:
+        if not direct:
+            out[...] = res.reshape(arr.shape)
+        return out
+    res = res.reshape(arr.shape)
+    if res.dtype != out_dtype:
+        res = res.astype(out_dtype)
+    return res[()] if is_scalar else res
+
+
+def _check_out(out, shape, dtype) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have the result's dtype {np.dtype(dtype)}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have the result's shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
 
 
 def _pattern_dtype(bits: int):

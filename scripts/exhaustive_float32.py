@@ -1,7 +1,8 @@
 """Exhaustive check: every one of the 2**32 float32 bit patterns, rounded to nearest-even.
 
 Compares lowprec.round_to with numpy's float16 cast (fp16) and ml_dtypes
-(bf16, fp8 e4m3fn, fp8 e5m2) and prints the mismatch counts. About 10 minutes
+(bf16, fp8 e4m3fn, fp8 e5m2), and int8/uint8 with ``np.clip(np.rint(x), lo, hi)``
+(a fixed-point result has no negative zero), and prints the mismatch counts. About 10 minutes
 on a 2-core machine; not part of CI. Run: ``python scripts/exhaustive_float32.py``.
 """
 
@@ -18,11 +19,17 @@ def main(argv=None) -> int:
     import ml_dtypes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--formats", default="fp16,bf16,fp8_e4m3fn,fp8_e5m2")
+    ap.add_argument("--formats", default="fp16,bf16,fp8_e4m3fn,fp8_e5m2,int8,uint8")
     ap.add_argument("--chunk-log2", type=int, default=24)
     args = ap.parse_args(argv)
-    refs = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16, "fp8_e4m3fn": ml_dtypes.float8_e4m3fn,
-            "fp8_e5m2": ml_dtypes.float8_e5m2}
+    def cast(dtype):
+        return lambda x: x.astype(dtype).astype(np.float32)
+
+    def integer(lo, hi):
+        return lambda x: np.clip(np.rint(x), np.float32(lo), np.float32(hi)) + np.float32(0.0)
+
+    refs = {"fp16": cast(np.float16), "bf16": cast(ml_dtypes.bfloat16), "fp8_e4m3fn": cast(ml_dtypes.float8_e4m3fn),
+            "fp8_e5m2": cast(ml_dtypes.float8_e5m2), "int8": integer(-128, 127), "uint8": integer(0, 255)}
     names = args.formats.split(",")
     mismatches = {n: 0 for n in names}
     chunk = 1 << args.chunk_log2
@@ -33,7 +40,7 @@ def main(argv=None) -> int:
         for n in names:
             ours = lowprec.round_to(x, n)
             with np.errstate(all="ignore"):
-                ref = x.astype(refs[n]).astype(np.float32)
+                ref = refs[n](x)
             same = (ours.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(ours) & np.isnan(ref))
             mismatches[n] += int(same.size - same.sum())
         if (start // chunk) % 32 == 31:

@@ -398,3 +398,41 @@ def test_python_scalars_and_lists_are_float64():
 
 def test_module_is_imported_once():
     assert "lowprec.kernels.cpu" in sys.modules
+
+
+# ---------------------------------------------------------------------------
+# out=
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["nearest_even", "stochastic"])
+def test_round_to_out_gives_the_same_bits(dtype, mode):
+    x = (np.random.default_rng(8).standard_normal((40, 30)) * 1000).astype(dtype)
+    want = lowprec.round_to(x, "fp16", mode, seed=3)
+    buf = np.full_like(x, np.nan)
+    got = lowprec.round_to(x, "fp16", mode, seed=3, out=buf)
+    assert got is buf and _same_bits(buf, want).all()
+    # Fortran-order and strided outputs
+    f = np.asfortranarray(np.full_like(x, np.nan))
+    lowprec.round_to(x, "fp16", mode, seed=3, out=f)
+    assert _same_bits(f, want).all()
+    big = np.full((40, 60), np.nan, dtype)
+    lowprec.round_to(x, "fp16", mode, seed=3, out=big[:, ::2])
+    assert _same_bits(big[:, ::2], want).all() and np.isnan(big[:, 1::2]).all()
+    # in place
+    y = x.copy()
+    assert lowprec.round_to(y, "fp16", mode, seed=3, out=y) is y
+    assert _same_bits(y, want).all()
+
+
+def test_round_to_out_rejects_bad_arrays():
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match="out must have the result's dtype float32, got float64"):
+        lowprec.round_to(x, "bf16", out=np.empty((3, 4)))
+    with pytest.raises(ValueError, match=r"out must have the result's shape \(3, 4\), got \(4, 3\)"):
+        lowprec.round_to(x, "bf16", out=np.empty((4, 3), np.float32))
+    ro = np.empty((3, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        lowprec.round_to(x, "bf16", out=ro)
+    with pytest.raises(TypeError, match="out must be a numpy ndarray, got list"):
+        lowprec.round_to(x, "bf16", out=[0.0] * 12)

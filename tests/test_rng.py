@@ -185,3 +185,48 @@ def test_fixed_point_stochastic_neighbours():
 def test_neighbours_helper_is_consistent():
     lo, hi, q, parity = neighbours(Fraction(3, 10), lowprec.FP8_E4M3FN)
     assert (lo, hi, q) == (Fraction(9, 32), Fraction(10, 32), Fraction(1, 32))
+
+
+# The hash exactly as docs/rounding.md specifies it, written independently of the kernels.
+_M32 = 0xFFFFFFFF
+
+
+def _mix32_ref(x):
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def _hash32_ref(k0, k1, counter):
+    h = _mix32_ref((counter & _M32) ^ k0)
+    return _mix32_ref(h ^ k1 ^ _mix32_ref(counter >> 32))
+
+
+def _random_bits_ref(k0, k1, counter, r):
+    h = _hash32_ref(k0, k1, counter)
+    if r <= 32:
+        return h >> (32 - r)
+    return ((h << 32) | _hash32_ref(k0 ^ 0x9E3779B9, k1, counter)) >> (64 - r)
+
+
+@pytest.mark.parametrize("rbits", [32, 20, 40])
+@pytest.mark.parametrize("offset,n", [(2 ** 32 - 37, 100), (2 ** 32 - 20_000, 40_000), (5 * 2 ** 32 + 3, 40_000)],
+                         ids=["small-crossing", "parallel-crossing", "parallel-high-word"])
+@pytest.mark.parametrize("fmt,dtype", [("bf16", np.float32), ("fp8_e4m3fn", np.float64)])
+def test_stochastic_rounding_follows_the_documented_hash(rbits, offset, n, fmt, dtype):
+    """Every element's decision equals the contract's rule with R from the documented hash of
+    counter offset + i, whether or not the counters cross a 2**32 boundary (the loops hash the
+    shared high word once when they do not) and for r = 32 (a specialised loop) or not."""
+    rng = np.random.default_rng(rbits + n)
+    x = (rng.standard_normal(n) * 3).astype(dtype)
+    got = lowprec.round_to(x, fmt, "stochastic", seed=123, stream=4, offset=offset, random_bits=rbits)
+    k0, k1 = derive_key(123, 4)
+    f = get_format(fmt)
+    crossing = [i for i in range(n) if (offset + i) % 2 ** 32 < 3 or (offset + i) % 2 ** 32 > 2 ** 32 - 4]
+    idx = sorted(set(rng.choice(n, min(n, 1500), replace=False).tolist()) | set(crossing) | {0, n - 1})
+    for i in idx:
+        R = _random_bits_ref(k0, k1, offset + i, rbits)
+        want = round_fraction(float(x[i]), f, "stochastic", u=Fraction(R, 2 ** rbits), rbits=rbits)
+        assert float(got[i]) == want, (i, float(x[i]), float(got[i]), want)

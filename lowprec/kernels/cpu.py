@@ -5,14 +5,18 @@ integer views of their carrier (int32 for float32, int64 for float64), so
 no float bit-casts are needed. Every element's random counter is
 ``offset + i``: results do not depend on the thread count.
 
-Loops are specialised per (format kind, rounding mode): both are closure
-constants (and parallel or serial, by size), so numba folds the mode dispatch away and the loop vectorises
-(measured 8x faster than a runtime mode). numba hashes closure variables
+Loops are specialised per (format kind, rounding mode, r == 32 for
+stochastic rounding, and a float format's NaN encoding, subnormals and
+saturation): all are closure constants (and parallel or serial, by
+size), so numba folds the mode dispatch away and the loop vectorises
+(measured 8x faster than a runtime mode). A float32 carrier arrives as int32
+and is rounded in 32-bit lanes (scalar.round_float_carrier). numba hashes closure variables
 into its cache key, so each specialisation is cached on disk separately;
 :data:`lowprec.kernels.SOURCE_DIGEST` is closed over too, so that an edit
 to any kernel source invalidates the cache.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from . import SOURCE_DIGEST, scalar
@@ -26,44 +30,63 @@ _specialised: dict = {}
 SERIAL_BELOW = 1 << 15
 
 
-def _build(kind, mode, digest, _loop):
+def _build(kind, mode, digest, _loop, r32, nan_code, subn, sat):
     stochastic = mode == scalar.STOCHASTIC
 
     @_loop
     def round_loop(x, out, CW, CM, CB, p, key0, key1, offset, rbits):
         digest  # noqa: B018  (cache key, see module docstring)
-        for i in prange(x.size):
-            rnd = scalar.random_bits(key0, key1, offset + i, rbits) if stochastic else 0
+        rb = 32 if r32 else rbits  # a constant 32 (the default) lets the compiler fold the r-dependent shifts
+        n = x.size
+        if stochastic and n > 0 and ((offset + n - 1) >> 32) == (offset >> 32):
+            # every counter shares its high word: hash it once (random_bits_split, same bits)
+            mixed_hi = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))
+            lo0 = offset & 0xFFFFFFFF
+            for i in prange(n):
+                rnd = scalar.random_bits_split(key0, key1, np.uint32(lo0 + i), mixed_hi, rb)
+                if kind == scalar.KIND_FLOAT:
+                    out[i] = scalar.round_float_carrier(x[i], CW, CM, CB, p[1], p[2], p[3], p[4],
+                                                        nan_code, subn, sat, mode, rnd, rb)
+                else:
+                    out[i] = scalar.round_bits(x[i], CW, CM, CB, p, mode, rnd, rb)
+            return
+        for i in prange(n):
+            rnd = scalar.random_bits(key0, key1, offset + i, rb) if stochastic else 0
             if kind == scalar.KIND_FLOAT:
                 out[i] = scalar.round_float_carrier(x[i], CW, CM, CB, p[1], p[2], p[3], p[4],
-                                                    p[5], p[6], p[7], mode, rnd, rbits)
+                                                    nan_code, subn, sat, mode, rnd, rb)
             else:
-                out[i] = scalar.round_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
+                out[i] = scalar.round_bits(x[i], CW, CM, CB, p, mode, rnd, rb)
 
     @_loop
     def encode_loop(x, out, CW, CM, CB, p, key0, key1, offset, rbits):
         digest  # noqa: B018
+        rb = 32 if r32 else rbits
         for i in prange(x.size):
-            rnd = scalar.random_bits(key0, key1, offset + i, rbits) if stochastic else 0
-            out[i] = scalar.encode_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
+            rnd = scalar.random_bits(key0, key1, offset + i, rb) if stochastic else 0
+            out[i] = scalar.encode_bits(x[i], CW, CM, CB, p, mode, rnd, rb)
 
     return round_loop, encode_loop
 
 
-def _loops(kind: int, mode: int, n: int):
+def _loops(p, mode: int, n: int, rbits: int):
     serial = n < SERIAL_BELOW
-    key = (kind, mode, serial)
+    r32 = mode == scalar.STOCHASTIC and rbits == 32
+    # a float format's NaN encoding, subnormals and saturation become compile-time constants
+    # (a handful of combinations); the other parameters stay runtime arguments
+    flags = (int(p[5]), int(p[6]), int(p[7])) if p[0] == scalar.KIND_FLOAT else (0, 0, 0)
+    key = (p[0], mode, serial, r32, flags)
     if key not in _specialised:
-        _specialised[key] = _build(kind, mode, SOURCE_DIGEST, _serial if serial else _loop)
+        _specialised[key] = _build(p[0], mode, SOURCE_DIGEST, _serial if serial else _loop, r32, *flags)
     return _specialised[key]
 
 
 def _round_cpu(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
-    _loops(p[0], mode, x.size)[0](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
+    _loops(p, mode, x.size, rbits)[0](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
 
 
 def _encode_cpu(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
-    _loops(p[0], mode, x.size)[1](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
+    _loops(p, mode, x.size, rbits)[1](x, out, CW, CM, CB, p, key0, key1, offset, rbits)
 
 
 @_loop

@@ -94,6 +94,50 @@ f32_as_i32 = _bitcast(types.float32, types.int32, 32)
 i32_as_f32 = _bitcast(types.int32, types.float32, 32)
 
 
+@intrinsic
+def _like(typingctx, proto, v):
+    """``v`` converted to the integer type of ``proto`` (wrapping, like a C cast).
+
+    numba computes int32 arithmetic in int64; wrapping every step in ``_like(u, ...)``
+    keeps the float32 carrier in 32-bit lanes (twice the SIMD width) while the same
+    source runs in int64 lanes for the float64 carrier (where it is a no-op)."""
+    if not isinstance(proto, types.Integer) or not isinstance(v, (types.Integer, types.Boolean)):
+        return None
+    sig = proto(proto, v)
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], signature.return_type)
+
+    return sig, codegen
+
+
+def _shift(kind):
+    def impl(typingctx, x, n):
+        if not isinstance(x, types.Integer) or not isinstance(n, types.Integer):
+            return None
+        sig = x(x, n)
+
+        def codegen(context, builder, signature, args):
+            xv, nv = args
+            amount = context.cast(builder, nv, signature.args[1], signature.return_type)
+            if kind == "shl":
+                return builder.shl(xv, amount)
+            return builder.ashr(xv, amount) if signature.return_type.signed else builder.lshr(xv, amount)
+
+        return sig, codegen
+
+    impl.__name__ = f"_{kind}"
+    return intrinsic(impl)
+
+
+#: ``_shl(x, n)``, ``_shr(x, n)``: shifts in x's own width (arithmetic right shift for signed x).
+#: numba promotes int32 shifts to int64, and LLVM cannot narrow a variable shift back, which
+#: halves the SIMD width; these emit the shift at x's width. The caller guarantees
+#: 0 <= n < the width of x (a larger count is undefined in LLVM).
+_shl = _shift("shl")
+_shr = _shift("shr")
+
+
 # --------------------------------------------------------------------------
 # random bits: counter-based keyed hash
 # --------------------------------------------------------------------------
@@ -109,6 +153,13 @@ def _mix32(x):
 
 
 @_jit
+def _hash32_split(key0, key1, lo, mixed_hi):
+    """:func:`_hash32` from the counter's low word and ``_mix32`` of its high word."""
+    h = _mix32(np.uint32(np.uint32(lo) ^ np.uint32(key0)))
+    return _mix32(np.uint32(h ^ np.uint32(key1) ^ np.uint32(mixed_hi)))
+
+
+@_jit
 def _hash32(key0, key1, counter):
     """32 random bits for (key, counter): two keyed rounds of lowbias32.
 
@@ -116,20 +167,28 @@ def _hash32(key0, key1, counter):
     2**32 counters (no repeats within a stream)."""
     lo = np.uint32(counter & 0xFFFFFFFF)
     hi = np.uint32((counter >> 32) & 0xFFFFFFFF)
-    h = _mix32(np.uint32(lo ^ np.uint32(key0)))
-    h = _mix32(np.uint32(h ^ np.uint32(key1) ^ _mix32(hi)))
-    return h
+    return _hash32_split(key0, key1, lo, _mix32(hi))
+
+
+@_jit
+def random_bits_split(key0, key1, lo, mixed_hi, rbits):
+    """:func:`random_bits` of the counter ``hi * 2**32 + lo`` given ``lo`` and ``_mix32(hi)``.
+
+    Array loops whose counters share one high word compute ``_mix32(hi)`` once
+    (the same bits as :func:`random_bits`, one hash round fewer per element)."""
+    h = np.uint64(_hash32_split(key0, key1, lo, mixed_hi))
+    if rbits <= 32:
+        return h >> np.uint64(32 - rbits)
+    h2 = np.uint64(_hash32_split(np.uint32(key0) ^ np.uint32(0x9E3779B9), key1, lo, mixed_hi))
+    return ((h << np.uint64(32)) | h2) >> np.uint64(64 - rbits)
 
 
 @_jit
 def random_bits(key0, key1, counter, rbits):
     """``rbits`` (1..64) uniformly random bits for ``counter`` under key (key0, key1), as a uint64."""
     c = np.int64(counter)
-    h = np.uint64(_hash32(key0, key1, c))
-    if rbits <= 32:
-        return h >> np.uint64(32 - rbits)
-    h2 = np.uint64(_hash32(np.uint32(key0) ^ np.uint32(0x9E3779B9), key1, c))
-    return ((h << np.uint64(32)) | h2) >> np.uint64(64 - rbits)
+    return random_bits_split(key0, key1, np.uint32(c & 0xFFFFFFFF),
+                             _mix32(np.uint32((c >> 32) & 0xFFFFFFFF)), rbits)
 
 
 # --------------------------------------------------------------------------
@@ -182,12 +241,14 @@ def _increment(parity, sign, rem, half, d, mode, rnd, rbits):
     This is the single rounding rule every kernel applies.
 
     parity : last bit of the truncated value's encoding (ties-to-even, odd)
-    rem    : the d dropped bits as an integer (0 <= rem < 2**d; when d > 62
-             rem is everything below the kept bits and half > rem)
+    rem    : the d dropped bits as an integer (0 <= rem < 2**d; when d is
+             above the lane's clamp, rem is everything below the kept bits
+             and half > rem)
     half   : 2**(d-1) (clamped, see _split)
     rnd    : for STOCHASTIC, a uniform integer in [0, 2**rbits)
 
-    Written with selects, not branches on the data, so that array loops vectorise.
+    Written with selects, not branches on the data, so that array loops
+    vectorise. The result has the integer type of ``rem`` (the lane type).
     """
     nz = rem != 0
     if mode == NEAREST_EVEN:
@@ -200,24 +261,41 @@ def _increment(parity, sign, rem, half, d, mode, rnd, rbits):
         inc = nz & (sign == 1)
     elif mode == ODD:
         inc = nz & (parity == 0)  # truncate, then make the last bit 1 if inexact
+    elif mode == STOCHASTIC and _like(rem, np.int64(1) << 40) == 0 and rbits <= 32:
+        # the same rule in 32-bit lanes: rem < 2**30, R < 2**rbits <= 2**32 and rem_r < 2**rbits
+        # all fit a uint32; a shift count of 32 or more can only meet rem == 0 (d == 0) or a
+        # rem below 2**30 shifted right by >= 31: clamping counts at 31 changes nothing.
+        dl = _like(rem, d)
+        rb = _like(rem, rbits)
+        zero = _like(rem, 0)
+        lim = _like(rem, 31)
+        sh_down = np.uint32(min(max(_like(rem, dl - rb), zero), lim))
+        sh_up = np.uint32(min(max(_like(rem, rb - dl), zero), lim))
+        rem_r = _shl(_shr(np.uint32(rem), sh_down), sh_up)
+        inc = np.uint32(rnd) < rem_r
     elif mode == STOCHASTIC:
         # round up iff R < floor(rem * 2**rbits / 2**d): P(up) = floor(2**r (x-lo)/(hi-lo)) / 2**r
-        sh_down = np.uint64(min(max(d - rbits, 0), 63))
-        sh_up = np.uint64(min(max(rbits - d, 0), 63))
+        sh_down = np.uint64(min(max(np.int64(d) - rbits, 0), 63))
+        sh_up = np.uint64(min(max(rbits - np.int64(d), 0), 63))
         rem_r = (np.uint64(rem) >> sh_down) << sh_up
         inc = np.uint64(rnd) < rem_r
     else:  # TOWARD_ZERO
         inc = False
-    return np.int64(inc)
+    return _like(rem, inc)
 
 
 @_jit
 def _split(sig, d):
-    """kept, rem, half for dropping d >= 0 low bits of sig (sig < 2**53; d is clamped at 62)."""
-    dd = min(d, 62)  # 1 << 63 is negative in int64; 2**61 > any significand anyway
-    kept = sig >> dd
-    rem = sig & ((np.int64(1) << dd) - 1)
-    half = (np.int64(1) << dd) >> 1
+    """kept, rem, half for dropping d >= 0 low bits of sig, in sig's lane type.
+
+    d is clamped at the lane width - 2 (62 for int64, 30 for int32 lanes): 1 << 63 is
+    negative in int64, and 2**29 already exceeds a float32 significand."""
+    lim = _like(sig, 30) if _like(sig, np.int64(1) << 40) == 0 else _like(sig, 62)
+    dd = min(_like(sig, d), lim)
+    one = _like(sig, 1)
+    kept = _shr(sig, dd)
+    rem = _like(sig, sig & _like(sig, _shl(one, dd) - one))
+    half = _shr(_shl(one, dd), one)
     return kept, rem, half
 
 
@@ -261,35 +339,56 @@ def round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat,
     the mantissa moves into the exponent, which is exactly the next binade.
     Values below the smallest subnormal (d > CM) become 0 or that subnormal.
     Overflow, flush-to-zero and Inf/NaN are selects on the result.
+
+    The arithmetic runs in the integer type of ``u``: an int32 (a float32
+    carrier, CW == 32) computes in 32-bit lanes, an int64 in 64-bit lanes
+    (an int64 holding float32 bits is masked to its low 32 bits first).
+    Every intermediate fits: magnitudes are below 2**(CW-1) and the only
+    possible wrap, ``(kc + inc) << d`` for an Inf/NaN input, is replaced by
+    the special-value select.
     """
-    u = _carrier_int(u, CW)
+    u = _like(u, np.int64(u) & 0xFFFFFFFF) if CW == 32 else u
     maxbits, minnorm, minsub, infbits, nanbits = _float_consts(CW, CM, CB, m, emin, bias, tmax)
-    sign = (u >> (CW - 1)) & 1
-    a = u & ((np.int64(1) << (CW - 1)) - 1)
-    E = a >> CM
-    frac = a & ((np.int64(1) << CM) - 1)
-    special = E == (np.int64(1) << (CW - 1 - CM)) - 1  # Inf or NaN in
-    nan_in = special & (frac != 0)
-    ex = max(E, 1) - CB
-    sig = frac | (np.int64(E != 0) << CM)
-    d = max(ex, emin) - m - ex + CM  # bits dropped below the target quantum (>= 0)
+    maxbits = _like(u, maxbits)
+    minnorm = _like(u, minnorm)
+    minsub = _like(u, minsub)
+    infbits = _like(u, infbits)
+    nanbits = _like(u, nanbits)
+    zero = _like(u, 0)
+    one = _like(u, 1)
+    cm = _like(u, CM)
+    emin_l = _like(u, emin)
+    sign = _like(u, _shr(u, CW - 1) & one)
+    a = _like(u, u & _like(u, (np.int64(1) << (CW - 1)) - 1))
+    E = _shr(a, cm)
+    frac = _like(u, a & _like(u, (np.int64(1) << CM) - 1))
+    special = E == _like(u, (np.int64(1) << (CW - 1 - CM)) - 1)  # Inf or NaN in
+    nan_in = special & (frac != zero)
+    ex = _like(u, max(E, one) - _like(u, CB))
+    sig = _like(u, frac | _shl(_like(u, E != zero), cm))
+    d = _like(u, _like(u, max(ex, emin_l) - _like(u, m)) + _like(u, cm - ex))  # bits dropped (>= 0)
     kept, rem, half = _split(sig, d)
-    kc = a >> min(d, CM)  # truncated value, carrier domain (valid for d <= CM)
-    # last bit of the truncated value's *target* encoding
-    par_cm = ((E + CB + bias) & 1) if ex >= emin else np.int64(1)  # d == CM: exponent lsb, or subnormal 1
-    parity = (kc & 1) if d < CM else (par_cm if d == CM else np.int64(0))
+    dcm = min(d, cm)
+    kc = _shr(a, dcm)  # truncated value, carrier domain (valid for d <= CM)
+    # Last bit of the truncated value's *target* encoding: the last bit of its significand
+    # ``kept`` (a target subnormal's significand is its encoding; 0 when d > CM), except in a
+    # format without mantissa bits, where a normal value's last encoded bit is its exponent's.
+    parity = _like(u, kept & one)
+    if m == 0:
+        parity = _like(u, _like(u, E + _like(u, CB + bias)) & one) if ex >= emin_l else parity
     inc = _increment(parity, sign, rem, half, d, mode, rnd, rbits)
-    res = ((kc + inc) << min(d, CM)) if d <= CM else (minsub if inc == 1 else np.int64(0))
+    res = _shl(_like(u, kc + inc), dcm) if d <= cm else (minsub if inc == one else zero)
     # overflow: clamp to max (saturating format, toward-zero-like modes) or Inf/NaN
     clamp = ((sat == 1) | (mode == TOWARD_ZERO) | (mode == ODD)
-             | ((mode == UP) & (sign == 1)) | ((mode == DOWN) & (sign == 0)))
+             | ((mode == UP) & (sign == one)) | ((mode == DOWN) & (sign == zero)))
     over_bits = maxbits if clamp else (infbits if nan_code == NAN_IEEE else nanbits)
     res = over_bits if res > maxbits else res
-    res = 0 if (subn == 0) & (res < minnorm) else res  # flush to zero after rounding
+    res = zero if (subn == 0) & (res < minnorm) else res  # flush to zero after rounding
     inf_bits = infbits if nan_code == NAN_IEEE else (maxbits if sat == 1 else nanbits)
     res = (nanbits if nan_in else inf_bits) if special else res
-    sign = 0 if (nan_code == NAN_NEGATIVE_ZERO) & (res == 0) else sign  # no negative zero
-    return _carrier_out((np.int64(sign) << (CW - 1)) | res, CW)
+    sign = zero if (nan_code == NAN_NEGATIVE_ZERO) & (res == zero) else sign  # no negative zero
+    r = _like(u, _shl(sign, CW - 1) | res)
+    return _like(u, np.int64(np.int32(r))) if CW == 32 else r  # float32 bits sign-extended, as an int32 view holds them
 
 
 @_jit
@@ -374,41 +473,85 @@ def round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbi
 
     Returns (k, cls): the integer k (value = k * 2**-frac_bits) and CLS_NAN
     for NaN input (k = 0). Infinities saturate to the nearest end under
-    both overflow modes (an infinity has no residue modulo 2**bits)."""
-    u = _carrier_int(u, CW)
-    sign = (u >> (CW - 1)) & 1
-    a = u & ((np.int64(1) << (CW - 1)) - 1)
-    expmax = (np.int64(1) << (CW - 1 - CM)) - 1
-    E = a >> CM
-    frac = a & ((np.int64(1) << CM) - 1)
-    kmax = (np.int64(1) << (bits - 1)) - 1 if signed == 1 else (np.int64(1) << bits) - 1
-    kmin_mag = (np.int64(1) << (bits - 1)) if signed == 1 else np.int64(0)
-    if E == expmax:
-        if frac != 0:
-            return np.int64(0), CLS_NAN
-        return (-kmin_mag if sign == 1 else kmax), CLS_FINITE
-    ex = max(E, 1) - CB
-    sig = frac | (np.int64(E != 0) << CM)
-    d = -frac_bits - ex + CM  # dropped bits below the quantum 2**-frac_bits
-    big = False
-    if d >= 0:
-        kept, rem, half = _split(sig, d)
-        T = kept + _increment(kept & 1, sign, rem, half, d, mode, rnd, rbits)
+    both overflow modes (an infinity has no residue modulo 2**bits).
+
+    Branch-free and in the lane type of ``u`` (32-bit lanes for an int32
+    float32 carrier, as :func:`round_float_carrier`). It relies on the format
+    fitting the carrier (every k * 2**-frac_bits representable, so
+    |k| <= 2**(CM+1), which callers check): a value whose quantum count needs
+    a left shift by 2 or more is then beyond every end of the format.
+    """
+    u = _like(u, np.int64(u) & 0xFFFFFFFF) if CW == 32 else u
+    zero = _like(u, 0)
+    one = _like(u, 1)
+    cm = _like(u, CM)
+    sign = _like(u, _shr(u, CW - 1) & one)
+    a = _like(u, u & _like(u, (np.int64(1) << (CW - 1)) - 1))
+    E = _shr(a, cm)
+    frac = _like(u, a & _like(u, (np.int64(1) << CM) - 1))
+    special = E == _like(u, (np.int64(1) << (CW - 1 - CM)) - 1)
+    nan_in = special & (frac != zero)
+    kmax = _like(u, ((np.int64(1) << (bits - 1)) - 1) if signed == 1 else ((np.int64(1) << bits) - 1))
+    kmin_mag = _like(u, (np.int64(1) << (bits - 1)) if signed == 1 else np.int64(0))
+    ex = _like(u, max(E, one) - _like(u, CB))
+    sig = _like(u, frac | _shl(_like(u, E != zero), cm))
+    d = _like(u, _like(u, cm - ex) - _like(u, frac_bits))  # dropped bits below the quantum 2**-frac_bits
+    dpos = max(d, zero)
+    kept, rem, half = _split(sig, dpos)
+    inc = _increment(_like(u, kept & one), sign, rem, half, dpos, mode, rnd, rbits)
+    sh = max(_like(u, zero - d), zero)  # d < 0: the value is sig * 2**sh quanta (exact)
+    T = _like(u, kept + inc) if d >= zero else _shl(sig, min(sh, one))
+    big = (d < zero) & (sh > one)
+    lim = kmin_mag if sign == one else kmax
+    # saturate: clamp the magnitude; infinities go to the nearest end as well
+    ksat = lim if big | (T > lim) | special else T
+    ksat = _like(u, zero - ksat) if sign == one else ksat
+    # wrap: the low `bits` bits of +-T (T * 2**sh for sh < bits, else 0), as a signed value if signed
+    mask = _like(u, (np.int64(1) << bits) - 1)
+    tw = _shl(sig, min(sh, _like(u, bits - 1))) if d < zero else T
+    tw = zero if (d < zero) & (sh >= _like(u, bits)) else tw
+    kw = _like(u, _like(u, zero - tw) if sign == one else tw) & mask
+    kw = _like(u, kw - _like(u, mask + one)) if (signed == 1) & (kw > kmax) else kw
+    kw = (_like(u, zero - kmin_mag) if sign == one else kmax) if special else kw
+    k = kw if wrap == 1 else ksat
+    k = zero if nan_in else k
+    return k, (CLS_NAN if nan_in else CLS_FINITE)
+
+
+@intrinsic
+def _int_times_pow2_bits(typingctx, proto, k, scale):
+    """Carrier bits (proto's type) of ``k * scale`` computed in the float of proto's width
+    (float32 for 32-bit, float64 for 64-bit): exact for an integer k and a power of two
+    whose product the carrier represents."""
+    if not isinstance(proto, types.Integer) or not isinstance(k, types.Integer) or scale != types.float64:
+        return None
+    sig = proto(proto, k, scale)
+
+    def codegen(context, builder, signature, args):
+        width = signature.return_type.bitwidth
+        fty = ir.FloatType() if width == 32 else ir.DoubleType()
+        kv = context.cast(builder, args[1], signature.args[1], types.int64)
+        kf = builder.sitofp(kv, fty)
+        sv = builder.fptrunc(args[2], fty) if width == 32 else args[2]
+        return builder.bitcast(builder.fmul(kf, sv), ir.IntType(width))
+
+    return sig, codegen
+
+
+@_jit
+def round_fixed_carrier(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbits):
+    """Carrier bits in -> carrier bits of the value rounded to a fixed-point format (NaN stays NaN)."""
+    k, cls = round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbits)
+    scale = np.float64(2.0) ** -np.float64(frac_bits)
+    if _like(u, np.int64(1) << 40) == 0:  # 32-bit lanes: a float32 carrier
+        r = _int_times_pow2_bits(u, k, scale)
+    elif CW == 32:  # float32 bits held in an int64
+        r = _like(u, np.int64(_int_times_pow2_bits(np.int32(0), k, scale)))
     else:
-        sh = -d
-        big = _bit_length(sig) + sh > 62
-        T = (sig << min(sh, 63)) if sh < 64 else np.int64(0)
-    if wrap == 1:
-        k = -T if sign == 1 else T
-        mask = (np.int64(1) << bits) - 1
-        k = k & mask
-        if signed == 1 and k > kmax:
-            k = k - (np.int64(1) << bits)
-        return k, CLS_FINITE
-    lim = kmin_mag if sign == 1 else kmax
-    if big or T > lim:
-        T = lim
-    return (-T if sign == 1 else T), CLS_FINITE
+        r = _int_times_pow2_bits(u, k, scale)
+    nanbits = _like(u, (((np.int64(1) << (CW - 1 - CM)) - 1) << CM) | (np.int64(1) << (CM - 1)))
+    r = nanbits if cls == CLS_NAN else r
+    return _like(u, np.int64(np.int32(r))) if CW == 32 else r
 
 
 @_jit
@@ -430,8 +573,7 @@ def round_bits(u, CW, CM, CB, p, mode, rnd, rbits):
     if p[0] == KIND_FLOAT:
         return round_float_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], p[5], p[6], p[7],
                                    mode, rnd, rbits)
-    k, cls = round_fixed_int(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
-    return fixed_int_to_bits(k, cls, CW, CM, CB, p[2])
+    return round_fixed_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
 
 
 @_jit
@@ -443,7 +585,7 @@ def encode_bits(u, CW, CM, CB, p, mode, rnd, rbits):
         sign, T, cls = carrier_to_float_code(r, CW, CM, CB, p[1], p[2], p[5])
         return float_code_to_pattern(sign, T, cls, p[1], p[5], p[8])
     k, cls = round_fixed_int(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
-    return k & ((np.int64(1) << p[1]) - 1)  # two's complement in `bits` bits
+    return np.int64(k) & ((np.int64(1) << p[1]) - 1)  # two's complement in `bits` bits
 
 
 @_jit
@@ -471,5 +613,4 @@ def round_f64(x, p, mode, rnd, rbits):
 @_jit
 def round_f32(x, p, mode, rnd, rbits):
     """Round a float32 register value to format ``p`` (which must fit in float32)."""
-    return i32_as_f32(np.int32(round_bits(np.int64(f32_as_i32(np.float32(x))) & 0xFFFFFFFF,
-                                          32, 23, 127, p, mode, rnd, rbits)))
+    return i32_as_f32(np.int32(round_bits(f32_as_i32(np.float32(x)), 32, 23, 127, p, mode, rnd, rbits)))
