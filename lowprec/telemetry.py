@@ -39,7 +39,7 @@ from typing import Optional
 import numpy as np
 from numba import njit
 
-from .formats import FloatFormat, get_format
+from .formats import FixedFormat, FloatFormat, get_format
 
 __all__ = ["EVENTS", "count_events", "Telemetry"]
 
@@ -70,10 +70,9 @@ def _count(before, after, fmt) -> tuple:
     """count_events as a tuple in :data:`EVENTS` order."""
     lim = _limits32(fmt)
     if (lim is not None and type(after) is np.ndarray and type(before) is np.ndarray and after.dtype == _F32
-            and before.dtype == _F32 and after.shape == before.shape and after.flags.c_contiguous
-            and before.flags.c_contiguous):  # the training case, in one compiled pass
+            and before.dtype == _F32 and after.shape == before.shape):  # the training case, one compiled pass
         u, s, o, n = _count_bits(before.reshape(-1).view(np.uint32), after.reshape(-1).view(np.uint32), *lim,
-                                 before is after)
+                                 before is after)  # (reshape copies a non-contiguous array: same values)
         return int(u), int(s), int(o), int(n)
     before = np.asarray(before)
     after = np.asarray(after)
@@ -231,16 +230,18 @@ class Telemetry:
         """Count the events of one rounding of tensor ``name`` (role ``role``)."""
         if not self.enabled or self._current is None:
             return
-        counts = _count(before, after, fmt)
+        u, s, o, n = _count(before, after, fmt)
         tensors = self._current["tensors"]
         entry = tensors.get(name)
         if entry is None:
-            fmt = get_format(fmt)
-            tensors[name] = {"role": role, "format": fmt.name, "size": int(np.size(after)),
-                             **dict(zip(EVENTS, counts))}
+            fname = fmt.name if isinstance(fmt, (FloatFormat, FixedFormat)) else get_format(fmt).name
+            tensors[name] = {"role": role, "format": fname, "size": int(np.size(after)),
+                             "underflow": u, "subnormal": s, "overflow": o, "nan": n}
         else:  # the same tensor rounded twice in a step (e.g. gradient accumulation): add up
-            for k, c in zip(EVENTS, counts):
-                entry[k] += c
+            entry["underflow"] += u
+            entry["subnormal"] += s
+            entry["overflow"] += o
+            entry["nan"] += n
 
     def end_step(self, loss_scale: float = 1.0, skipped: bool = False) -> None:
         """Finish the current step, recording its loss scale and whether it was skipped."""
