@@ -2,7 +2,7 @@
 
 Compares lowprec.round_to with numpy's float16 cast (fp16) and ml_dtypes
 (bf16, fp8 e4m3fn, fp8 e5m2), and int8/uint8 with ``np.clip(np.rint(x), lo, hi)``
-(a fixed-point result has no negative zero), and prints the mismatch counts. About 10 minutes
+(a fixed-point result has no negative zero), and prints the mismatch counts. About 7 minutes
 on a 2-core machine; not part of CI. Run: ``python scripts/exhaustive_float32.py``.
 """
 
