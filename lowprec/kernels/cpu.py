@@ -30,6 +30,15 @@ _specialised: dict = {}
 SERIAL_BELOW = 1 << 15
 
 
+@njit(inline="always")
+def _round_element(kind, u, CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rbits):
+    """One element: kind, flags and mode are the loop's compile-time constants."""
+    if kind == scalar.KIND_FLOAT:
+        return scalar.round_float_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], flag0, flag1, flag2,
+                                          mode, rnd, rbits)
+    return scalar.round_fixed_carrier(u, CW, CM, CB, p[1], p[2], flag0, flag1, mode, rnd, rbits)
+
+
 def _build(kind, mode, digest, _loop, r32, flag0, flag1, flag2):
     # flags: a float format's (nan_code, has_subnormals, saturate); a fixed one's (signed, wrap, 0)
     stochastic = mode == scalar.STOCHASTIC
@@ -45,21 +54,11 @@ def _build(kind, mode, digest, _loop, r32, flag0, flag1, flag2):
             lo0 = offset & 0xFFFFFFFF
             for i in prange(n):
                 rnd = scalar.random_bits_split(key0, key1, np.uint32(lo0 + i), mixed_hi, rb)
-                if kind == scalar.KIND_FLOAT:
-                    out[i] = scalar.round_float_carrier(x[i], CW, CM, CB, p[1], p[2], p[3], p[4],
-                                                        flag0, flag1, flag2, mode, rnd, rb)
-                else:
-                    out[i] = scalar.round_fixed_carrier(x[i], CW, CM, CB, p[1], p[2], flag0, flag1,
-                                                        mode, rnd, rb)
+                out[i] = _round_element(kind, x[i], CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rb)
         else:  # (if/else, not an early return: a prange after a return is not parallelised)
             for i in prange(n):
                 rnd = scalar.random_bits(key0, key1, offset + i, rb) if stochastic else 0
-                if kind == scalar.KIND_FLOAT:
-                    out[i] = scalar.round_float_carrier(x[i], CW, CM, CB, p[1], p[2], p[3], p[4],
-                                                        flag0, flag1, flag2, mode, rnd, rb)
-                else:
-                    out[i] = scalar.round_fixed_carrier(x[i], CW, CM, CB, p[1], p[2], flag0, flag1,
-                                                        mode, rnd, rb)
+                out[i] = _round_element(kind, x[i], CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rb)
 
     @_loop
     def encode_loop(x, out, CW, CM, CB, p, key0, key1, offset, rbits):
