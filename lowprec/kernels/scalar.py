@@ -300,13 +300,6 @@ def _split(sig, d):
 
 
 @_jit
-def _carrier_int(u, CW):
-    """The carrier bits as a nonnegative-for-float32 int64 (a float32 pattern arrives sign-extended)."""
-    u = np.int64(u)
-    return (u & 0xFFFFFFFF) if CW == 32 else u
-
-
-@_jit
 def _carrier_out(r, CW):
     """Carrier bits as the signed int of the carrier's width (what an int32/int64 view holds)."""
     return np.int64(np.int32(r)) if CW == 32 else np.int64(r)
