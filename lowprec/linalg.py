@@ -137,8 +137,8 @@ def _fast_fp32_kernel(acc: Accumulation, backend: str):
 
 
 def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
-    """The register-tiled float32 kernel (kernels/linalg_cpu.py), batch by batch; same bits as _run."""
-    from .kernels import linalg_cpu
+    """The register-tiled float32 kernel (kernels/linalg_fp32.py), batch by batch; same bits as _run."""
+    from .kernels import linalg_fp32
 
     a3 = a2.reshape(-1, M, K).astype(np.float32)
     b3 = np.swapaxes(bt2.reshape(-1, N, K), -1, -2).astype(np.float32)
@@ -146,7 +146,7 @@ def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
         kind = "muladd"  # exact products: fused and unfused agree, and mul+add vectorises
     out = np.empty((ia.size, M, N), dtype=np.float32)
     for bi in range(ia.size):
-        out[bi] = linalg_cpu._matmul_fp32_cpu(a3[ia[bi]], b3[ib[bi]], kind == "fma")
+        out[bi] = linalg_fp32._matmul_fp32_cpu(a3[ia[bi]], b3[ib[bi]], kind == "fma")
     out[np.isnan(out)] = np.nan  # one NaN, as the scalar kernels give
     if acc.out_format != _FP32:
         return round_to(out.astype(np.float64), acc.out_format).reshape(-1)
@@ -171,9 +171,9 @@ def _matmul_f32(a: np.ndarray, b: np.ndarray, acc: Accumulation, seed=None, exac
                     seed, "cpu").reshape(M, N).astype(np.float32)
     if fast == "fma" and (exact if exact is not None else _fp32_products_exact(acc, a, b)):
         fast = "muladd"
-    from .kernels import linalg_cpu
+    from .kernels import linalg_fp32
 
-    out = np.ascontiguousarray(linalg_cpu._matmul_fp32_cpu(a, b, fast == "fma"))
+    out = np.ascontiguousarray(linalg_fp32._matmul_fp32_cpu(a, b, fast == "fma"))
     nan = np.isnan(out)
     if nan.any():
         out[nan] = np.nan  # one NaN, as the scalar kernels give
