@@ -141,13 +141,10 @@ def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
     from .kernels import linalg_fp32
 
     a3 = a2.reshape(-1, M, K).astype(np.float32)
-    b3 = np.swapaxes(bt2.reshape(-1, N, K), -1, -2).astype(np.float32)
-    if kind == "fma" and _fp32_products_exact(acc, a3, b3):
-        kind = "muladd"  # exact products: fused and unfused agree, and mul+add vectorises
+    b3 = np.ascontiguousarray(np.swapaxes(bt2.reshape(-1, N, K), -1, -2), dtype=np.float32)  # rows contiguous
     out = np.empty((ia.size, M, N), dtype=np.float32)
-    for bi in range(ia.size):
+    for bi in range(ia.size):  # (NaNs come back canonical, as the scalar kernels give them)
         out[bi] = linalg_fp32._matmul_fp32_cpu(a3[ia[bi]], b3[ib[bi]], kind == "fma")
-    out[np.isnan(out)] = np.nan  # one NaN, as the scalar kernels give
     if acc.out_format != _FP32:
         return round_to(out.astype(np.float64), acc.out_format).reshape(-1)
     return out.astype(np.float64).reshape(-1)
@@ -156,27 +153,24 @@ def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
 def _matmul_f32(a: np.ndarray, b: np.ndarray, acc: Accumulation, seed=None, exact=None) -> np.ndarray:
     """``matmul(a, b, acc, seed=seed, backend="cpu")`` without the public checks (internal, for training).
 
-    The caller promises: ``a`` (M, K) and ``b`` (K, N) are 2-D native float32 arrays whose values are
-    already values of ``acc.a_format`` / ``acc.b_format`` (rounding them again would change nothing), and
-    ``acc.out_format`` fits in float32. ``exact`` says whether every product ``a[i, k] * b[k, j]`` is
-    exactly a float32 (as :func:`_ranges_exact` decides it; None: computed here): it only picks between
-    two kernels that give the same bits when it holds. Returns a float32 (M, N) array.
+    The caller promises: ``a`` (M, K) and ``b`` (K, N) are 2-D native float32 arrays (any strides)
+    whose values are already values of ``acc.a_format`` / ``acc.b_format`` (rounding them again would
+    change nothing), and ``acc.out_format`` fits in float32. Returns a C-contiguous float32 (M, N) array.
+    When IEEE float32 arithmetic is the accumulation (:func:`_fast_fp32_kernel`) the float32 tile kernel
+    runs at every size; it reads ``a`` in place and copies ``b`` only when its rows are not contiguous.
+    ``exact`` (whether every product is a float32) is accepted for compatibility and no longer used: the
+    fused kernel is as fast as the unfused one, and it is this accumulation whether or not it holds.
     """
     M, K = a.shape
     N = b.shape[1]
-    fast = _fast_fp32_kernel(acc, "cpu") if M * N * K >= _FAST_MIN_WORK else None
+    fast = _fast_fp32_kernel(acc, "cpu")
     if fast is None:
         one = np.zeros(1, dtype=np.int64)
         return _run(a.astype(np.float64), np.ascontiguousarray(b.T, dtype=np.float64), one, one, M, N, K, acc,
                     seed, "cpu").reshape(M, N).astype(np.float32)
-    if fast == "fma" and (exact if exact is not None else _fp32_products_exact(acc, a, b)):
-        fast = "muladd"
     from .kernels import linalg_fp32
 
-    out = np.ascontiguousarray(linalg_fp32._matmul_fp32_cpu(a, b, fast == "fma"))
-    nan = np.isnan(out)
-    if nan.any():
-        out[nan] = np.nan  # one NaN, as the scalar kernels give
+    out = linalg_fp32._matmul_fp32_cpu(a, b, fast == "fma")  # NaNs canonical, as the scalar kernels give
     if acc.out_format != _FP32:
         return round_to(out.astype(np.float64), acc.out_format).astype(np.float32)
     return out

@@ -413,36 +413,45 @@ def _check_matmul_shapes(a: Tensor, b: Tensor) -> None:
         raise ValueError(f"matmul needs (..., M, K) @ (..., K, N) operands, got shapes {a.shape} and {b.shape}")
 
 
-def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str, a_fmt=None, b_fmt=None) -> np.ndarray:
-    """a @ b: plain numpy without a runtime, else lowprec.linalg with the policy's accumulation.
+def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str, a_fmt=None, b_fmt=None, t: bool = False) -> np.ndarray:
+    """a @ b (``t``: its transpose): plain numpy without a runtime, else lowprec.linalg with the policy's accumulation.
 
     ``a_fmt``/``b_fmt``: formats the operands are known to be exactly in (tags), or None. The result
     is ``linalg.matmul(a, b, accumulation, seed=stream)`` bit for bit; on the CPU it is computed by
     the lean entry ``linalg._matmul_f32``: an operand is rounded to its input format only when it is
-    not already in it.
+    not already in it. With ``t`` and the float32 tile kernel, ``(a @ b).T`` is computed directly as
+    ``b.T @ a.T``: every output has the same products (a product does not depend on the order of its
+    factors) summed in the same k order, and the result comes out C-contiguous.
     """
     if ctx is None:
-        return a @ b
+        return (a @ b).T if t else a @ b
     from .. import linalg  # issue 3's module
 
     acc = ctx.accumulation(which)
     seed = ctx.streams["matmul_" + which]
     lean = ctx._lean_matmul(which)
     if lean is None or a.dtype != _F32 or b.dtype != _F32 or a.ndim != 2 or b.ndim != 2:
-        return linalg.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), acc, seed=seed)
-    a = _operand(ctx, a, a_fmt, acc.a_format)
-    b = _operand(ctx, b, b_fmt, acc.b_format)
-    exact = None
-    if lean == "fma" and a.shape[0] * a.shape[1] * b.shape[1] >= linalg._FAST_MIN_WORK:
-        exact = linalg._ranges_exact(acc, _abs_range(a), _abs_range(b))
-    return linalg._matmul_f32(a, b, acc, seed=seed, exact=exact)
+        out = linalg.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), acc, seed=seed)
+        return out.T if t else out
+    fast = lean != "general"
+    a = _operand(ctx, a, a_fmt, acc.a_format, fast)
+    b = _operand(ctx, b, b_fmt, acc.b_format, fast)
+    if not t:
+        return linalg._matmul_f32(a, b, acc, seed=seed)
+    if fast:
+        return linalg._matmul_f32(b.T, a.T, acc, seed=seed)
+    return linalg._matmul_f32(a, b, acc, seed=seed).T
 
 
-def _operand(ctx, x: np.ndarray, tag, fmt) -> np.ndarray:
-    """``x`` (float32) as linalg.matmul's input rounding (nearest-even to ``fmt``) would leave it."""
+def _operand(ctx, x: np.ndarray, tag, fmt, fast: bool = False) -> np.ndarray:
+    """``x`` (float32) as linalg.matmul's input rounding (nearest-even to ``fmt``) would leave it.
+
+    ``fast``: the operand goes to the float32 tile kernel, whose NaN results are canonical
+    whatever NaNs its inputs hold, so an fp32 operand is used as it is.
+    """
     if tag is not None and (tag is fmt or tag == fmt):
         return x
-    if fmt is FP32 and not np.isnan(x).any():
+    if fmt is FP32 and (fast or not np.isnan(x).any()):
         return x  # float32 numbers are fp32 numbers; only NaNs would change (to the canonical NaN)
     return ctx._kernel_round(x, fmt, Rounding.NEAREST_EVEN, None)
 
@@ -504,7 +513,7 @@ def matmul(a: Tensor, b: Tensor, name: Optional[str] = None) -> Tensor:
         if a.requires_grad:
             a._add_grad(_mm(ctx, g, b.data.T, "backward", gf, b._data_fmt()))
         if b.requires_grad:  # dB = a.T @ g computed as (g.T @ a).T: the gradient is the left operand
-            b._add_grad(_mm(ctx, g.T, a.data, "backward", gf, a._data_fmt()).T)
+            b._add_grad(_mm(ctx, g.T, a.data, "backward", gf, a._data_fmt(), t=True))
     out._backward = _backward
     return out
 

@@ -2,104 +2,297 @@
 
 Split from linalg_cpu.py so that the float32 tile (training's matmuls) and the
 narrow-accumulator kernels can be worked on separately.
+
+IEEE float32 arithmetic *is* this accumulation: ``fma(a, b, s)`` rounds the exact
+``a*b + s`` once (fused), ``s + a*b`` rounds the product and then the sum
+(unfused). Every output ``C[i, j]`` starts from +0 and takes its terms in the
+order k = 0, 1, ..., K-1, so its bits equal the scalar path's on any thread
+count and tiling; a NaN result is stored as the one NaN the scalar kernels give
+(``np.float32(np.nan)``, bits 0x7FC00000).
+
+The kernel computes a 4 x 16 tile of C at a time in eight 8-lane float32
+vectors (explicit LLVM ``<8 x float>`` values, so that the fused and the unfused
+kernels are both vector code: LLVM's SLP vectoriser left the fused one scalar).
+For each k it loads ``B[k, j0:j0+16]`` (two vector loads: B's rows must be
+contiguous) and broadcasts ``A[i0+r, k]`` (A is read in place, any strides:
+``x.T`` needs no copy). Edge tiles: rows past M read row M-1 and are not stored;
+the columns of a last, partial panel are read from a zero-padded copy of that
+panel (K x 16), the only copy made.
 """
 
-import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
 from . import SOURCE_DIGEST
 
-# ----------------------------------------------------------------------------
-# fast path: fp32 accumulator, nearest-even, sequential k order
-# ----------------------------------------------------------------------------
-# IEEE float32 arithmetic *is* this accumulation: fma(a, b, s) rounds the exact a*b + s once
-# (fused), s + a*b rounds the product and then the sum (unfused). The kernel keeps a 4 x 16
-# tile of accumulators in registers (64 scalar locals, which LLVM turns into 8 AVX vectors)
-# and walks k in order 0..K-1 for every output, so the bits equal the scalar path's on any
-# thread count and tiling.
 TILE_M = 4
 TILE_N = 16
+#: below this many multiply-adds (~0.4 ms on one core) a call runs on the calling thread: waking the
+#: pool costs tens of microseconds, and on a busy machine a descheduled worker stalls the call for ms
+PARALLEL_MIN_WORK = 1 << 24
+
+# ----------------------------------------------------------------------------
+# an 8-lane float32 vector type for numba, and the few operations the tile needs
+# ----------------------------------------------------------------------------
+_V8 = ir.VectorType(ir.FloatType(), 8)
+_I32 = ir.IntType(32)
+
+
+class F32x8(types.Type):
+    """LLVM ``<8 x float>`` as a numba value (kept in registers: one AVX register)."""
+
+    def __init__(self):
+        super().__init__(name="f32x8")
+
+
+f32x8 = F32x8()
+
+
+@register_model(F32x8)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _is_f32_2d(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.float32
 
 
 @intrinsic
-def fma32(typingctx, a, b, c):
-    """llvm.fma.f32: a*b + c rounded once (a hardware FMA, or libm's correctly rounded fmaf)."""
-    if not (a == types.float32 and b == types.float32 and c == types.float32):
+def v8_zero(typingctx):
+    """(+0, ..., +0)."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_V8, [0.0] * 8)
+
+    return f32x8(), codegen
+
+
+@intrinsic
+def v8_splat(typingctx, x):
+    """(x, ..., x) for a float32 x."""
+    if x != types.float32:
         return None
-    sig = types.float32(types.float32, types.float32, types.float32)
 
     def codegen(context, builder, signature, args):
-        return builder.fma(*args)
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
 
-    return sig, codegen
+    return f32x8(types.float32), codegen
 
 
-def _tile_source(fused: bool) -> str:
-    rows, cols = range(TILE_M), range(TILE_N)
-    lines = [
-        "def kernel(Ap, Bp, out, K, digest):",
-        "    digest  # noqa: B018",
-        "    npanel = Bp.shape[0]",
-        "    nrow = Ap.shape[0]",
-        "    for t in prange(npanel * nrow):",
-        "        jb = t // nrow",
-        "        ib = t - jb * nrow",
-        f"        i0 = ib * {TILE_M}",
-    ]
-    lines += [f"        c{r}_{c} = np.float32(0.0)" for r in rows for c in cols]
-    lines.append("        for k in range(K):")
-    lines += [f"            a{r} = Ap[ib, k, {r}]" for r in rows]
-    lines += [f"            b{c} = Bp[jb, k, {c}]" for c in cols]
-    for r in rows:
-        for c in cols:
-            if fused:
-                lines.append(f"            c{r}_{c} = fma32(a{r}, b{c}, c{r}_{c})")
+@intrinsic
+def v8_load(typingctx, arr, i, j):
+    """arr[i, j:j+8] of a 2-D float32 array whose last axis is contiguous (not checked)."""
+    if not _is_f32_2d(arr):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        return builder.load(builder.bitcast(ptr, _V8.as_pointer()), align=4)
+
+    return f32x8(arr, types.intp, types.intp), codegen
+
+
+@intrinsic
+def v8_store(typingctx, arr, i, j, v):
+    """arr[i, j:j+8] = v (last axis contiguous, not checked)."""
+    if not _is_f32_2d(arr) or v != f32x8:
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        builder.store(args[3], builder.bitcast(ptr, _V8.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, types.intp, types.intp, f32x8), codegen
+
+
+@intrinsic
+def v8_get(typingctx, v, c):
+    """Lane c of v."""
+    if v != f32x8:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
+
+    return types.float32(f32x8, types.intp), codegen
+
+
+@intrinsic
+def v8_fma(typingctx, a, b, c):
+    """a*b + c per lane, rounded once (llvm.fma.v8f32: vfmadd on hardware with FMA)."""
+    if not (a == f32x8 and b == f32x8 and c == f32x8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
+        return builder.call(fn, args)
+
+    return f32x8(f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def v8_muladd(typingctx, a, b, c):
+    """c + a*b per lane: the product rounded to float32, then the sum (no contraction)."""
+    if not (a == f32x8 and b == f32x8 and c == f32x8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a_, b_, c_ = args
+        return builder.fadd(c_, builder.fmul(a_, b_))
+
+    return f32x8(f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def v8_canon(typingctx, v):
+    """v with every NaN lane replaced by the canonical NaN (0x7FC00000)."""
+    if v != f32x8:
+        return None
+
+    def codegen(context, builder, signature, args):
+        x = args[0]
+        isnan = builder.fcmp_unordered("uno", x, x)
+        nan = ir.Constant(_V8, [float("nan")] * 8)  # float32 NaN with the quiet bit only: 0x7FC00000
+        return builder.select(isnan, nan, x)
+
+    return f32x8(f32x8), codegen
+
+
+# ----------------------------------------------------------------------------
+# the kernels
+# ----------------------------------------------------------------------------
+
+
+def _build(fused: bool, parallel: bool, digest):
+    loop = prange if parallel else range
+
+    @njit(inline="always")
+    def step(a, b, c):
+        if fused:
+            return v8_fma(a, b, c)
+        return v8_muladd(a, b, c)
+
+    @njit(inline="always")
+    def store_row(out, i, j0, N, lo, hi):
+        if j0 + TILE_N <= N:
+            v8_store(out, i, j0, v8_canon(lo))
+            v8_store(out, i, j0 + 8, v8_canon(hi))
+        else:
+            lo = v8_canon(lo)
+            hi = v8_canon(hi)
+            for c in range(min(N - j0, 8)):
+                out[i, j0 + c] = v8_get(lo, c)
+            for c in range(8, N - j0):
+                out[i, j0 + c] = v8_get(hi, c - 8)
+
+    @njit(nogil=True, cache=True)
+    def tile(A, B, jb, out, i0, j0, M, N, K):
+        """out[i0:i0+4, j0:j0+16] (the part inside M x N) from A's rows and B[:, jb:jb+16]."""
+        r1 = min(i0 + 1, M - 1)
+        r2 = min(i0 + 2, M - 1)
+        r3 = min(i0 + 3, M - 1)
+        c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = v8_zero()
+        for k in range(K):
+            bl = v8_load(B, k, jb)
+            bh = v8_load(B, k, jb + 8)
+            a = v8_splat(A[i0, k])
+            c0l = step(a, bl, c0l)
+            c0h = step(a, bh, c0h)
+            a = v8_splat(A[r1, k])
+            c1l = step(a, bl, c1l)
+            c1h = step(a, bh, c1h)
+            a = v8_splat(A[r2, k])
+            c2l = step(a, bl, c2l)
+            c2h = step(a, bh, c2h)
+            a = v8_splat(A[r3, k])
+            c3l = step(a, bl, c3l)
+            c3h = step(a, bh, c3h)
+        store_row(out, i0, j0, N, c0l, c0h)
+        if i0 + 1 < M:
+            store_row(out, i0 + 1, j0, N, c1l, c1h)
+        if i0 + 2 < M:
+            store_row(out, i0 + 2, j0, N, c2l, c2h)
+        if i0 + 3 < M:
+            store_row(out, i0 + 3, j0, N, c3l, c3h)
+
+    @njit(nogil=True, parallel=parallel, cache=True)
+    def kernel(A, B, bt, out):
+        """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T."""
+        digest  # noqa: B018  (cache key: see kernels/__init__.py)
+        M, K = A.shape
+        N = B.shape[0] if bt else B.shape[1]
+        nrow = (M + TILE_M - 1) // TILE_M
+        nfull = N // TILE_N
+        npanel = (N + TILE_N - 1) // TILE_N
+        first = 0 if bt else nfull  # the panels from `first` on are read from packed copies
+        P = np.empty((npanel - first, K, TILE_N), dtype=np.float32)
+        for q in loop(npanel - first):
+            j0 = (first + q) * TILE_N
+            w = min(TILE_N, N - j0)
+            if bt:
+                for c in range(w):  # B's rows are read in order; the (K, 16) panel stays in L1
+                    for k in range(K):
+                        P[q, k, c] = B[j0 + c, k]
             else:
-                lines.append(f"            c{r}_{c} = c{r}_{c} + a{r} * b{c}")
-    lines += [f"        out[i0 + {r}, jb * {TILE_N} + {c}] = c{r}_{c}" for r in rows for c in cols]
-    return "\n".join(lines)
+                for k in range(K):
+                    for c in range(w):
+                        P[q, k, c] = B[k, j0 + c]
+            for k in range(K):
+                for c in range(w, TILE_N):
+                    P[q, k, c] = 0.0  # the columns past N: computed, never stored
+        if M == 0:
+            return
+        for t in loop(npanel * nrow):
+            jp = t // nrow
+            i0 = (t - jp * nrow) * TILE_M
+            j0 = jp * TILE_N
+            if jp < first:
+                tile(A, B, j0, out, i0, j0, M, N, K)
+            else:
+                tile(A, P[jp - first], 0, out, i0, j0, M, N, K)
+
+    return kernel
 
 
-def _build_tiles(digest):
-    kernels = {}
-    for fused in (True, False):
-        ns = {"np": np, "prange": prange, "fma32": fma32}
-        src = _tile_source(fused)
-        exec(compile(src, f"<lowprec fp32 tile kernel fused={fused}>", "exec"), ns)
-        kernel = njit(parallel=True, nogil=True)(ns["kernel"])
-        # numba leaves LLVM's SLP vectoriser off by default; the 64 scalar accumulators only become
-        # 8 AVX vectors with it, so it is switched on while (only) these kernels compile.
-        old = numba.config.SLP_VECTORIZE
-        numba.config.SLP_VECTORIZE = 1
-        try:
-            kernel(np.zeros((1, 1, TILE_M), np.float32), np.zeros((1, 1, TILE_N), np.float32),
-                   np.zeros((TILE_M, TILE_N), np.float32), 1, digest)
-        finally:
-            numba.config.SLP_VECTORIZE = old
-        kernels[fused] = kernel
-    return kernels
+_kernels: dict = {}
 
 
-_fp32_tiles: dict = {}
+def _kernel(fused: bool, parallel: bool):
+    key = (bool(fused), bool(parallel))
+    k = _kernels.get(key)
+    if k is None:
+        k = _kernels[key] = _build(key[0], key[1], SOURCE_DIGEST)
+    return k
 
 
-def _matmul_fp32_cpu(a, b, fused):
-    """C = A @ B for 2-D float32 A (M, K), B (K, N) with an fp32 accumulator (see above)."""
-    if not _fp32_tiles:
-        _fp32_tiles.update(_build_tiles(SOURCE_DIGEST))
+def _matmul_fp32_cpu(a, b, fused, parallel=None):
+    """C = A @ B for 2-D float32 A (M, K), B (K, N) with an fp32 accumulator (see the module docstring).
+
+    Both are read in place, any strides: ``b``'s 16-column panels directly when its rows are
+    contiguous, else (e.g. ``w.T``) from packed copies made panel by panel (reading ``b.T`` row by row).
+    Returns a new C-contiguous float32 (M, N) array with canonical NaNs. ``parallel``: use the
+    thread pool (None: when the work is large enough); the bits do not depend on it.
+    """
     M, K = a.shape
     N = b.shape[1]
-    Mp = -(-M // TILE_M) * TILE_M
-    npanel = -(-N // TILE_N)
-    apad = np.zeros((Mp, K), dtype=np.float32)
-    apad[:M] = a
-    Ap = np.ascontiguousarray(apad.reshape(Mp // TILE_M, TILE_M, K).transpose(0, 2, 1))  # 4-row panels
-    Bp = np.zeros((npanel, K, TILE_N), dtype=np.float32)  # b packed into contiguous 16-column panels
-    bpad = np.zeros((K, npanel * TILE_N), dtype=np.float32)
-    bpad[:, :N] = b
-    Bp[:] = bpad.reshape(K, npanel, TILE_N).transpose(1, 0, 2)
-    out = np.empty((Mp, npanel * TILE_N), dtype=np.float32)
-    _fp32_tiles[fused](Ap, Bp, out, K, SOURCE_DIGEST)
-    return out[:M, :N]
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    if b.dtype != np.float32:
+        b = b.astype(np.float32)
+    bt = b.strides[1] != 4 and N >= TILE_N  # rows not contiguous (e.g. w.T): all panels packed from b.T
+    if bt:
+        b = b.T
+    out = np.empty((M, N), dtype=np.float32)
+    if parallel is None:
+        parallel = M * N * K >= PARALLEL_MIN_WORK
+    _kernel(fused, parallel)(a, b, bt, out)
+    return out
