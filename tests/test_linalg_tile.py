@@ -1,10 +1,13 @@
-"""The fast narrow-accumulator matmul kernels (kernels/linalg_cpu.py, "direct", "twosum", "sr") give the
+"""The fast narrow-accumulator matmul kernels (kernels/linalg_cpu.py, "direct", "twosum", "twosum32", "sr",
+"sr32") give the
 bits of the general per-element kernel (accum.accumulate) and of an exact Fraction reference.
 
 Data are built to reach the edges of the accumulator: overflow to Inf, subnormal and underflowing
 sums, exact ties, exact cancellation to (signed) zero, and signed-zero inputs; shapes leave tile
 remainders; stochastic runs cross a 2**32 boundary of the random counters.
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -83,6 +86,8 @@ _SPREADS = {  # (a spread, b spread) per case and accumulator, in exponents
     "bf16": {"mixed": ((-80, 60), (-70, 70)), "overflow": ((50, 64), (55, 64)), "tiny": ((-75, -60), (-74, -60))},
     # twosum32 needs values, products and sums that float32 holds exactly (products < 2**128, >= 2**-149)
     "bf16-f32": {"mixed": ((-60, 60), (-60, 60)), "overflow": ((60, 63), (60, 63)), "tiny": ((-66, -60), (-66, -60))},
+    # sr32 also needs its exponents within float32 normal range (sr32_exponent_floor): bf16 does not overflow there
+    "bf16-sr32": {"mixed": ((-30, 40), (-30, 40)), "tiny": ((-36, -28), (-36, -28))},
 }
 
 
@@ -90,15 +95,18 @@ def _case(rng, acc, case, M, N, K, kind=None):
     F = acc.a_format
     if case == "ties":
         return tie_values(rng, (M, K)), tie_values(rng, (N, K))
-    key = "bf16-f32" if kind == "twosum32" else acc.acc_format.name
-    sa, sb = _SPREADS[key]["mixed" if case == "cancel" else case]
+    key = acc.acc_format.name
+    if kind == "twosum32" or (kind == "sr32" and key == "bf16"):
+        key = {"twosum32": "bf16-f32", "sr32": "bf16-sr32"}[kind]
+    spreads = _SPREADS[key]
+    sa, sb = spreads.get("mixed" if case == "cancel" else case, spreads["mixed"])  # (bf16-sr32 has no overflow)
     a, bt = edge_values(rng, (M, K), F, sa), edge_values(rng, (N, K), F, sb)
     return cancelling(a, bt) if case == "cancel" else (a, bt)
 
 
 _CASES = ["mixed", "overflow", "tiny", "ties", "cancel"]
 _KINDS = [("fp16", "direct"), ("fp16", "twosum"), ("bf16", "twosum"), ("bf16", "twosum32"), ("fp16-sr", "sr"),
-          ("bf16-sr", "sr")]
+          ("bf16-sr", "sr"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32")]
 
 
 def _check_preconditions(a, bt, acc, kind):
@@ -106,7 +114,9 @@ def _check_preconditions(a, bt, acc, kind):
     if kind == "direct":
         assert L.narrow_kind(a, bt, np.zeros(1), 64, 64, 64, *_kernel_args(acc), 32) == "direct"
     if kind == "twosum32":
-        assert L._float32_exact(a, bt, L._significant_bits(a), L._significant_bits(bt))
+        assert L._float32_exact(a, bt)
+    if kind == "sr32":
+        assert L.sr32_exponent_floor(a, bt, *fields(acc.acc_format)) is not None
 
 
 @pytest.mark.parametrize("name,kind", _KINDS)
@@ -115,6 +125,8 @@ def test_fast_kernel_equals_general_kernel_on_edge_data(name, kind, case):
     acc = get_accumulation(name)
     rng = np.random.default_rng(sum(map(ord, name + case)))
     M, N, K = 9, 70, 41  # remainders in both tile directions
+    if (name, kind, case) == ("bf16-sr", "sr32", "overflow"):
+        case = "mixed"  # (sr32 never runs where bf16 sums could overflow: test_sr32_only_where_it_applies)
     a, bt = _case(rng, acc, case, M, N, K, kind)
     _check_preconditions(a, bt, acc, kind)
     k0, k1, off = (0x1234, 0xBEEF, (1 << 32) - 40000) if acc.is_stochastic else (0, 0, 0)  # crosses 2**32
@@ -172,7 +184,7 @@ def test_fast_kernel_matches_fraction_reference(name, kind):
     M, N, K = 3, 6, 17
     for case in ("mixed", "tiny", "ties", "cancel"):
         if case == "mixed":  # keep clear of overflow: the reference has no Inf
-            sa = (-14, 3) if acc.acc_format.name == "fp16" else (-60, 20)
+            sa = (-14, 3) if acc.acc_format.name == "fp16" else (-30, 20) if kind == "sr32" else (-60, 20)
             a, bt = edge_values(rng, (M, K), acc.a_format, sa), edge_values(rng, (N, K), acc.a_format, sa)
         else:
             a, bt = _case(rng, acc, case, M, N, K, kind)
@@ -186,7 +198,7 @@ def test_fast_kernel_matches_fraction_reference(name, kind):
 def test_dispatch_picks_the_fast_kernels_and_keeps_the_bits():
     rng = np.random.default_rng(3)
     M, N, K = 6, 40, 150
-    for name, expect in [("fp16", "direct"), ("bf16", "twosum32"), ("fp16-sr", "sr"), ("bf16-sr", "sr"),
+    for name, expect in [("fp16", "direct"), ("bf16", "twosum32"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32"),
                          (Accumulation(a_format="fp32", acc_format="fp16"), "twosum"),  # 24+24+11 > 50
                          (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp32"), "direct"),
                          (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp8_e5m2"), None),
@@ -244,8 +256,25 @@ def test_twosum32_only_where_float32_is_exact():
         assert bits_equal(dispatched(args), general(args)), case
 
 
+def test_sr32_only_where_it_applies():
+    """sr32 (float32 lanes) where its exponent and overflow conditions hold, else sr; same bits either way."""
+    rng = np.random.default_rng(8)
+    for name, spreads, expect in [("bf16-sr", _SPREADS["bf16-sr32"]["mixed"], "sr32"),
+                                  ("bf16-sr", _SPREADS["bf16"]["tiny"], "sr"),  # products below 2**-88
+                                  ("bf16-sr", _SPREADS["bf16"]["overflow"], "sr"),  # sums past float32's max
+                                  ("bf16-sr", _SPREADS["bf16-f32"]["overflow"], "sr"),
+                                  ("fp16-sr", _SPREADS["fp16"]["overflow"], "sr32"),  # fp16: any values
+                                  ("fp16-sr", _SPREADS["fp16"]["tiny"], "sr32")]:
+        acc = get_accumulation(name)
+        a = edge_values(rng, (6, 150), acc.a_format, spreads[0])
+        bt = edge_values(rng, (40, 150), acc.a_format, spreads[1])
+        args = _args(a, bt, [0], [0], 6, 40, 150, acc, 5, 6, 7)
+        assert _kind(args) == expect, (name, spreads)
+        assert bits_equal(dispatched(args), general(args)), (name, spreads)
+
+
 @pytest.mark.parametrize("name,kind", [("fp16", "direct"), ("bf16", "twosum"), ("bf16", "twosum32"),
-                                       ("bf16-sr", "sr")])
+                                       ("bf16-sr", "sr"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32")])
 def test_fast_kernel_equals_cuda_simulator(name, kind):
     from lowprec.kernels import linalg_cuda
 
@@ -256,3 +285,42 @@ def test_fast_kernel_equals_cuda_simulator(name, kind):
     args = _args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 1, 2, 3)
     linalg_cuda._matmul_cuda(*args)
     assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 1, 2, 3, 0).ravel(), args[4])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=8))
+def test_lowest_bit_exponent_against_fractions(values):
+    from fractions import Fraction
+
+    def lowest(v):
+        f = Fraction(v)
+        if f.denominator > 1:
+            return -(f.denominator.bit_length() - 1)
+        n = abs(f.numerator)
+        return (n & -n).bit_length() - 1
+
+    nonzero = [v for v in values if v != 0]
+    if not nonzero:
+        return
+    x = np.array(values, dtype=np.float64)
+    assert L._lowest_bit_exponent(x) == min(lowest(v) for v in nonzero)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=8))
+def test_operand_stats_against_fractions(values):
+    """The one-pass operand statistics the kernel choice rests on, against exact arithmetic."""
+    from fractions import Fraction
+
+    x = np.array(values, dtype=np.float64)
+    st_ = L._stats(x)
+    mags = [abs(Fraction(v)) for v in values if v != 0]
+    assert st_.finite and st_.hi == float(max([Fraction(0)] + mags))
+    assert st_.lo == (float(min(mags)) if mags else np.inf)
+    for v in values:  # every value has at most `bits` significant bits: v * 2**(bits - 1 - e) is an integer
+        if v != 0:
+            e = math.frexp(v)[1] - 1
+            assert (Fraction(v) * Fraction(2) ** (st_.bits - 1 - e)).denominator == 1
+    if L._float32_exact(x, x):  # a sufficient condition
+        assert all(float(np.float32(a * b)) == Fraction(a) * Fraction(b) for a in values for b in values)
+    assert not L._stats(np.array([1.0, np.inf])).finite and not L._stats(np.array([np.nan])).finite

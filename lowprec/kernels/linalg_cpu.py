@@ -13,7 +13,11 @@ stochastic) that give the same bits with a tile of accumulators:
 The fp32-accumulator tile kernel lives in linalg_fp32.py.
 """
 
+import math
+from typing import NamedTuple
+
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
@@ -202,6 +206,71 @@ def _twosum32_rne(s, t, half, dbit, dmask):
     return scalar.i32_as_f32(np.int32(np.int32(np.int32(u + half) + lsb) & dmask))
 
 
+def _f32_intrinsic(name, ret, build):
+    def impl(typingctx, x):
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return build(context, builder, signature, args[0])
+
+        return ret(x), codegen
+
+    impl.__name__ = name
+    return intrinsic(impl)
+
+
+#: float32 helpers that stay in 32-bit lanes (numba's own casts go through 64-bit integers).
+_floor32 = _f32_intrinsic("_floor32", types.float32, lambda c, b, s, v: b.call(
+    b.module.declare_intrinsic("llvm.floor", [ir.FloatType()]), [v]))
+_f32_to_u32 = _f32_intrinsic("_f32_to_u32", types.uint32, lambda c, b, s, v: b.fptoui(v, ir.IntType(32)))
+_f32_to_i32 = _f32_intrinsic("_f32_to_i32", types.int32, lambda c, b, s, v: b.fptosi(v, ir.IntType(32)))
+
+_I32 = np.int32
+_TWO32 = np.float32(4294967296.0)
+
+
+@_step
+def _sr32(s, t, rnd, eqlo, cinv, m, fmax):
+    """s + t (float32 accumulator value and exact float32 product) rounded stochastically to the
+    accumulator's grid with the 32 random bits ``rnd``, in float32 lanes ("sr32", see narrow_kind).
+
+    The rule of scalar.round_float_carrier: with q the quantum at x = s + t and g = q / 2**32, the result
+    is kept*q or (kept+1)*q, the second iff rnd < W, where kept*2**32 + W = floor(|x| / g). TwoSum gives
+    x = f + e exactly; e' = e * sign(f). The binade of |x| is that of |f|, one lower when |f| is a power
+    of two and e' < 0: its exponent is read from f's bit pattern minus one (pfa), and q = 2**(Eq - m)
+    with Eq = max(E(|x|), eqlo) (eqlo: the format's emin, raised to the data's smallest possible
+    exponent). Then |f| / q = kq + frac exactly (kq = floor), wf = frac * 2**32 is an integer (f has no
+    bits below g: checked by narrow_kind), ce = floor(e' / g) (|e'| <= ulp(f) / 2, so |ce| < 2**(m+9)),
+    and floor(|x| / g) = kq * 2**32 + wf + ce: W = wf + ce modulo 2**32, with a borrow from kq when
+    wf + ce < 0. Every product by a power of two is exact (narrow_kind bounds the exponents). A result
+    above the format's max is Inf; an infinite accumulator stays as it is."""
+    f = s + t
+    bb = f - s
+    e = (s - (f - bb)) + (t - bb)
+    fb = scalar.f32_as_i32(f)
+    sgn = _I32(fb & _I32(-0x80000000))
+    pf = _I32(fb & _I32(0x7FFFFFFF))
+    ep = scalar.i32_as_f32(_I32(scalar.f32_as_i32(e) ^ sgn))  # e * sign(f): never -0 for a zero e
+    neg = ep < np.float32(0.0)
+    pfa = _I32(pf - _I32(1)) if neg else pf  # |x| truncated to float32: its exponent is E(|x|)
+    eqb = max(_I32(scalar._shr(pfa, _I32(23))), eqlo)
+    invq = scalar.i32_as_f32(scalar._shl(_I32(cinv - eqb), _I32(23)))  # 2**(m - Eq)
+    yq = scalar.i32_as_f32(pf) * invq
+    kq = _floor32(yq)
+    wf = _f32_to_u32((yq - kq) * _TWO32)
+    ce = _f32_to_i32(_floor32(ep * (invq * _TWO32)))  # < 0 iff neg (e' / g does not vanish)
+    w = np.uint32(wf + np.uint32(ce))
+    # a borrow from kq iff wf + ce < 0, which is iff wf == 0 and ce < 0: a non-zero wf is a multiple of
+    # max(1, ulp(f) / g) and |ce| <= max(1, ulp(f) / (2g))
+    kept = kq + np.float32(1.0) if w > np.uint32(rnd) else kq
+    kept = kept - np.float32(1.0) if neg & (wf == np.uint32(0)) else kept
+    r = kept * scalar.i32_as_f32(scalar._shl(_I32(eqb - m), _I32(23)))  # kept * q
+    r = np.float32(np.inf) if r > fmax else r
+    rb = _I32(scalar.f32_as_i32(r) | sgn)
+    return scalar.i32_as_f32(rb if pf < _I32(0x7F800000) else fb)
+
+
 def _build_narrow(digest):
     # One kernel per step kind; format constants are runtime arguments (a new format does not recompile).
 
@@ -301,38 +370,107 @@ def _build_narrow(digest):
                 for j in range(NARROW_N):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
-    return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr, "twosum32": _narrow_twosum32}
+    @_loop
+    def _narrow_sr32(Ap, Bp, out, K, N, eqlo, cinv, m, fmax, key0, key1, offset, obase):
+        # "sr" in float32 lanes (_sr32); counters as in _narrow_sr
+        digest  # noqa: B018
+        nrow = Ap.shape[0]
+        ncb = Bp.shape[0]
+        step = np.int64(K) * accum.NSLOT
+        for t in prange(nrow * ncb):
+            jb = t // nrow
+            ib = t - jb * nrow
+            acc = np.zeros((NARROW_R, NARROW_N), dtype=np.float32)
+            o0 = obase + ib * NARROW_R * N + jb * NARROW_N
+            first = accum.counter_of(offset, o0, K, 0, 0)
+            last = accum.counter_of(offset, o0 + (NARROW_R - 1) * N + NARROW_N - 1, K, K - 1, accum.NSLOT - 1)
+            if (first >> 32) == (last >> 32):
+                hi = (first >> 32) << 32
+                for k in range(K):
+                    for r in range(NARROW_R):
+                        a = Ap[ib, k, r]
+                        lo = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD) - hi
+                        for j in range(NARROW_N):
+                            rnd = scalar.random_bits(key0, key1, hi | np.int64(np.uint32(lo)), 32)
+                            acc[r, j] = _sr32(acc[r, j], a * Bp[jb, k, j], rnd, eqlo, cinv, m, fmax)
+                            lo += step
+            else:
+                for k in range(K):
+                    for r in range(NARROW_R):
+                        a = Ap[ib, k, r]
+                        c = accum.counter_of(offset, o0 + r * N, K, k, accum.SLOT_ADD)
+                        for j in range(NARROW_N):
+                            rnd = scalar.random_bits(key0, key1, c, 32)
+                            acc[r, j] = _sr32(acc[r, j], a * Bp[jb, k, j], rnd, eqlo, cinv, m, fmax)
+                            c += step
+            for r in range(NARROW_R):
+                for j in range(NARROW_N):
+                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
+
+    return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr, "twosum32": _narrow_twosum32,
+            "sr32": _narrow_sr32}
 
 
 _narrow_kernels = _build_narrow(SOURCE_DIGEST)
 
 
-def _pack(a, b, dtype=np.float64):
-    """a (M, K) and b (K, N) float64 into row panels (M/R, K, R) and column panels (N/NB, K, NB), zero-padded."""
+def _build_pack(digest):
+    @_loop
+    def _pack_rows(x, P):
+        """P[p, k, r] = x[p*R + r, k] (zero past x's last row): x (n, K) rows into panels P (ceil(n/R), K, R)."""
+        digest  # noqa: B018
+        n, K = x.shape
+        R = P.shape[2]
+        for p in prange(P.shape[0]):
+            for k0 in range(0, K, 16):  # blocks of k: the reads of R rows and the writes stay in cache
+                k1 = min(k0 + 16, K)
+                for r in range(R):
+                    row = p * R + r
+                    if row < n:
+                        for k in range(k0, k1):
+                            P[p, k, r] = x[row, k]
+                    else:
+                        for k in range(k0, k1):
+                            P[p, k, r] = 0.0
+
+    return _pack_rows
+
+
+_pack_rows = _build_pack(SOURCE_DIGEST)
+
+
+def _pack(a, bt, dtype=np.float64):
+    """a (M, K) and bt (N, K) float64 rows into row panels (M/R, K, R) and column panels (N/NB, K, NB) of b = bt.T,
+    zero-padded, in ``dtype``."""
     M, K = a.shape
-    N = b.shape[1]
-    Mp = -(-M // NARROW_R) * NARROW_R
-    npanel = -(-N // NARROW_N)
-    apad = np.zeros((Mp, K), dtype=dtype)
-    apad[:M] = a
-    Ap = np.ascontiguousarray(apad.reshape(Mp // NARROW_R, NARROW_R, K).transpose(0, 2, 1))
-    bpad = np.zeros((K, npanel * NARROW_N), dtype=dtype)
-    bpad[:, :N] = b
-    Bp = np.ascontiguousarray(bpad.reshape(K, npanel, NARROW_N).transpose(1, 0, 2))
+    N = bt.shape[0]
+    Ap = np.empty((-(-M // NARROW_R), K, NARROW_R), dtype=dtype)
+    Bp = np.empty((-(-N // NARROW_N), K, NARROW_N), dtype=dtype)
+    _pack_rows(np.ascontiguousarray(a), Ap)
+    _pack_rows(np.ascontiguousarray(bt), Bp)
     return Ap, Bp
 
 
-def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0):
+def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0, elo=None):
     """C = A @ B for 2-D float64 A (M, K), B (K, N) with a narrow accumulator (m, emin, emax) (see above).
 
-    ``kind``: "direct", "twosum", "twosum32" (nearest-even) or "sr" (stochastic, 32 random bits); obase is the flat
-    index of C[0, 0] in the whole output (it keys the random counters). Returns float64 (M, N)."""
+    ``kind``: "direct", "twosum", "twosum32" (nearest-even), "sr" or "sr32" (stochastic, 32 random bits); obase
+    is the flat index of C[0, 0] in the whole output (it keys the random counters); ``elo``: for "sr32", the
+    lowest exponent of its quantum computation (sr32_exponent_floor; None: from a and b). Returns float64 (M, N)."""
     M, K = a.shape
     N = b.shape[1]
-    Ap, Bp = _pack(a, b, np.float32 if kind == "twosum32" else np.float64)
+    Ap, Bp = _pack(a, b.T, np.float32 if kind in ("twosum32", "sr32") else np.float64)
     out = np.empty((Ap.shape[0] * NARROW_R, Bp.shape[0] * NARROW_N))
     cadd, minc, up, down = narrow_params(m, emin, emax)
-    if kind == "twosum32":
+    if kind == "sr32":
+        if elo is None:
+            elo = sr32_exponent_floor(a, b.T, m, emin, emax)
+        if elo is None:
+            raise ValueError("the sr32 kernel's preconditions do not hold for these operands")
+        _narrow_kernels["sr32"](Ap, Bp, out, np.int64(K), np.int64(N), np.int32(elo + 127), np.int32(m + 254),
+                                np.int32(m), np.float32((2.0 - 2.0 ** -m) * 2.0 ** emax), np.uint32(key0),
+                                np.uint32(key1), np.int64(offset), np.int64(obase))
+    elif kind == "twosum32":
         d = 23 - m
         _narrow_kernels[kind](Ap, Bp, out, np.int64(K), np.int32((1 << (d - 1)) - 1), np.int32(1 << d),
                               np.int32(-1 << d))
@@ -369,74 +507,170 @@ def _holds(p, m, emin, emax) -> bool:
     return pm >= m and (tmax >> pm) - bias >= emax and smallest <= emin - m and (subn == 1 or pemin <= emin - m)
 
 
+@intrinsic
+def _cttz64(typingctx, x):
+    """The number of trailing zero bits of a non-zero int64."""
+    if x != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.int64(types.int64), codegen
+
+
+@njit(cache=True, nogil=True)
+def _stats_pass(x, digest):
+    """One pass over float64 x: (all finite, OR of the mantissa fields, smallest non-zero |x| (inf if none),
+    largest |x|, smallest exponent of a non-zero value's lowest set bit (2000 if none)); only the first is
+    meaningful for the others when some value is not finite."""
+    digest  # noqa: B018
+    finite = True
+    low_or = np.int64(0)
+    lo, hi = np.inf, 0.0
+    lowexp = np.int64(2000)
+    for v in x.ravel():
+        u = scalar.f64_as_i64(v)
+        a = u & _ABS
+        if a >= _INFBITS:
+            finite = False
+            continue
+        low_or |= u & np.int64((1 << 52) - 1)
+        if a != 0:
+            av = scalar.i64_as_f64(a)
+            lo = min(lo, av)
+            hi = max(hi, av)
+            e = a >> 52
+            sig = (a & np.int64((1 << 52) - 1)) | (np.int64(1 << 52) if e > 0 else np.int64(0))
+            lowexp = min(lowexp, max(e, np.int64(1)) - 1075 + _cttz64(sig))
+    return finite, low_or, lo, hi, lowexp
+
+
+class _Stats(NamedTuple):
+    finite: bool
+    bits: int  # an upper bound on the significant bits of every value
+    lo: float  # smallest non-zero |x|, inf if none
+    hi: float  # largest |x|
+    lowexp: int  # exponent of the lowest set bit over the non-zero values
+
+
+def _stats(x) -> _Stats:
+    finite, low, lo, hi, lowexp = _stats_pass(np.ascontiguousarray(x, dtype=np.float64), SOURCE_DIGEST)
+    low = int(low)
+    bits = 1 if low == 0 else 53 - ((low & -low).bit_length() - 1)
+    return _Stats(bool(finite), bits, float(lo), float(hi), int(lowexp))
+
+
 def _significant_bits(x) -> int:
     """An upper bound on the significant bits of the float64 values in x (finite values)."""
-    low = np.bitwise_or.reduce((x.view(np.int64) & ((1 << 52) - 1)).ravel())
-    if low == 0:
-        return 1
-    return 53 - ((int(low) & -int(low)).bit_length() - 1)
+    return _stats(x).bits
+
+
+def _lowest_bit_exponent(x) -> int:
+    """The exponent of the lowest set bit over the non-zero finite float64 values in x (at least one)."""
+    return _stats(x).lowexp
 
 
 def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout,
                 rbits):
-    """"direct", "twosum" or "sr" when a fast narrow-accumulator kernel gives this accumulation's bits
-    (see the comment above NARROW_R), else None."""
+    """"direct", "twosum", "twosum32", "sr" or "sr32" when a fast narrow-accumulator kernel gives this
+    accumulation's bits (see the comment above NARROW_R), else None."""
+    return _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits)[0]
+
+
+def _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits):
+    """(narrow_kind, the sr32 kernel's exponent floor or None)."""
     if (has_prod or not fused or order != accum.SEQUENTIAL or compensated
             or ia.size * M * N * K < _NARROW_MIN_WORK or N < _NARROW_MIN_N):
-        return None
+        return None, None
     acc = _float_fields(pacc)
     if acc is None:
-        return None
+        return None, None
     m, emin, emax = acc
     if mode == scalar.STOCHASTIC:
         if rbits != 32:
-            return None
+            return None, None
     elif mode != scalar.NEAREST_EVEN:
-        return None
+        return None, None
     if tuple(pout) != tuple(pacc) and not _holds(pout, m, emin, emax):
-        return None  # the final rounding must change nothing
-    if not (np.isfinite(a).all() and np.isfinite(bt).all()):
-        return None  # NaN/Inf inputs: the general kernel
+        return None, None  # the final rounding must change nothing
+    sa, sb = _stats(a), _stats(bt)
+    if not (sa.finite and sb.finite):
+        return None, None  # NaN/Inf inputs: the general kernel
     if mode == scalar.STOCHASTIC:
-        return "sr"
-    pa, pb = _significant_bits(a), _significant_bits(bt)
-    if m + 1 + pa + pb <= 50 and emax - (emin - m) <= 50:
-        return "direct"
-    if emin == -126 and emax == 127 and pa + pb <= 24 and _float32_exact(a, bt, pa, pb):
-        return "twosum32"  # bf16 and the like: float32 holds the values, the products and exact TwoSums
-    return "twosum"
+        elo = _sr32_floor(sa, sb, int(K), m, emin, emax)
+        return ("sr", None) if elo is None else ("sr32", elo)
+    if m + 1 + sa.bits + sb.bits <= 50 and emax - (emin - m) <= 50:
+        return "direct", None
+    if emin == -126 and emax == 127 and _f32_exact(sa, sb):
+        return "twosum32", None  # bf16 and the like: float32 holds the values, the products and exact TwoSums
+    return "twosum", None
 
 
-def _float32_exact(a, bt, pa, pb) -> bool:
-    """True when every value of a and bt and every product a*b is exactly a float32 (pa, pb: bits)."""
-    lo, hi = [], []
-    for x in (a, bt):
-        m = np.abs(x)
-        nz = m[m > 0]
-        lo.append(float(nz.min()) if nz.size else np.inf)
-        hi.append(float(m.max(initial=0.0)))
-    tiny = 2.0 ** -149
-    if hi[0] * hi[1] > _FLT_MAX or max(hi) > _FLT_MAX:
+def sr32_exponent_floor(a, bt, m, emin, emax):
+    """The exponent floor ``elo`` of the "sr32" kernel (_sr32) for these finite operands (a (M, K), bt (N, K)),
+    or None when it does not apply (see _sr32_floor)."""
+    return _sr32_floor(_stats(a), _stats(bt), a.shape[1], m, emin, emax)
+
+
+def _sr32_floor(sa, sb, K, m, emin, emax):
+    """sr32_exponent_floor from the operands' _stats.
+
+    sr32 applies when float32 holds every value and product exactly (_f32_exact), no float32 sum of an
+    accumulator value and a product overflows, and every power of two that _sr32 forms is a normal float32
+    and every product by one keeps what it must, over the exponents its quantum can take: from
+    elo = max(emin, g) to ehi. Here 2**g = the lowest set bit of the product of a's and b's lowest set bits,
+    which divides every product, so every accumulator value, sum and TwoSum error is a multiple of 2**g (an
+    SR result of a multiple of 2**g is one too) and a non-zero |x| >= 2**g; and 2**ehi > every |s + t|,
+    from the growth bound |s_k| <= K (max|t| + 2**(emin-m)) (1 + 2**-m)**K (each stochastic rounding adds at
+    most one quantum), or the format's max where that is smaller. Also f must have no bits below the window
+    (g >= emin - m - 32) and e' / g must not vanish (g + 32 + m - ehi >= -149), so that floor(e' / g) is right."""
+    if m > 22 or emin - m < -149 or emax > 127 or not _f32_exact(sa, sb):
+        return None
+    hi_t = sa.hi * sb.hi
+    fmax = (2.0 - 2.0 ** -m) * 2.0 ** emax
+    growth = K * (hi_t + 2.0 ** (emin - m)) * math.exp(min(K * math.log1p(2.0 ** -m), 700.0))
+    top = min(fmax, growth) + hi_t  # > every |s + t|
+    if top > _FLT_MAX * (1.0 - 2.0 ** -30):
+        return None
+    if sa.lo == np.inf or sb.lo == np.inf:
+        return emin  # no non-zero product: every sum is zero
+    g = sa.lowexp + sb.lowexp  # lowbit(a*b) = lowbit(a) * lowbit(b)
+    elo = max(emin, g)
+    ehi = max(math.frexp(top)[1], elo)
+    ok = (elo - m >= -126 and m - ehi >= -126 and 32 + m - elo <= 127 and 32 + m - ehi >= -126
+          and g + 32 + m - ehi >= -149 and g >= emin - m - 32)
+    return elo if ok else None
+
+
+def _float32_exact(a, bt) -> bool:
+    """True when every value of a and bt and every product a*b is exactly a float32 (finite values)."""
+    return _f32_exact(_stats(a), _stats(bt))
+
+
+def _f32_exact(sa, sb) -> bool:
+    """_float32_exact from the operands' _stats."""
+    if sa.bits + sb.bits > 24 or sa.hi * sb.hi > _FLT_MAX or max(sa.hi, sb.hi) > _FLT_MAX:
         return False
-    if lo[0] * 2.0 ** (1 - pa) < tiny or lo[1] * 2.0 ** (1 - pb) < tiny:
-        return False  # a value that float32 would round
-    # the lowest set bit of a product is >= |a| 2**(1-pa) * |b| 2**(1-pb)
-    return bool(lo[0] == np.inf or lo[1] == np.inf or lo[0] * 2.0 ** (1 - pa) * lo[1] * 2.0 ** (1 - pb) >= tiny)
+    if sa.lo == np.inf or sb.lo == np.inf:
+        return True  # no non-zero value in one operand: every product is zero
+    # every value is a multiple of its lowest set bit, every product of lowbit(a) * lowbit(b)
+    return min(sa.lowexp, sb.lowexp) >= -149 and sa.lowexp + sb.lowexp >= -149
 
 
 def _matmul_cpu(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
                 compensated, pout, key0, key1, offset, rbits):
     """The CPU matmul (arguments as _matmul_cpu_scalar): a fast narrow-accumulator kernel where one gives
     the same bits, else the general per-element kernel."""
-    kind = narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated,
-                       pout, rbits)
+    kind, elo = _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout,
+                             rbits)
     if kind is None:
         _matmul_cpu_scalar(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
                            compensated, pout, key0, key1, offset, rbits)
         return
     M, N, K = int(M), int(N), int(K)
+    fields = _float_fields(pacc)
     res = out.reshape(-1, M, N)
     for bi in range(ia.size):
         ra, rb = int(ia[bi]) * M, int(ib[bi]) * N
-        res[bi] = _matmul_narrow(a[ra:ra + M], bt[rb:rb + N].T, kind, *_float_fields(pacc), key0, key1, offset,
-                                 bi * M * N)
+        res[bi] = _matmul_narrow(a[ra:ra + M], bt[rb:rb + N].T, kind, *fields, key0, key1, offset, bi * M * N, elo)

@@ -141,15 +141,30 @@ _shr = _shift("shr")
 # --------------------------------------------------------------------------
 # random bits: counter-based keyed hash
 # --------------------------------------------------------------------------
-@_jit
-def _mix32(x):
-    """lowbias32 (C. Wellons, hash-prospector): a bijective 32-bit mixer."""
-    x = np.uint32(x ^ (x >> np.uint32(16)))
-    x = np.uint32(x * np.uint32(0x7FEB352D))
-    x = np.uint32(x ^ (x >> np.uint32(15)))
-    x = np.uint32(x * np.uint32(0x846CA68B))
-    x = np.uint32(x ^ (x >> np.uint32(16)))
-    return x
+@intrinsic
+def _mix32(typingctx, x):
+    """lowbias32 (C. Wellons, hash-prospector): a bijective 32-bit mixer of x's low 32 bits.
+
+    ``x ^= x >> 16; x *= 0x7FEB352D; x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16`` (uint32
+    arithmetic). Written as LLVM IR in 32-bit integers: from numba's own uint32 arithmetic
+    (which it computes in 64 bits and truncates) LLVM kept part of the hash in 64-bit lanes,
+    with 64-bit vector multiplies, which made the hash cost twice as much in vector loops."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.uint32(x)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        v = context.cast(builder, args[0], signature.args[0], types.uint32)
+
+        def xorshift(v, n):
+            return builder.xor(v, builder.lshr(v, ir.Constant(i32, n)))
+
+        v = builder.mul(xorshift(v, 16), ir.Constant(i32, 0x7FEB352D))
+        v = builder.mul(xorshift(v, 15), ir.Constant(i32, 0x846CA68B))
+        return xorshift(v, 16)
+
+    return sig, codegen
 
 
 @_jit
