@@ -68,8 +68,8 @@ def _data(rng, M, K, N, special=False):
     return a, b
 
 
-SHAPES = [(1, 1, 1), (4, 1, 16), (5, 0, 17), (0, 3, 5), (3, 7, 16), (4, 16, 15), (7, 33, 31), (64, 20, 10),
-          (65, 20, 48), (13, 9, 1), (1, 70, 40), (9, 2, 33)]
+SHAPES = [(1, 1, 1), (4, 1, 16), (5, 0, 17), (0, 3, 5), (3, 7, 16), (6, 16, 15), (7, 33, 31), (64, 20, 10),
+          (65, 20, 48), (13, 9, 1), (1, 70, 40), (12, 2, 33), (11, 5, 32)]
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -151,8 +151,12 @@ def test_same_bits_on_one_and_two_threads():
             assert np.array_equal(_bits(r), _bits(want))
 
 
-def test_tile_constants():
-    assert (TILE_M, TILE_N) == (4, 16)
+def test_shapes_cover_the_tile_edges():
+    """SHAPES has row counts and column counts on both sides of the tile's multiples."""
+    ms = {m % TILE_M for m, _, _ in SHAPES}
+    ns = {n % TILE_N for _, _, n in SHAPES}
+    assert 0 in ms and len(ms) >= 4 and 0 in ns and len(ns) >= 4
+    assert any(m < TILE_M for m, _, _ in SHAPES) and any(n < TILE_N for _, _, n in SHAPES)
 
 
 @pytest.mark.parametrize("acc", ["fp32", "bf16-fp32", Accumulation(fused=False),
