@@ -50,17 +50,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
 from .core import round_to
 from .formats import FP32, FixedFormat, FloatFormat, get_format
+from .kernels import cpu as _cpu
 from .kernels import dispatch
 from .rng import RandomStream
 from .rounding import DEFAULT_RANDOM_BITS, Rounding, get_rounding
-from .telemetry import Telemetry
+from .telemetry import Telemetry, _limits32
 
 __all__ = ["ROLES", "Policy", "register_policy", "get_policy", "policy_names", "Precision",
            "LossScaler", "parse_loss_scale", "policy_bytes"]
@@ -347,19 +348,29 @@ class Precision:
             if rnd is Rounding.STOCHASTIC:
                 (stream if stream is not None else self.streams[role]).take(x.size)
         else:
-            out = self._kernel_round(x, fmt, rnd, stream if stream is not None else self.streams[role])
+            tel = self.telemetry
+            st = stream if stream is not None else self.streams[role]
+            if tel is not None and name is not None and tel.active and self._backend == "cpu":
+                lim = _limits32(fmt)
+                if lim is not None:  # round and count in one compiled pass (the counts record() would make)
+                    out, counts = self._kernel_round(x, fmt, rnd, st, lim)
+                    tel._add(name, role, fmt, out.size, *counts)
+                    return out, fmt
+            out = self._kernel_round(x, fmt, rnd, st)
             out_tag = fmt
         if self.telemetry is not None and name is not None:
             self.telemetry.record(name, role, x, out, fmt)
         return out, out_tag
 
-    def _kernel_round(self, x: np.ndarray, fmt, rnd: Rounding, stream: Optional[RandomStream]) -> np.ndarray:
+    def _kernel_round(self, x: np.ndarray, fmt, rnd: Rounding, stream: Optional[RandomStream], lim=None):
         """``round_to(x, fmt, rnd, seed=stream)`` for a native float32 ndarray ``x`` (internal).
 
         The checks round_to makes on every call (format and rounding names, dtype,
         the format fitting in float32, the backend) are made once per format;
         the kernel gets exactly the arguments round_to gives it. ``stream`` is
-        only used (and advanced) by stochastic rounding.
+        only used (and advanced) by stochastic rounding. With ``lim`` (telemetry's
+        ``_limits32(fmt)``; CPU only) returns ``(result, (underflow, subnormal, overflow,
+        nan))``: the counts telemetry would make of this rounding, from the same pass.
         """
         entry = self._kernels.get(id(fmt))
         if entry is None or entry[0] is not fmt:
@@ -367,15 +378,28 @@ class Precision:
                 return round_to(x, fmt, rnd, seed=stream)  # raises round_to's error
             if self._backend is None:
                 self._backend = dispatch.resolve_backend("auto")
-            entry = self._kernels[id(fmt)] = (fmt, fmt._kernel_params())
+            entry = self._kernels[id(fmt)] = (fmt, fmt._kernel_params(), {})
         flat = np.ascontiguousarray(x).reshape(-1)
-        out = np.empty(flat.size, dtype=np.float32)
+        n = flat.size
+        out = np.empty(n, dtype=np.float32)
         if rnd is Rounding.STOCHASTIC:
-            k0, k1, off = stream.take(flat.size)
+            k0, k1, off = stream.take(n)
         else:
             k0 = k1 = off = 0
-        dispatch.round_array(self._backend, flat.view(np.int32), out.view(np.int32), 32, 23, 127, entry[1],
-                             int(rnd), np.uint32(k0), np.uint32(k1), np.int64(off), DEFAULT_RANDOM_BITS)
+        if self._backend == "cpu":  # the CPU loops dispatch.round_array would pick, looked up once per mode and size
+            key = (int(rnd), n < _cpu.SERIAL_BELOW)
+            loops = entry[2].get(key)
+            if loops is None:
+                loops = entry[2][key] = _cpu._loops(entry[1], key[0], n, DEFAULT_RANDOM_BITS)
+            args = (flat.view(np.int32), out.view(np.int32), 32, 23, 127, entry[1], np.uint32(k0), np.uint32(k1),
+                    np.int64(off), DEFAULT_RANDOM_BITS)
+            if lim is not None:
+                u, s, o, nn = loops[2](*args, *lim)
+                return out.reshape(x.shape), (int(u), int(s), int(o), int(nn))
+            loops[0](*args)
+        else:
+            dispatch.round_array(self._backend, flat.view(np.int32), out.view(np.int32), 32, 23, 127, entry[1],
+                                 int(rnd), np.uint32(k0), np.uint32(k1), np.int64(off), DEFAULT_RANDOM_BITS)
         return out.reshape(x.shape)
 
     def accumulation(self, which: str):

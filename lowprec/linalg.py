@@ -123,7 +123,19 @@ def _fp32_products_exact(acc: Accumulation, a: np.ndarray, b: np.ndarray) -> boo
 
 
 def _fast_fp32_kernel(acc: Accumulation, backend: str):
-    """'fma' / 'muladd' when IEEE float32 arithmetic *is* this accumulation, else None."""
+    """'fma' / 'muladd' when IEEE float32 arithmetic *is* this accumulation, else None (cached per object)."""
+    hit = _FAST_KIND.get((id(acc), backend))
+    if hit is not None and hit[0] is acc:
+        return hit[1]
+    kind = _fast_kind(acc, backend)
+    _FAST_KIND[(id(acc), backend)] = (acc, kind)
+    return kind
+
+
+_FAST_KIND: dict = {}
+
+
+def _fast_kind(acc: Accumulation, backend: str):
     if (backend != "cpu" or acc.acc_format != _FP32 or acc.acc_rounding is not Rounding.NEAREST_EVEN
             or acc.order != "sequential" or acc.compensated
             or not isinstance(acc.a_format, FloatFormat) or not isinstance(acc.b_format, FloatFormat)

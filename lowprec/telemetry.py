@@ -40,6 +40,8 @@ import numpy as np
 from numba import njit
 
 from .formats import FixedFormat, FloatFormat, get_format
+from .kernels import SOURCE_DIGEST
+from .kernels.cpu import _events, _overflow_event
 
 __all__ = ["EVENTS", "count_events", "Telemetry"]
 
@@ -124,47 +126,44 @@ def _limits32(fmt):
 _LIMITS32: dict = {}
 
 
-@njit(cache=True, nogil=True)
-def _count_bits(before, after, tiny, fmax, top, same):  # pragma: no cover - compiled
-    """count_events for flat float32 arrays given as uint32 bit patterns.
+def _make_count_bits(digest):
+    @njit(cache=True, nogil=True)
+    def _count_bits(before, after, tiny, fmax, top, same):  # pragma: no cover - compiled
+        """count_events for flat float32 arrays given as uint32 bit patterns.
 
-    For a non-negative float the order of the values is the order of the bits, so
-    the definitions become integer comparisons of ``|bits|`` (``bits & 0x7FFFFFFF``)
-    with the thresholds' bits (``tiny``, ``fmax``): a NaN's ``|bits|`` exceed
-    Inf's. ``top`` is the largest ``|bits|`` an overflowed result can have: Inf's
-    bits, or all ones where a NaN result counts (a format without Inf). Counts
-    are summed as integer products (branch-free: the loops vectorise); the
-    overflow pass runs only when some result is at least ``max``.
-    """
-    absm = np.uint32(0x7FFFFFFF)
-    z = np.uint32(0)
-    inf = np.uint32(0x7F800000)
-    nan = 0
-    subnormal = 0
-    underflow = 0
-    big = 0
-    if same:
+        The per-element tests are kernels.cpu._events and _overflow_event (also used by the fused
+        round-and-count loops): integer comparisons of ``|bits|`` with the thresholds' bits. Counts are
+        summed as integer products (branch-free: the loops vectorise); the overflow pass runs only
+        when some result is at least ``max``. ``same``: nothing was rounded, only the state of the
+        values is counted (no underflow or overflow).
+        """
+        digest  # noqa: B018  (cache key: an edit to the kernels recompiles this loop)
+        nan = 0
+        subnormal = 0
+        underflow = 0
+        big = 0
+        if same:
+            for i in range(after.size):
+                e_nan, e_sub, _, _ = _events(after[i], after[i], tiny, fmax, top)
+                nan += e_nan
+                subnormal += e_sub
+            return 0, subnormal, 0, nan
         for i in range(after.size):
-            a = after[i] & absm
-            nan += np.int64(a > inf)
-            subnormal += np.int64(a != z) * np.int64(a < tiny)
-        return 0, subnormal, 0, nan
-    for i in range(after.size):
-        a = after[i] & absm
-        b = before[i] & absm
-        nan += np.int64(a > inf)
-        subnormal += np.int64(a != z) * np.int64(a < tiny)
-        underflow += np.int64(a == z) * np.int64(b != z)
-        big += np.int64(a >= fmax) * np.int64(a <= top)
-    overflow = 0
-    if big:
-        for i in range(after.size):
-            a = after[i] & absm
-            b = before[i] & absm
-            # a finite value whose result is Inf (or NaN without Inf), or +-max from beyond max
-            overflow += (np.int64(b < inf) * np.int64(a >= fmax) * np.int64(a <= top)
-                         * max(np.int64(a >= inf), np.int64(b > fmax)))
-    return underflow, subnormal, overflow, nan
+            e_nan, e_sub, e_und, e_big = _events(after[i], before[i], tiny, fmax, top)
+            nan += e_nan
+            subnormal += e_sub
+            underflow += e_und
+            big += e_big
+        overflow = 0
+        if big:
+            for i in range(after.size):
+                overflow += _overflow_event(after[i], before[i], fmax, top)
+        return underflow, subnormal, overflow, nan
+
+    return _count_bits
+
+
+_count_bits = _make_count_bits(SOURCE_DIGEST)
 
 
 _LIMITS: dict = {}
@@ -231,11 +230,20 @@ class Telemetry:
         if not self.enabled or self._current is None:
             return
         u, s, o, n = _count(before, after, fmt)
+        self._add(name, role, fmt, np.size(after), u, s, o, n)
+
+    @property
+    def active(self) -> bool:
+        """Whether a record made now would be kept (enabled, inside a step)."""
+        return self.enabled and self._current is not None
+
+    def _add(self, name: str, role: str, fmt, size: int, u: int, s: int, o: int, n: int) -> None:
+        """Add counts computed elsewhere (the fused round-and-count loop) for tensor ``name``."""
         tensors = self._current["tensors"]
         entry = tensors.get(name)
         if entry is None:
             fname = fmt.name if isinstance(fmt, (FloatFormat, FixedFormat)) else get_format(fmt).name
-            tensors[name] = {"role": role, "format": fname, "size": int(np.size(after)),
+            tensors[name] = {"role": role, "format": fname, "size": int(size),
                              "underflow": u, "subnormal": s, "overflow": o, "nan": n}
         else:  # the same tensor rounded twice in a step (e.g. gradient accumulation): add up
             entry["underflow"] += u

@@ -285,3 +285,70 @@ def test_compiled_abs_range_equals_linalg():
     for x in cases:
         got, want = _abs_range_fast(x), _abs_range(x)
         assert np.array_equal(np.array(got), np.array(want), equal_nan=True), (x, got, want)
+
+
+@pytest.mark.parametrize("fmt,mode", [(f, m) for f in ("fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "int8")
+                                      for m in (Rounding.NEAREST_EVEN, Rounding.STOCHASTIC, Rounding.TOWARD_ZERO)]
+                         + [(f, Rounding.NEAREST_EVEN) for f in FORMATS[5:]], ids=str)
+def test_fused_round_and_count_equals_round_to_and_count_events(fmt, mode):
+    """Precision._kernel_round(..., lim): the rounding of round_to and the counts of count_events, from one
+    compiled call (serial and parallel loop sizes, overflow, underflow, NaN, saturation)."""
+    from lowprec.telemetry import _limits32
+
+    fmt = get_format(fmt)
+    rng = np.random.default_rng(12)
+    ctx = Precision("bf16-mixed", seed=3)
+    for x in (_values(rng, (5, 7)), _values(rng, (64, 40)).T, _values(rng, 40000), np.float32(rng.random((0, 3))),
+              np.float32([1e-30, 7e4, -7e4, 600.0, 2.0 ** -20, 1.0])):
+        lim = _limits32(fmt)
+        assert lim is not None
+        s1, s2 = RandomStream(9, 3, 17), RandomStream(9, 3, 17)
+        want = round_to(x, fmt, mode, seed=s1)
+        got, counts = ctx._kernel_round(x, fmt, mode, s2, lim)
+        assert _same_bits(got, want) and s2.offset == s1.offset
+        assert counts == tuple(count_events(x, want, fmt).values())
+        if x.size == 6 and fmt.name in ("fp16", "fp8_e4m3fn"):
+            assert counts[0] > 0 and counts[2] > 0  # the special values hit underflow and overflow
+
+
+@pytest.mark.parametrize("policy", ["bf16-mixed", "fp8-mixed", "fp16-mixed"])
+def test_telemetry_from_fused_counts_equals_recorded_counts(policy):
+    """A training step's telemetry is the same whether the counts come from the fused loop or record()."""
+    import lowprec.amp as amp_mod
+
+    def run(fused):
+        tel = Telemetry()
+        ctx = Precision(policy, seed=1, telemetry=tel)
+        if not fused:  # hide the limits from the fused path: every rounding is then counted by record()
+            ctx._backend = "cpu-unfused"
+        mlp = MLP([12, 33, 5], seed=2, ctx=ctx)
+        x = (np.random.default_rng(3).standard_normal((9, 12)) * 1e3).astype(np.float32)
+        tel.begin_step(0)
+        loss = softmax_cross_entropy(mlp(x), np.arange(9) % 5)
+        loss.backward(2.0 ** 20)
+        tel.end_step()
+        return tel.steps[0]["tensors"], [p.grad for p in mlp.parameters()]
+
+    orig = amp_mod.dispatch.round_array
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(amp_mod.dispatch, "round_array", lambda backend, *args: orig("cpu", *args))
+        t_unfused, g_unfused = run(False)
+    t_fused, g_fused = run(True)
+    assert t_fused == t_unfused
+    assert all(_same_bits(a, b) for a, b in zip(g_fused, g_unfused))
+    if policy != "bf16-mixed":  # (bf16 has fp32's range: nothing to count here)
+        assert sum(e["underflow"] + e["overflow"] for e in t_fused.values()) > 0
+
+
+def test_relu_compiled_equals_numpy():
+    from lowprec.autograd.tensor import _relu_f32, _relu_grad_f32
+
+    rng = np.random.default_rng(7)
+    x = _values(rng, 3000)
+    g = _values(rng, 3000)
+    r = np.empty_like(x)
+    _relu_f32(x, r)
+    assert _same_bits(r, np.where(x > 0, x, np.float32(0)))
+    gx = np.empty_like(g)
+    _relu_grad_f32(r, g, gx)
+    assert _same_bits(gx, np.where(x > 0, g, np.float32(0)))

@@ -331,13 +331,25 @@ class Tensor:
     @_quiet
     def relu(self, name: Optional[str] = None) -> "Tensor":
         """max(x, 0); the gradient at 0 is taken as 0."""
-        mask = self.data > 0
-        out = Tensor(np.where(mask, self.data, self.data.dtype.type(0)), (self,), "relu", name=name)
+        x = self.data
+        if x.dtype == _F32 and x.flags.c_contiguous:
+            r = np.empty_like(x)  # one compiled pass (same values as the numpy branch)
+            _relu_f32(x.reshape(-1), r.reshape(-1))
+        else:
+            r = np.where(x > 0, x, x.dtype.type(0))
+        # r > 0 exactly where x > 0 (elsewhere r is +0), so r stands for the mask in the backward pass
+        out = Tensor(r, (self,), "relu", name=name)
         out._set_fmt(self._data_fmt())  # values of self, or +0: in self's format
         out._round_forward()
 
         def _backward():
-            self._add_grad(np.where(mask, out.grad, out.grad.dtype.type(0)), exact_from=out)
+            g = out.grad
+            if g.dtype == _F32 and g.flags.c_contiguous and r.dtype == _F32:
+                gx = np.empty_like(g)
+                _relu_grad_f32(r.reshape(-1), g.reshape(-1), gx.reshape(-1))
+            else:
+                gx = np.where(r > 0, g, g.dtype.type(0))
+            self._add_grad(gx, exact_from=out)
         out._backward = _backward
         return out
 
@@ -454,6 +466,23 @@ def _operand(ctx, x: np.ndarray, tag, fmt, fast: bool = False) -> np.ndarray:
     if fmt is FP32 and (fast or not np.isnan(x).any()):
         return x  # float32 numbers are fp32 numbers; only NaNs would change (to the canonical NaN)
     return ctx._kernel_round(x, fmt, Rounding.NEAREST_EVEN, None)
+
+
+@njit(cache=True, nogil=True)
+def _relu_f32(x, out):  # pragma: no cover - compiled
+    """out = where(x > 0, x, +0) for flat float32 arrays."""
+    zero = np.float32(0.0)
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if v > zero else zero
+
+
+@njit(cache=True, nogil=True)
+def _relu_grad_f32(r, g, out):  # pragma: no cover - compiled
+    """out = where(r > 0, g, +0) for flat float32 arrays."""
+    zero = np.float32(0.0)
+    for i in range(r.size):
+        out[i] = g[i] if r[i] > zero else zero
 
 
 _EXP_ALL_ONES = 0x7F800000  # float32 bits of +Inf; larger magnitudes are NaNs
