@@ -5,8 +5,10 @@
 3. lowprec with ``bf16-mixed`` (every tensor rounded by role, fp32 master weights),
    with telemetry on and off.
 
-Compilation is excluded (a warm-up epoch runs first); the best of ``--repeat``
-epochs is reported. Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``;
+Compilation is excluded (a warm-up epoch of each variant runs first); the
+variants then run in turn, one epoch each, ``--repeat`` rounds, and the best
+epoch of each is reported (interleaving keeps a change in the machine's load
+from favouring one variant). Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``;
 for a like-for-like single-thread comparison also set ``OPENBLAS_NUM_THREADS=1``
 (numpy's BLAS) with ``--threads 1`` (lowprec's kernels). Timings on a machine
 shared with other jobs are pessimistic and noisy.
@@ -70,19 +72,10 @@ def lowprec_epoch(ds, model, opt, perm):
             model.ctx.telemetry.end_step()
 
 
-def best_of(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
     if args.threads:
         import numba
@@ -95,21 +88,25 @@ def main(argv=None):
     ref = MLP(SIZES, seed=0)
     params = [p.data.astype(np.float32) for p in ref.parameters()]
     bufs = [None] * len(params)
-    numpy_epoch(ds, params, bufs, perm)  # warm-up
-    t_np = best_of(lambda: numpy_epoch(ds, params, bufs, perm), args.repeat)
-    rows = [("numpy float32", t_np)]
-
+    variants = [("numpy float32", lambda: numpy_epoch(ds, params, bufs, perm))]
     for name, tel in (("fp32", True), ("bf16-mixed", True), ("bf16-mixed", False)):
         ctx = Precision(name, seed=0, telemetry=Telemetry(keep_steps=False) if tel else None)
         model = MLP(SIZES, seed=0, ctx=ctx)
         opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        lowprec_epoch(ds, model, opt, perm)  # warm-up: compiles the kernels
-        t = best_of(lambda: lowprec_epoch(ds, model, opt, perm), args.repeat)
-        rows.append((f"lowprec {name}" + ("" if tel else " (no telemetry)"), t))
-
+        variants.append((f"lowprec {name}" + ("" if tel else " (no telemetry)"),
+                         lambda model=model, opt=opt: lowprec_epoch(ds, model, opt, perm)))
+    for _, fn in variants:
+        fn()  # warm-up: compiles the kernels
+    best = [float("inf")] * len(variants)
+    for _ in range(args.repeat):
+        for i, (_, fn) in enumerate(variants):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    t_np = best[0]
     print(f"{'variant':<36} {'epoch s':>9} {'x numpy':>9}")
-    for label, t in rows:
-        print(f"{label:<36} {t:9.3f} {t / t_np:9.1f}")
+    for (label, _), t in zip(variants, best):
+        print(f"{label:<36} {t:9.4f} {t / t_np:9.2f}")
 
 
 if __name__ == "__main__":
