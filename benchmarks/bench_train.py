@@ -5,10 +5,11 @@
 3. lowprec with ``bf16-mixed`` (every tensor rounded by role, fp32 master weights),
    with telemetry on and off.
 
-Compilation is excluded (a warm-up epoch of each variant runs first); the
-variants then run in turn, one epoch each, ``--repeat`` rounds, and the best
-epoch of each is reported (interleaving keeps a change in the machine's load
-from favouring one variant). Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``;
+Compilation is excluded (a warm-up epoch of each variant runs first); then
+each variant runs ``--repeat`` epochs in a row, twice over (a second pass
+samples the machine's load again), and its best epoch is reported. Epochs are
+not interleaved one by one: OpenBLAS's threads keep spinning for a while after
+a call and would slow the epoch that follows a numpy one. Run: ``python benchmarks/bench_train.py [--threads N] [--repeat R]``;
 for a like-for-like single-thread comparison also set ``OPENBLAS_NUM_THREADS=1``
 (numpy's BLAS) with ``--threads 1`` (lowprec's kernels). Timings on a machine
 shared with other jobs are pessimistic and noisy.
@@ -98,11 +99,12 @@ def main(argv=None):
     for _, fn in variants:
         fn()  # warm-up: compiles the kernels
     best = [float("inf")] * len(variants)
-    for _ in range(args.repeat):
+    for _ in range(2):  # two passes over the variants, --repeat epochs in a row each
         for i, (_, fn) in enumerate(variants):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t)
     t_np = best[0]
     print(f"{'variant':<36} {'epoch s':>9} {'x numpy':>9}")
     for (label, _), t in zip(variants, best):

@@ -71,6 +71,10 @@ ROLES = ("weight", "weight_used", "activation", "activation_grad", "weight_grad"
          "master")
 
 _STREAM_OF_ROLE = {r: i for i, r in enumerate(ROLES)}
+#: Training rounds tensors below this size on the calling thread (the same bits as the parallel loop):
+#: a layer's weights (256 x 256) take ~30 us on one core, about what waking the thread pool costs, and on
+#: a busy machine a parallel loop can wait milliseconds for a descheduled worker.
+_SERIAL_BELOW = 1 << 18
 _F32 = np.dtype(np.float32)
 
 
@@ -387,10 +391,10 @@ class Precision:
         else:
             k0 = k1 = off = 0
         if self._backend == "cpu":  # the CPU loops dispatch.round_array would pick, looked up once per mode and size
-            key = (int(rnd), n < _cpu.SERIAL_BELOW)
+            key = (int(rnd), n < _SERIAL_BELOW)
             loops = entry[2].get(key)
-            if loops is None:
-                loops = entry[2][key] = _cpu._loops(entry[1], key[0], n, DEFAULT_RANDOM_BITS)
+            if loops is None:  # (_loops picks the serial loop for sizes below cpu.SERIAL_BELOW)
+                loops = entry[2][key] = _cpu._loops(entry[1], key[0], 0 if key[1] else n, DEFAULT_RANDOM_BITS)
             args = (flat.view(np.int32), out.view(np.int32), 32, 23, 127, entry[1], np.uint32(k0), np.uint32(k1),
                     np.int64(off), DEFAULT_RANDOM_BITS)
             if lim is not None:
