@@ -106,7 +106,7 @@ def _case(rng, acc, case, M, N, K, kind=None):
 
 _CASES = ["mixed", "overflow", "tiny", "ties", "cancel"]
 _KINDS = [("fp16", "direct"), ("fp16", "twosum"), ("bf16", "twosum"), ("bf16", "twosum32"), ("fp16-sr", "sr"),
-          ("bf16-sr", "sr"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32")]
+          ("bf16-sr", "sr"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32"), ("fp16-unfused", "unfused")]
 
 
 def _check_preconditions(a, bt, acc, kind):
@@ -202,7 +202,11 @@ def test_dispatch_picks_the_fast_kernels_and_keeps_the_bits():
                          (Accumulation(a_format="fp32", acc_format="fp16"), "twosum"),  # 24+24+11 > 50
                          (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp32"), "direct"),
                          (Accumulation(a_format="fp16", acc_format="fp16", out_format="fp8_e5m2"), None),
-                         (Accumulation(a_format="fp16", acc_format="fp16", fused=False), None),
+                         (Accumulation(a_format="fp16", acc_format="fp16", fused=False), "unfused"),
+                         (Accumulation(a_format="bf16", acc_format="bf16", fused=False), "unfused"),
+                         (Accumulation(a_format="fp32", acc_format="bf16", fused=False), "unfused"),  # 48 bits
+                         (Accumulation(a_format="fp16", acc_format="fp16", fused=False, acc_rounding="stochastic"),
+                          None),
                          (Accumulation(a_format="fp16", acc_format="fp16", acc_rounding="toward_zero"), None),
                          ("fp16-pairwise", None), ("fp16-kahan", None), ("fp16-fp32", None)]:
         acc = get_accumulation(name)
@@ -274,7 +278,8 @@ def test_sr32_only_where_it_applies():
 
 
 @pytest.mark.parametrize("name,kind", [("fp16", "direct"), ("bf16", "twosum"), ("bf16", "twosum32"),
-                                       ("bf16-sr", "sr"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32")])
+                                       ("bf16-sr", "sr"), ("fp16-sr", "sr32"), ("bf16-sr", "sr32"),
+                                       ("fp16-unfused", "unfused")])
 def test_fast_kernel_equals_cuda_simulator(name, kind):
     from lowprec.kernels import linalg_cuda
 

@@ -73,8 +73,9 @@ _ops_cpu = _build_ops(SOURCE_DIGEST)
 # that has no branches (selects only), so LLVM's loop vectoriser runs it on 4 or 8 float64 lanes. Every
 # output still adds its terms in the order k = 0, 1, ..., K-1 and every addition is the exact sum rounded
 # once, as in accum.accumulate; tests/test_linalg_tile.py checks the bits against that kernel and against
-# an exact Fraction reference. Preconditions (checked by narrow_kind below): fused, exact products,
-# sequential order, no compensation, finite inputs, an output format that holds every accumulator value,
+# an exact Fraction reference. Preconditions (checked by narrow_kind below): fused (or "unfused", below),
+# exact products, sequential order, no compensation, finite inputs, an output format that holds every
+# accumulator value,
 # nearest-even or stochastic with 32 random bits, and an IEEE accumulator format with subnormals, Inf,
 # no saturation, 0 <= emax <= 1000, emin - m >= -1000 and m <= 20 mantissa bits (_float_fields).
 #
@@ -91,6 +92,10 @@ _ops_cpu = _build_ops(SOURCE_DIGEST)
 #              (_float32_exact): round-to-odd at 24 bits >= p + 2, then nearest-even on the float32 bit
 #              pattern, which covers the format's subnormals (float32's own) and carries into Inf above
 #              max. A float32 sum that overflows is beyond bf16's overflow threshold too: Inf either way.
+#   "unfused": fused=False (nearest-even): the exact float64 product (checked: pa + pb <= 53, no under- or
+#              overflow) rounded to the accumulator by _rne, then the sum as in "twosum", or the plain
+#              float64 sum when it is exact: two values of the format sum to a multiple of 2**(emin - m)
+#              below 2**(emax + 2), which fits in 53 bits when emax - (emin - m) <= 51 (fp16: 39).
 # Rounding f to nearest-even: the magic-constant addition (f + C) - C with C = 1.5 * 2**(e + 52 - m)
 # (e = f's exponent, at least emin), whose ulp is the target quantum, so the float64 addition itself
 # rounds f once to the accumulator's grid with ties to even (subnormals included); multiplying by
@@ -312,6 +317,36 @@ def _build_narrow(digest):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
     @_loop
+    def _narrow_unfused(Ap, Bp, out, K, cadd, minc, up, down, exact_sums):
+        # unfused: the exact float64 product rounded to the accumulator first (accum.term), then the sum as
+        # in "twosum", or as a plain float64 sum when the sum of two accumulator values is always exact
+        # (exact_sums, see above); a NaN (Inf - Inf) leaves as the
+        # canonical NaN, as the general kernel's does
+        digest  # noqa: B018
+        nrow = Ap.shape[0]
+        ncb = Bp.shape[0]
+        for t in prange(nrow * ncb):
+            jb = t // nrow
+            ib = t - jb * nrow
+            acc = np.zeros((NARROW_R, NARROW_N))
+            for k in range(K):
+                for r in range(NARROW_R):
+                    a = Ap[ib, k, r]
+                    if exact_sums:
+                        for j in range(NARROW_N):
+                            tr = _rne(a * Bp[jb, k, j], cadd, minc, up, down)
+                            acc[r, j] = _rne(acc[r, j] + tr, cadd, minc, up, down)
+                    else:
+                        for j in range(NARROW_N):
+                            tr = _rne(a * Bp[jb, k, j], cadd, minc, up, down)
+                            u = _to_odd(acc[r, j], tr)
+                            acc[r, j] = _rne(scalar.i64_as_f64(u), cadd, minc, up, down)
+            for r in range(NARROW_R):
+                for j in range(NARROW_N):
+                    v = acc[r, j]
+                    out[ib * NARROW_R + r, jb * NARROW_N + j] = v if v == v else np.nan
+
+    @_loop
     def _narrow_sr(Ap, Bp, out, K, N, emz, scale, unscale, maxs, dsh, dmask, key0, key1, offset, obase):
         # counter of (output o, term k): offset + (o*K + k)*NSLOT + SLOT_ADD, o = obase + i*N + j
         digest  # noqa: B018
@@ -408,7 +443,7 @@ def _build_narrow(digest):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
     return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr, "twosum32": _narrow_twosum32,
-            "sr32": _narrow_sr32}
+            "sr32": _narrow_sr32, "unfused": _narrow_unfused}
 
 
 _narrow_kernels = _build_narrow(SOURCE_DIGEST)
@@ -477,6 +512,8 @@ def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0,
     elif kind == "sr":
         _narrow_kernels["sr"](Ap, Bp, out, np.int64(K), np.int64(N), *sr_params(m, emin, emax),
                               np.uint32(key0), np.uint32(key1), np.int64(offset), np.int64(obase))
+    elif kind == "unfused":
+        _narrow_kernels[kind](Ap, Bp, out, np.int64(K), cadd, minc, up, down, emax - (emin - m) <= 51)
     else:
         _narrow_kernels[kind](Ap, Bp, out, np.int64(K), cadd, minc, up, down)
     return out[:M, :N]
@@ -580,7 +617,7 @@ def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, c
 
 def _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits):
     """(narrow_kind, the sr32 kernel's exponent floor or None)."""
-    if (has_prod or not fused or order != accum.SEQUENTIAL or compensated
+    if (has_prod or order != accum.SEQUENTIAL or compensated
             or ia.size * M * N * K < _NARROW_MIN_WORK or N < _NARROW_MIN_N):
         return None, None
     acc = _float_fields(pacc)
@@ -597,6 +634,10 @@ def _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, 
     sa, sb = _stats(a), _stats(bt)
     if not (sa.finite and sb.finite):
         return None, None  # NaN/Inf inputs: the general kernel
+    if not fused:  # nearest-even only; the float64 product must be exact
+        ok = (mode == scalar.NEAREST_EVEN and sa.bits + sb.bits <= 53 and sa.hi * sb.hi < 2.0 ** 1000
+              and (sa.lo == np.inf or sb.lo == np.inf or sa.lowexp + sb.lowexp >= -1074))
+        return ("unfused", None) if ok else (None, None)
     if mode == scalar.STOCHASTIC:
         elo = _sr32_floor(sa, sb, int(K), m, emin, emax)
         return ("sr", None) if elo is None else ("sr32", elo)
