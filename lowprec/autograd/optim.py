@@ -36,12 +36,11 @@ Examples
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..rng import RandomStream
-from ..rounding import Rounding
 
 __all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm"]
 
