@@ -174,118 +174,143 @@ def v8_canon(typingctx, v):
 # ----------------------------------------------------------------------------
 
 
-def _build(fused: bool, parallel: bool, digest):
-    loop = prange if parallel else range
+# Module-level functions, inlined (numba IR) into four cached entry points, one per (fused, parallel):
+# numba keys its on-disk cache on a closure's cell contents, and a closure over other compiled functions
+# pickles differently in every process, so such kernels were compiled anew (seconds) in every process.
 
-    @njit(inline="always")
-    def step(a, b, c):
-        if fused:
-            return v8_fma(a, b, c)
-        return v8_muladd(a, b, c)
 
-    @njit(inline="always")
-    def store_row(out, i, j0, N, lo, hi):
-        if j0 + TILE_N <= N:
-            v8_store(out, i, j0, v8_canon(lo))
-            v8_store(out, i, j0 + 8, v8_canon(hi))
-        else:
-            lo = v8_canon(lo)
-            hi = v8_canon(hi)
-            for c in range(min(N - j0, 8)):
-                out[i, j0 + c] = v8_get(lo, c)
-            for c in range(8, N - j0):
-                out[i, j0 + c] = v8_get(hi, c - 8)
+@njit(inline="always")
+def _step(a, b, c, fused):
+    if fused:
+        return v8_fma(a, b, c)
+    return v8_muladd(a, b, c)
 
-    @njit(inline="always")
-    def tile(A, B, jb, out, i0, j0, M, N, K):
-        """out[i0:i0+6, j0:j0+16] (the part inside M x N) from A's rows and B[:, jb:jb+16]."""
-        r1 = min(i0 + 1, M - 1)  # rows past M: row M-1 is read, nothing is stored
-        r2 = min(i0 + 2, M - 1)
-        r3 = min(i0 + 3, M - 1)
-        r4 = min(i0 + 4, M - 1)
-        r5 = min(i0 + 5, M - 1)
-        c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = c4l = c4h = c5l = c5h = v8_zero()
-        for k in range(K):
-            bl = v8_load(B, k, jb)
-            bh = v8_load(B, k, jb + 8)
-            a = v8_splat(A[i0, k])
-            c0l = step(a, bl, c0l)
-            c0h = step(a, bh, c0h)
-            a = v8_splat(A[r1, k])
-            c1l = step(a, bl, c1l)
-            c1h = step(a, bh, c1h)
-            a = v8_splat(A[r2, k])
-            c2l = step(a, bl, c2l)
-            c2h = step(a, bh, c2h)
-            a = v8_splat(A[r3, k])
-            c3l = step(a, bl, c3l)
-            c3h = step(a, bh, c3h)
-            a = v8_splat(A[r4, k])
-            c4l = step(a, bl, c4l)
-            c4h = step(a, bh, c4h)
-            a = v8_splat(A[r5, k])
-            c5l = step(a, bl, c5l)
-            c5h = step(a, bh, c5h)
-        store_row(out, i0, j0, N, c0l, c0h)
-        if i0 + 1 < M:
-            store_row(out, i0 + 1, j0, N, c1l, c1h)
-        if i0 + 2 < M:
-            store_row(out, i0 + 2, j0, N, c2l, c2h)
-        if i0 + 3 < M:
-            store_row(out, i0 + 3, j0, N, c3l, c3h)
-        if i0 + 4 < M:
-            store_row(out, i0 + 4, j0, N, c4l, c4h)
-        if i0 + 5 < M:
-            store_row(out, i0 + 5, j0, N, c5l, c5h)
 
-    @njit(nogil=True, parallel=parallel, cache=True)
-    def kernel(A, B, bt, out):
-        """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T."""
-        digest  # noqa: B018  (cache key: see kernels/__init__.py)
-        M, K = A.shape
-        N = B.shape[0] if bt else B.shape[1]
-        nrow = (M + TILE_M - 1) // TILE_M
-        nfull = N // TILE_N
-        npanel = (N + TILE_N - 1) // TILE_N
-        first = 0 if bt else nfull  # the panels from `first` on are read from packed copies
-        P = np.empty((npanel - first, K, TILE_N), dtype=np.float32)
-        for q in loop(npanel - first):
-            j0 = (first + q) * TILE_N
-            w = min(TILE_N, N - j0)
-            if bt:
-                for c in range(w):  # B's rows are read in order; the (K, 16) panel stays in L1
-                    for k in range(K):
-                        P[q, k, c] = B[j0 + c, k]
-            else:
+@njit(inline="always")
+def _store_row(out, i, j0, N, lo, hi):
+    if j0 + TILE_N <= N:
+        v8_store(out, i, j0, v8_canon(lo))
+        v8_store(out, i, j0 + 8, v8_canon(hi))
+    else:
+        lo = v8_canon(lo)
+        hi = v8_canon(hi)
+        for c in range(min(N - j0, 8)):
+            out[i, j0 + c] = v8_get(lo, c)
+        for c in range(8, N - j0):
+            out[i, j0 + c] = v8_get(hi, c - 8)
+
+
+@njit(inline="always")
+def _tile(A, B, jb, out, i0, j0, M, N, K, fused):
+    """out[i0:i0+6, j0:j0+16] (the part inside M x N) from A's rows and B[:, jb:jb+16]."""
+    r1 = min(i0 + 1, M - 1)  # rows past M: row M-1 is read, nothing is stored
+    r2 = min(i0 + 2, M - 1)
+    r3 = min(i0 + 3, M - 1)
+    r4 = min(i0 + 4, M - 1)
+    r5 = min(i0 + 5, M - 1)
+    c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = c4l = c4h = c5l = c5h = v8_zero()
+    for k in range(K):
+        bl = v8_load(B, k, jb)
+        bh = v8_load(B, k, jb + 8)
+        a = v8_splat(A[i0, k])
+        c0l = _step(a, bl, c0l, fused)
+        c0h = _step(a, bh, c0h, fused)
+        a = v8_splat(A[r1, k])
+        c1l = _step(a, bl, c1l, fused)
+        c1h = _step(a, bh, c1h, fused)
+        a = v8_splat(A[r2, k])
+        c2l = _step(a, bl, c2l, fused)
+        c2h = _step(a, bh, c2h, fused)
+        a = v8_splat(A[r3, k])
+        c3l = _step(a, bl, c3l, fused)
+        c3h = _step(a, bh, c3h, fused)
+        a = v8_splat(A[r4, k])
+        c4l = _step(a, bl, c4l, fused)
+        c4h = _step(a, bh, c4h, fused)
+        a = v8_splat(A[r5, k])
+        c5l = _step(a, bl, c5l, fused)
+        c5h = _step(a, bh, c5h, fused)
+    _store_row(out, i0, j0, N, c0l, c0h)
+    if i0 + 1 < M:
+        _store_row(out, i0 + 1, j0, N, c1l, c1h)
+    if i0 + 2 < M:
+        _store_row(out, i0 + 2, j0, N, c2l, c2h)
+    if i0 + 3 < M:
+        _store_row(out, i0 + 3, j0, N, c3l, c3h)
+    if i0 + 4 < M:
+        _store_row(out, i0 + 4, j0, N, c4l, c4h)
+    if i0 + 5 < M:
+        _store_row(out, i0 + 5, j0, N, c5l, c5h)
+
+
+@njit(inline="always")
+def _kernel_body(A, B, bt, out, fused):
+    """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T. prange runs as range in the serial entries."""
+    M, K = A.shape
+    N = B.shape[0] if bt else B.shape[1]
+    nrow = (M + TILE_M - 1) // TILE_M
+    nfull = N // TILE_N
+    npanel = (N + TILE_N - 1) // TILE_N
+    first = 0 if bt else nfull  # the panels from `first` on are read from packed copies
+    P = np.empty((npanel - first, K, TILE_N), dtype=np.float32)
+    for q in prange(npanel - first):
+        j0 = (first + q) * TILE_N
+        w = min(TILE_N, N - j0)
+        if bt:
+            for c in range(w):  # B's rows are read in order; the (K, 16) panel stays in L1
                 for k in range(K):
-                    for c in range(w):
-                        P[q, k, c] = B[k, j0 + c]
+                    P[q, k, c] = B[j0 + c, k]
+        else:
             for k in range(K):
-                for c in range(w, TILE_N):
-                    P[q, k, c] = 0.0  # the columns past N: computed, never stored
-        if M == 0:
-            return
-        for t in loop(npanel * nrow):
+                for c in range(w):
+                    P[q, k, c] = B[k, j0 + c]
+        for k in range(K):
+            for c in range(w, TILE_N):
+                P[q, k, c] = 0.0  # the columns past N: computed, never stored
+    if M > 0:
+        for t in prange(npanel * nrow):
             jp = t // nrow
             i0 = (t - jp * nrow) * TILE_M
             j0 = jp * TILE_N
             if jp < first:
-                tile(A, B, j0, out, i0, j0, M, N, K)
+                _tile(A, B, j0, out, i0, j0, M, N, K, fused)
             else:
-                tile(A, P[jp - first], 0, out, i0, j0, M, N, K)
-
-    return kernel
+                _tile(A, P[jp - first], 0, out, i0, j0, M, N, K, fused)
 
 
-_kernels: dict = {}
+def _build(digest):
+    # each entry closes over the digest only (a string: the same cache key in every process; see
+    # kernels/__init__.py) and has its own name, so each has its own cache file
+
+    @njit(nogil=True, parallel=True, cache=True)
+    def kernel_fma_parallel(A, B, bt, out):
+        digest  # noqa: B018
+        _kernel_body(A, B, bt, out, True)
+
+    @njit(nogil=True, parallel=True, cache=True)
+    def kernel_muladd_parallel(A, B, bt, out):
+        digest  # noqa: B018
+        _kernel_body(A, B, bt, out, False)
+
+    @njit(nogil=True, cache=True)
+    def kernel_fma_serial(A, B, bt, out):
+        digest  # noqa: B018
+        _kernel_body(A, B, bt, out, True)
+
+    @njit(nogil=True, cache=True)
+    def kernel_muladd_serial(A, B, bt, out):
+        digest  # noqa: B018
+        _kernel_body(A, B, bt, out, False)
+
+    return {(True, True): kernel_fma_parallel, (False, True): kernel_muladd_parallel,
+            (True, False): kernel_fma_serial, (False, False): kernel_muladd_serial}
+
+
+_kernels = _build(SOURCE_DIGEST)
 
 
 def _kernel(fused: bool, parallel: bool):
-    key = (bool(fused), bool(parallel))
-    k = _kernels.get(key)
-    if k is None:
-        k = _kernels[key] = _build(key[0], key[1], SOURCE_DIGEST)
-    return k
+    return _kernels[bool(fused), bool(parallel)]
 
 
 def _matmul_fp32_cpu(a, b, fused, parallel=None):
