@@ -598,11 +598,6 @@ def _stats(x) -> _Stats:
     return _Stats(bool(finite), bits, float(lo), float(hi), int(lowexp))
 
 
-def _significant_bits(x) -> int:
-    """An upper bound on the significant bits of the float64 values in x (finite values)."""
-    return _stats(x).bits
-
-
 def _lowest_bit_exponent(x) -> int:
     """The exponent of the lowest set bit over the non-zero finite float64 values in x (at least one)."""
     return _stats(x).lowexp
