@@ -10,7 +10,11 @@ bit-reproducible; BLAS's is not (its order is unspecified). Compilation is
 excluded (warm-up calls per case and size). BLAS and lowprec calls alternate and
 each time is the best of ``--repeat`` calls, so that a load that comes and
 goes on a shared machine hits both alike (a call slower than 2 s is not
-repeated). Targets (issue 3): fp16/bf16 inputs with fp32 accumulation >= 0.5,
+repeated). Every timed call starts after ``--settle`` seconds (0.3) of idle:
+OpenBLAS's threads keep spinning for about 0.1-0.2 s after a call, and a
+lowprec call started in that time shares the cores with them (measured: the
+fp16-fp32 product at 1024^3 on 2 threads took 0.03-0.06 s right after a BLAS
+call, 0.017 s after 0.2 s of idle). Targets (issue 3): fp16/bf16 inputs with fp32 accumulation >= 0.5,
 fp16/bf16 accumulators >= 0.1, stochastic accumulation >= 0.05.
 """
 
@@ -35,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="best of this many alternating calls")
     ap.add_argument("--cases", nargs="+", default=CASES)
+    ap.add_argument("--settle", type=float, default=0.3, help="seconds of idle before each timed call")
     args = ap.parse_args(argv)
     _set_threads(args.threads)
 
@@ -44,6 +49,7 @@ def main(argv=None) -> int:
     from lowprec.linalg import matmul
 
     def timed(fn):
+        time.sleep(args.settle)  # let the other library's threads stop spinning
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t

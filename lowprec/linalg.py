@@ -74,7 +74,8 @@ def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
         k0, k1, off = resolve_seed(seed, n_out * K * _accum.NSLOT)
     else:
         k0 = k1 = off = 0
-    args = (np.ascontiguousarray(a2), np.ascontiguousarray(bt2), np.ascontiguousarray(ia, dtype=np.int64),
+    ops = (a2, bt2) if backend == "cpu" else (np.ascontiguousarray(a2), np.ascontiguousarray(bt2))
+    args = (*ops, np.ascontiguousarray(ia, dtype=np.int64),
             np.ascontiguousarray(ib, dtype=np.int64), out, np.int64(M), np.int64(N), np.int64(K),
             *_kernel_args(acc), np.uint32(k0), np.uint32(k1), np.int64(off), np.int64(acc.random_bits))
     if n_out == 0:
@@ -83,7 +84,7 @@ def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
         from .kernels import linalg_cuda
 
         linalg_cuda._matmul_cuda(*args)
-    else:
+    else:  # (_matmul_cpu makes contiguous copies where its kernel needs them: the fast ones pack bt2 as it lies)
         from .kernels import linalg_cpu
 
         linalg_cpu._matmul_cpu(*args)
@@ -148,18 +149,26 @@ def _fast_kind(acc: Accumulation, backend: str):
     return None
 
 
-def _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, kind) -> np.ndarray:
-    """The register-tiled float32 kernel (kernels/linalg_fp32.py), batch by batch; same bits as _run."""
+def _rounded32(x: np.ndarray, fmt, backend: str) -> np.ndarray:
+    """x rounded (nearest-even) to a format that fits in float32, as float32 (exact)."""
+    r = round_to(x, fmt, backend=backend)  # float32 in, float32 out; float64 in: values that float32 holds
+    return r if r.dtype == np.float32 else r.astype(np.float32)
+
+
+def _matmul_fp32(A, B, ia, ib, M, N, K, acc, kind, backend) -> np.ndarray:
+    """The register-tiled float32 kernel (kernels/linalg_fp32.py) on the operands A (..., M, K), B (..., K, N),
+    batch by batch; same bits as _run. Everything stays float32: the kernel reads both operands as they lie.
+    Returns float32 (batches, M, N)."""
     from .kernels import linalg_fp32
 
-    a3 = a2.reshape(-1, M, K).astype(np.float32)
-    b3 = np.ascontiguousarray(np.swapaxes(bt2.reshape(-1, N, K), -1, -2), dtype=np.float32)  # rows contiguous
+    a3 = _rounded32(A, acc.a_format, backend).reshape(-1, M, K)
+    b3 = _rounded32(B, acc.b_format, backend).reshape(-1, K, N)
     out = np.empty((ia.size, M, N), dtype=np.float32)
     for bi in range(ia.size):  # (NaNs come back canonical, as the scalar kernels give them)
         out[bi] = linalg_fp32._matmul_fp32_cpu(a3[ia[bi]], b3[ib[bi]], kind == "fma")
-    if acc.out_format != _FP32:
-        return round_to(out.astype(np.float64), acc.out_format).reshape(-1)
-    return out.astype(np.float64).reshape(-1)
+    if acc.out_format != _FP32:  # float32 values rounded once (as from float64, where float32 holds the format)
+        return round_to(out if acc.out_format.fits_in(np.float32) else out.astype(np.float64), acc.out_format)
+    return out
 
 
 def _matmul_f32(a: np.ndarray, b: np.ndarray, acc: Accumulation, seed=None, exact=None) -> np.ndarray:
@@ -252,20 +261,20 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     except ValueError:
         raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
                          f"{b_in.shape}") from None
-    a2 = _rounded(A, acc.a_format, backend).reshape(int(np.prod(A.shape[:-1], dtype=np.int64)), K)
-    bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(
-        int(np.prod(B.shape[:-2], dtype=np.int64)) * N, K)
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
     fast = _fast_fp32_kernel(acc, backend) if M * N * K >= _FAST_MIN_WORK else None
     if fast is not None:
-        out = _matmul_fp32(a2, bt2, ia, ib, M, N, K, acc, fast).reshape(batch + (M, N))
+        out = _matmul_fp32(A, B, ia, ib, M, N, K, acc, fast, backend).reshape(batch + (M, N))
     else:
+        a2 = _rounded(A, acc.a_format, backend).reshape(int(np.prod(A.shape[:-1], dtype=np.int64)), K)
+        bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(
+            int(np.prod(B.shape[:-2], dtype=np.int64)) * N, K)
         out = _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend).reshape(batch + (M, N))
     if a_in.ndim == 1:
         out = out[..., 0, :]
     if b_in.ndim == 1:
         out = out[..., 0]
-    out = out.astype(out_dtype)
+    out = out.astype(out_dtype, copy=False)
     return out[()] if out.ndim == 0 else out
 
 

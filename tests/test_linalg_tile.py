@@ -329,3 +329,51 @@ def test_operand_stats_against_fractions(values):
     if L._float32_exact(x, x):  # a sufficient condition
         assert all(float(np.float32(a * b)) == Fraction(a) * Fraction(b) for a in values for b in values)
     assert not L._stats(np.array([1.0, np.inf])).finite and not L._stats(np.array([np.nan])).finite
+
+
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (5, 70, 9), (8, 128, 33)])
+def test_pack_panels_from_rows_and_from_transposed_view(M, N, K):
+    """_pack gives the panels Ap[p, k, r] = a[p*R + r, k], Bp[p, k, c] = b[k, p*NB + c] (zero padding), whether
+    bt is a C-contiguous (N, K) array (packed row by row) or the transposed view of a C-contiguous b (packed from
+    b's rows, no copy)."""
+    rng = np.random.default_rng(M * 100 + N)
+    a = rng.standard_normal((M, K))
+    b = rng.standard_normal((K, N))
+    R, NB = L.NARROW_R, L.NARROW_N
+    want_a = np.zeros((-(-M // R) * R, K))
+    want_a[:M] = a
+    want_a = want_a.reshape(-1, R, K).transpose(0, 2, 1)
+    want_b = np.zeros((K, -(-N // NB) * NB))
+    want_b[:, :N] = b
+    want_b = want_b.reshape(K, -1, NB).transpose(1, 0, 2)
+    for bt in (np.ascontiguousarray(b.T), b.T):
+        for dtype in (np.float64, np.float32):
+            Ap, Bp = L._pack(a, bt, dtype)
+            assert Ap.dtype == dtype and Bp.dtype == dtype
+            np.testing.assert_array_equal(Ap, want_a.astype(dtype))
+            np.testing.assert_array_equal(Bp, want_b.astype(dtype))
+
+
+def test_stats_of_transposed_view_equal_stats_of_copy():
+    rng = np.random.default_rng(8)
+    x = np.asarray(round_to(rng.standard_normal((30, 17)) * 2.0 ** rng.integers(-30, 30, (30, 17)), "bf16"),
+                   np.float64)
+    assert L._stats(x.T) == L._stats(np.ascontiguousarray(x.T)) == L._stats(x)
+
+
+def test_public_matmul_with_strided_operands_keeps_the_bits():
+    """matmul on views (b.T, a column slice) gives the bits of the general kernel on contiguous copies."""
+    rng = np.random.default_rng(9)
+    a = (rng.standard_normal((40, 90)) * 4).astype(np.float32)
+    b = (rng.standard_normal((70, 90)) * 4).astype(np.float32)
+    av, bv = a[:, 5:85], b.T[5:85]  # (40, 80) and (80, 70), neither C-contiguous
+    for name in ("fp16", "bf16", "fp16-sr", "fp16-unfused", "fp16-fp32"):
+        acc = get_accumulation(name)
+        got = matmul(av, bv, acc, seed=5)
+        a2 = np.asarray(round_to(np.ascontiguousarray(av), acc.a_format), np.float64)
+        bt2 = np.ascontiguousarray(np.asarray(round_to(np.ascontiguousarray(bv), acc.b_format), np.float64).T)
+        k0, k1, off = resolve_seed(5, 40 * 70 * 80 * NSLOT) if acc.is_stochastic else (0, 0, 0)
+        one = np.zeros(1, dtype=np.int64)
+        ref = general(_args(a2, bt2, one, one, 40, 70, 80, acc, k0, k1, off))
+        assert got.dtype == np.float32
+        assert bits_equal(got.reshape(-1).astype(np.float64), ref), name

@@ -468,21 +468,41 @@ def _build_pack(digest):
                         for k in range(k0, k1):
                             P[p, k, r] = 0.0
 
-    return _pack_rows
+    @_loop
+    def _pack_cols(b, P):
+        """P[p, k, c] = b[k, p*NB + c] (zero past b's last column): the columns of a C-contiguous b (K, n) into
+        panels P (ceil(n/NB), K, NB), row pieces copied as they lie."""
+        digest  # noqa: B018
+        K, n = b.shape
+        NB = P.shape[2]
+        for p in prange(P.shape[0]):
+            j0 = p * NB
+            w = min(NB, n - j0)
+            for k in range(K):
+                for c in range(w):
+                    P[p, k, c] = b[k, j0 + c]
+                for c in range(w, NB):
+                    P[p, k, c] = 0.0
+
+    return _pack_rows, _pack_cols
 
 
-_pack_rows = _build_pack(SOURCE_DIGEST)
+_pack_rows, _pack_cols = _build_pack(SOURCE_DIGEST)
 
 
 def _pack(a, bt, dtype=np.float64):
     """a (M, K) and bt (N, K) float64 rows into row panels (M/R, K, R) and column panels (N/NB, K, NB) of b = bt.T,
-    zero-padded, in ``dtype``."""
+    zero-padded, in ``dtype``. A ``bt`` that is the transposed view of a C-contiguous b (what lowprec.linalg passes
+    for a 2-D b) is packed from b's rows directly, without a transposed copy."""
     M, K = a.shape
     N = bt.shape[0]
     Ap = np.empty((-(-M // NARROW_R), K, NARROW_R), dtype=dtype)
     Bp = np.empty((-(-N // NARROW_N), K, NARROW_N), dtype=dtype)
     _pack_rows(np.ascontiguousarray(a), Ap)
-    _pack_rows(np.ascontiguousarray(bt), Bp)
+    if not bt.flags.c_contiguous and bt.T.flags.c_contiguous:
+        _pack_cols(bt.T, Bp)
+    else:
+        _pack_rows(np.ascontiguousarray(bt), Bp)
     return Ap, Bp
 
 
@@ -592,6 +612,8 @@ class _Stats(NamedTuple):
 
 
 def _stats(x) -> _Stats:
+    if x.dtype == np.float64 and not x.flags.c_contiguous and x.T.flags.c_contiguous:
+        x = x.T  # the same values (the statistics do not depend on the order): no transposed copy
     finite, low, lo, hi, lowexp = _stats_pass(np.ascontiguousarray(x, dtype=np.float64), SOURCE_DIGEST)
     low = int(low)
     bits = 1 if low == 0 else 53 - ((low & -low).bit_length() - 1)
@@ -701,8 +723,9 @@ def _matmul_cpu(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode,
     kind, elo = _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout,
                              rbits)
     if kind is None:
-        _matmul_cpu_scalar(a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
-                           compensated, pout, key0, key1, offset, rbits)
+        _matmul_cpu_scalar(np.ascontiguousarray(a), np.ascontiguousarray(bt), ia, ib, out, M, N, K, has_prod,
+                           pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout, key0, key1, offset,
+                           rbits)
         return
     M, N, K = int(M), int(N), int(K)
     fields = _float_fields(pacc)
