@@ -19,6 +19,14 @@ written as LLVM IR on whole vectors, with fewer instructions where that gives th
 - "direct_noovf" (``_direct_step_noovf``): the same roundings with two FMAs for ``(f + c) - c`` and no
   overflow multiplies (6 vector instructions a step instead of 9), only where :func:`direct_no_overflow`
   proves from the operands' largest magnitudes that no sum reaches the overflow threshold.
+- "direct_checked" (what :func:`run` uses for "direct" without that proof): the tile is computed with
+  the no-overflow step while tracking the largest e = max(2**E(f), 2**emin) of its steps (7 instructions a
+  step); a tile where some f reached 2**emax is computed again with ``_direct_step``. Correct: if every f of
+  a tile is below 2**emax, every rounded value r <= 2**emax <= max is finite and below the overflow
+  threshold, so ``_direct_step``'s multiplies were the identity on every step, and the magic constant
+  1.5 * 2**(E + 52 - m) <= 1.5 * 2**(emax + 51 - m) was finite (emax + 53 - m <= 1023, checked by run);
+  a tile whose f got larger (or infinite: an e of Inf compares above 2**emax) is recomputed from scratch
+  and its first pass is overwritten.
 - "twosum32" (``_twosum32_step``): linalg_cpu._twosum32_rne with the exact product folded into two FMAs
   and the round-to-odd merged into the final nearest-even rounding (proof in its docstring).
 
@@ -227,6 +235,21 @@ def _direct_step(typingctx, a, b, s, cadd, minc, up, down):
     return f64x8(f64x8, f64x8, f64x8, types.int64, types.float64, types.float64, types.float64), codegen
 
 
+def _noovf_ir(builder, a, b, s, emn, C):
+    """(_direct_step_noovf's result, its e)."""
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_D8, [_D8] * 3), "llvm.fma.v8f64")
+    f = builder.call(fma, [a, b, s])
+    ub = builder.bitcast(f, _Q8)
+    e = builder.bitcast(builder.and_(ub, ir.Constant(_Q8, [0x7FF0000000000000] * 8)), _D8)
+    me = _splat(builder, _D8, emn)
+    e = builder.select(builder.fcmp_ordered(">", e, me), e, me)
+    cv = _splat(builder, _D8, C)
+    y = builder.call(fma, [e, cv, f])
+    r = builder.call(fma, [builder.fneg(e), cv, y])
+    sign = ir.Constant(_Q8, [-0x8000000000000000] * 8)
+    return builder.bitcast(builder.or_(builder.bitcast(r, _Q8), builder.and_(ub, sign)), _D8), e
+
+
 @intrinsic
 def _direct_step_noovf(typingctx, a, b, s, emn, C):
     """_direct_step without the overflow multiplies, the magic constant added and subtracted by FMAs.
@@ -241,20 +264,41 @@ def _direct_step_noovf(typingctx, a, b, s, emn, C):
         return None
 
     def codegen(context, builder, signature, args):
-        a_, b_, s_, emn_, C_ = args
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_D8, [_D8] * 3), "llvm.fma.v8f64")
-        f = builder.call(fma, [a_, b_, s_])
-        ub = builder.bitcast(f, _Q8)
-        e = builder.bitcast(builder.and_(ub, ir.Constant(_Q8, [0x7FF0000000000000] * 8)), _D8)
-        me = _splat(builder, _D8, emn_)
-        e = builder.select(builder.fcmp_ordered(">", e, me), e, me)
-        cv = _splat(builder, _D8, C_)
-        y = builder.call(fma, [e, cv, f])
-        r = builder.call(fma, [builder.fneg(e), cv, y])
-        sign = ir.Constant(_Q8, [-0x8000000000000000] * 8)
-        return builder.bitcast(builder.or_(builder.bitcast(r, _Q8), builder.and_(ub, sign)), _D8)
+        return _noovf_ir(builder, *args)[0]
 
     return f64x8(f64x8, f64x8, f64x8, types.float64, types.float64), codegen
+
+
+@intrinsic
+def _direct_step_tracked(typingctx, a, b, s, mx, emn, C):
+    """(_direct_step_noovf(a, b, s, emn, C), max(mx, e)): also the running maximum of its e = max(2**E(f),
+    2**emin), which tells whether some f reached 2**emax (where an overflow could have been missed)."""
+    if not (a == f64x8 and b == f64x8 and s == f64x8 and mx == f64x8 and emn == types.float64
+            and C == types.float64):
+        return None
+    ret = types.UniTuple(f64x8, 2)
+
+    def codegen(context, builder, signature, args):
+        a_, b_, s_, mx_, emn_, C_ = args
+        r, e = _noovf_ir(builder, a_, b_, s_, emn_, C_)
+        m = builder.select(builder.fcmp_ordered(">", e, mx_), e, mx_)
+        return context.make_tuple(builder, ret, [r, m])
+
+    return ret(f64x8, f64x8, f64x8, f64x8, types.float64, types.float64), codegen
+
+
+@intrinsic
+def d8_any_ge(typingctx, v, x):
+    """True when some lane of v is >= x (ordered)."""
+    if not (v == f64x8 and x == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ge = builder.fcmp_ordered(">=", args[0], _splat(builder, _D8, args[1]))
+        bits = builder.bitcast(ge, ir.IntType(8))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(8), 0))
+
+    return types.boolean(f64x8, types.float64), codegen
 
 
 @intrinsic
@@ -358,6 +402,59 @@ def _direct_tile(Ap, Bp, out, ib, jb, j0, K, cadd, minc, up, down, ovf):
 
 
 @njit(inline="always")
+def _direct_tile_tracked(Ap, Bp, out, ib, jb, j0, K, emn, C, lim):
+    """_direct_tile with the no-overflow step; returns True when some sum reached ``lim`` = 2**emax (the
+    tile must then be done again with the overflow step)."""
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = d8_zero()
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = d8_zero()
+    mx = d8_zero()
+    for k in range(K):
+        b0 = d8_load(Bp, jb, k, j0)
+        b1 = d8_load(Bp, jb, k, j0 + 8)
+        b2 = d8_load(Bp, jb, k, j0 + 16)
+        b3 = d8_load(Bp, jb, k, j0 + 24)
+        a = d8_splat(Ap[ib, k, 0])
+        c00, mx = _direct_step_tracked(a, b0, c00, mx, emn, C)
+        c01, mx = _direct_step_tracked(a, b1, c01, mx, emn, C)
+        c02, mx = _direct_step_tracked(a, b2, c02, mx, emn, C)
+        c03, mx = _direct_step_tracked(a, b3, c03, mx, emn, C)
+        a = d8_splat(Ap[ib, k, 1])
+        c10, mx = _direct_step_tracked(a, b0, c10, mx, emn, C)
+        c11, mx = _direct_step_tracked(a, b1, c11, mx, emn, C)
+        c12, mx = _direct_step_tracked(a, b2, c12, mx, emn, C)
+        c13, mx = _direct_step_tracked(a, b3, c13, mx, emn, C)
+        a = d8_splat(Ap[ib, k, 2])
+        c20, mx = _direct_step_tracked(a, b0, c20, mx, emn, C)
+        c21, mx = _direct_step_tracked(a, b1, c21, mx, emn, C)
+        c22, mx = _direct_step_tracked(a, b2, c22, mx, emn, C)
+        c23, mx = _direct_step_tracked(a, b3, c23, mx, emn, C)
+        a = d8_splat(Ap[ib, k, 3])
+        c30, mx = _direct_step_tracked(a, b0, c30, mx, emn, C)
+        c31, mx = _direct_step_tracked(a, b1, c31, mx, emn, C)
+        c32, mx = _direct_step_tracked(a, b2, c32, mx, emn, C)
+        c33, mx = _direct_step_tracked(a, b3, c33, mx, emn, C)
+    i = ib * TILE_R
+    j = jb * Bp.shape[2] + j0
+    d8_store(out, i, j, c00)
+    d8_store(out, i, j + 8, c01)
+    d8_store(out, i, j + 16, c02)
+    d8_store(out, i, j + 24, c03)
+    d8_store(out, i + 1, j, c10)
+    d8_store(out, i + 1, j + 8, c11)
+    d8_store(out, i + 1, j + 16, c12)
+    d8_store(out, i + 1, j + 24, c13)
+    d8_store(out, i + 2, j, c20)
+    d8_store(out, i + 2, j + 8, c21)
+    d8_store(out, i + 2, j + 16, c22)
+    d8_store(out, i + 2, j + 24, c23)
+    d8_store(out, i + 3, j, c30)
+    d8_store(out, i + 3, j + 8, c31)
+    d8_store(out, i + 3, j + 16, c32)
+    d8_store(out, i + 3, j + 24, c33)
+    return d8_any_ge(mx, lim)
+
+
+@njit(inline="always")
 def _twosum32_tile(Ap, Bp, out, ib, jb, j0, K, half, d, dmask):
     """out[4 ib : 4 ib + 4, NB jb + j0 : NB jb + j0 + 32] from row panel ib and column panel jb (float32)."""
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = f16_zero()
@@ -389,7 +486,7 @@ def _twosum32_tile(Ap, Bp, out, ib, jb, j0, K, half, d, dmask):
 
 
 @njit(inline="always")
-def _direct_body(Ap, Bp, out, K, cadd, minc, up, down, ovf):
+def _direct_body(Ap, Bp, out, K, cadd, minc, up, down, emn, C, lim, ovf):
     nrow = Ap.shape[0]
     nsub = Bp.shape[2] // TILE_W
     ncol = Bp.shape[0] * nsub
@@ -398,7 +495,12 @@ def _direct_body(Ap, Bp, out, K, cadd, minc, up, down, ovf):
         q = t // nrow
         ib = t - q * nrow
         jb = q // nsub
-        _direct_tile(Ap, Bp, out, ib, jb, (q - jb * nsub) * TILE_W, K, cadd, minc, up, down, ovf)
+        j0 = (q - jb * nsub) * TILE_W
+        if ovf == 2:  # the no-overflow step, checked: a tile where a sum reached 2**emax is done again
+            if _direct_tile_tracked(Ap, Bp, out, ib, jb, j0, K, emn, C, lim):
+                _direct_tile(Ap, Bp, out, ib, jb, j0, K, cadd, minc, up, down, True)
+        else:
+            _direct_tile(Ap, Bp, out, ib, jb, j0, K, cadd, minc, up, down, ovf)
 
 
 @njit(inline="always")
@@ -420,19 +522,24 @@ def _build(digest):
     @njit(nogil=True, parallel=True, cache=True)
     def narrow_direct(Ap, Bp, out, K, cadd, minc, up, down):
         digest  # noqa: B018
-        _direct_body(Ap, Bp, out, K, cadd, minc, up, down, True)
+        _direct_body(Ap, Bp, out, K, cadd, minc, up, down, 0.0, 0.0, 0.0, True)
 
     @njit(nogil=True, parallel=True, cache=True)
     def narrow_direct_noovf(Ap, Bp, out, K, emn, C):
         digest  # noqa: B018
-        _direct_body(Ap, Bp, out, K, np.int64(0), 0.0, emn, C, False)
+        _direct_body(Ap, Bp, out, K, np.int64(0), 0.0, emn, C, 0.0, 0.0, 0.0, False)
+
+    @njit(nogil=True, parallel=True, cache=True)
+    def narrow_direct_checked(Ap, Bp, out, K, cadd, minc, up, down, emn, C, lim):
+        digest  # noqa: B018
+        _direct_body(Ap, Bp, out, K, cadd, minc, up, down, emn, C, lim, 2)
 
     @njit(nogil=True, parallel=True, cache=True)
     def narrow_twosum32(Ap, Bp, out, K, half, d, dmask):
         digest  # noqa: B018
         _twosum32_body(Ap, Bp, out, K, half, d, dmask)
 
-    return {"direct": narrow_direct, "direct_noovf": narrow_direct_noovf, "twosum32": narrow_twosum32}
+    return {"direct": narrow_direct, "direct_noovf": narrow_direct_noovf, "direct_checked": narrow_direct_checked, "twosum32": narrow_twosum32}
 
 
 #: the cached kernels: "direct" (Ap, Bp, out, K, cadd, minc, up, down) (linalg_cpu.narrow_params), "direct_noovf"
@@ -458,8 +565,12 @@ def run(kind: str, Ap, Bp, out, K: int, m: int, emin: int, emax: int, no_overflo
             kernels["direct_noovf"](Ap, Bp, out, np.int64(K), 2.0 ** emin, 1.5 * 2.0 ** (52 - m))
         else:
             cadd = np.int64(((52 - m) << 52) | (1 << 51))  # linalg_cpu.narrow_params
-            kernels["direct"](Ap, Bp, out, np.int64(K), cadd, 1.5 * 2.0 ** (emin + 52 - m), 2.0 ** (1023 - emax),
-                              2.0 ** (emax - 1023))
+            params = (cadd, 1.5 * 2.0 ** (emin + 52 - m), 2.0 ** (1023 - emax), 2.0 ** (emax - 1023))
+            if emax + 53 - m <= 1023:
+                kernels["direct_checked"](Ap, Bp, out, np.int64(K), *params, 2.0 ** emin, 1.5 * 2.0 ** (52 - m),
+                                          2.0 ** emax)
+            else:
+                kernels["direct"](Ap, Bp, out, np.int64(K), *params)
     elif kind == "twosum32":
         d = 23 - m
         kernels["twosum32"](Ap, Bp, out, np.int64(K), np.int32((1 << (d - 1)) - 1), np.int32(d), np.int32(-1 << d))
