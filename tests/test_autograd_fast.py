@@ -69,7 +69,7 @@ def test_ranges_exact_equals_products_exact():
 # Precision._kernel_round: round_to's kernel call without round_to's per-call checks
 # ----------------------------------------------------------------------------
 from lowprec.amp import Policy, Precision, get_policy, register_policy  # noqa: E402
-from lowprec.autograd import MLP, Tensor, softmax_cross_entropy  # noqa: E402
+from lowprec.autograd import MLP, SGD, Tensor, softmax_cross_entropy  # noqa: E402
 from lowprec.autograd.tensor import _abs_range as _abs_range_fast  # noqa: E402
 from lowprec.formats import FloatFormat, get_format  # noqa: E402
 from lowprec.rounding import Rounding  # noqa: E402
@@ -225,6 +225,7 @@ def _run_summary(policy, **kw):
 
 @pytest.mark.parametrize("policy,kw", [
     ("fp32", {}), ("bf16-mixed", {"hidden": (8,)}), ("fp16-mixed", {"loss_weight": 2.0 ** 10}),
+    ("bf16-mixed", {"momentum": 0.0, "weight_decay": 1e-3}), ("fp16-mixed", {"weight_decay": 1e-60}),
     ("fp16-mixed", {"loss_scale": "none", "loss_weight": 2.0 ** -16}), ("pure-fp16", {}),
     ("fp8-mixed", {"activation": "gelu", "optimizer": "adam", "lr": 0.003}), ("sr", {}),
     ("sr", {"optimizer": "adam", "lr": 0.003, "activation": "tanh"})])
@@ -234,6 +235,7 @@ def test_training_with_skips_equals_training_with_every_rounding(policy, kw, mon
     fast = _run_summary(policy, **kw)
     monkeypatch.setattr(Precision, "_round", _forced_round)
     monkeypatch.setattr(Precision, "_lean_matmul", lambda self, which: None)  # linalg.matmul, inputs rounded
+    monkeypatch.setattr(SGD, "_fused_ok", lambda self: False)  # the numpy optimizer step
     slow = _run_summary(policy, **kw)
     for a, b in zip(fast[:2], slow[:2]):
         assert len(a) == len(b) and all(_same_bits(x, y) for x, y in zip(a, b))
@@ -352,3 +354,52 @@ def test_relu_compiled_equals_numpy():
     gx = np.empty_like(g)
     _relu_grad_f32(r, g, gx)
     assert _same_bits(gx, np.where(x > 0, g, np.float32(0)))
+
+
+def _sgd_by_numpy(g, w, buf, mu, lr, wd, decay, momentum):
+    """Optimizer._step / SGD._update's numpy float32 expressions, written out."""
+    f = np.float32
+    if decay:
+        g = g + f(wd) * w
+    if momentum:
+        buf = g.copy() if buf is None else f(mu) * buf + g
+        upd = buf
+    else:
+        upd = g
+    return buf, w - f(lr) * upd
+
+
+@pytest.mark.parametrize("momentum,decay,first", [(0.9, False, True), (0.9, False, False), (0.9, True, False),
+                                                  (0.0, True, False), (0.0, False, False), (0.5, True, True)])
+def test_compiled_sgd_update_equals_numpy(momentum, decay, first):
+    """kernels/optim_cpu.sgd_f32: numpy's float32 results bit for bit (subnormals, overflow, Inf, NaN), and the
+    subnormal and NaN counts of the state and of the new weights."""
+    from lowprec.kernels.optim_cpu import sgd_f32
+
+    rng = np.random.default_rng(13)
+    n = 5000
+    g = _values(rng, n)
+    w = _values(rng, n)
+    buf = None if first else _values(rng, n)
+    g[:8] = [np.nan, np.inf, -np.inf, 2.0 ** -149, -2.0 ** -140, 3e38, -0.0, 0.0]
+    w[:8] = [1.0, np.inf, np.inf, 2.0 ** -126, 2.0 ** -130, 3e38, -0.0, np.nan]
+    nans = np.array([0x7FC00001, 0xFFC00002, 0x7FC00003], np.uint32).view(np.float32)  # distinct payloads
+    g[8:10], w[8:10] = nans[0], nans[1]  # NaN meets NaN: which payload survives must agree too
+    if buf is not None:
+        buf[8:11] = nans[2]
+    wd = 1e-50 if decay else 0.0  # float32(1e-50) == 0: still added, as numpy adds it
+    with np.errstate(all="ignore"):
+        want_buf, want_new = _sgd_by_numpy(g, w, buf, momentum, 0.1, wd, decay, bool(momentum))
+    kbuf = np.empty(n, np.float32) if buf is None else buf.copy()
+    new = np.empty(n, np.float32)
+    s_sub, s_nan, w_sub, w_nan = sgd_f32(g, w, kbuf, new, np.float32(momentum), np.float32(0.1), np.float32(wd),
+                                         decay, bool(momentum), first)
+    assert _same_bits(new, want_new)
+    tiny = np.float32(2.0 ** -126)
+    if momentum:
+        assert _same_bits(kbuf, want_buf)
+        assert (s_sub, s_nan) == (np.count_nonzero((want_buf != 0) & (np.abs(want_buf) < tiny)),
+                                  np.count_nonzero(np.isnan(want_buf)))
+    assert (w_sub, w_nan) == (np.count_nonzero((want_new != 0) & (np.abs(want_new) < tiny)),
+                              np.count_nonzero(np.isnan(want_new)))
+    assert w_nan > 0 and w_sub > 0

@@ -40,6 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..formats import FP32
 from ..rng import RandomStream
 
 __all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm"]
@@ -92,12 +93,15 @@ class Optimizer:
 
     def _step(self) -> None:
         self.steps += 1
+        fused = self._fused_ok()
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
             dtype = np.dtype(p.data.dtype if self.ctx is None else np.float32)
             g = np.asarray(p.grad, dtype=dtype)
             w = self.master[i] if self.master is not None else p.data
+            if fused and self._fused_update(i, p, g, w):
+                continue
             if self.weight_decay:
                 g = g + dtype.type(self.weight_decay) * w
             new = w - np.asarray(self.lr, dtype=dtype) * self._update(i, g, dtype)
@@ -115,6 +119,13 @@ class Optimizer:
 
     def _update(self, i: int, g: np.ndarray, dtype) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _fused_ok(self) -> bool:
+        """Whether :meth:`_fused_update` may run this step (subclasses that have one say when)."""
+        return False
+
+    def _fused_update(self, i: int, p, g: np.ndarray, w: np.ndarray) -> bool:  # pragma: no cover - abstract
+        return False
 
     # ----- checkpoints ---------------------------------------------------------------------------
 
@@ -172,6 +183,46 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.n_state = 1 if momentum else 0
         super().__init__(params, lr, weight_decay, ctx)
+
+    def _fused_ok(self) -> bool:
+        # the case of the mixed-precision policies: float32 master weights and state, whose roundings are
+        # identities (Precision._round returns the float32 array itself and only counts it)
+        if type(self) is not SGD or self.ctx is None or self.master is None:
+            return False
+        table = self.ctx.policy.table
+        return table["master"][0] is FP32 and (not self.momentum or table["optimizer_state"][0] is FP32)
+
+    def _fused_update(self, i, p, g, w) -> bool:
+        """The step of parameter i in one compiled pass (kernels/optim_cpu.py: the same float32 operations as
+        the numpy code of _step and _update, and the counts its two identity roundings would record); then
+        the stored weights are rounded as in _step. False (nothing done) for arrays it does not take."""
+        buf = self.state[i][0] if self.momentum else None
+        if not (g.dtype == np.float32 and w.dtype == np.float32 and g.shape == w.shape and w.flags.c_contiguous
+                and (buf is None or (buf.dtype == np.float32 and buf.shape == g.shape and buf.flags.c_contiguous
+                                     and buf.flags.writeable))):
+            return False
+        from ..kernels.optim_cpu import sgd_f32
+
+        first = buf is None
+        if first:
+            buf = np.empty(g.shape, dtype=np.float32)
+        new = np.empty(w.shape, dtype=np.float32)
+        s_sub, s_nan, w_sub, w_nan = sgd_f32(
+            np.ascontiguousarray(g).reshape(-1), w.reshape(-1), buf.reshape(-1), new.reshape(-1),
+            np.float32(self.momentum), np.float32(self.lr), np.float32(self.weight_decay), bool(self.weight_decay),
+            bool(self.momentum), first)
+        tel = self.ctx.telemetry
+        n = new.size
+        if self.momentum:
+            self.state[i][0] = buf
+            if tel is not None and tel.active:
+                tel._add(self._pname(i, "state"), "optimizer_state", FP32, n, 0, int(s_sub), 0, int(s_nan))
+        if tel is not None and tel.active:
+            tel._add(self._pname(i, "master"), "master", FP32, n, 0, int(w_sub), 0, int(w_nan))
+        self.master[i] = new
+        p.data, tag = self.ctx._round(new, "weight", self._pname(i, "stored"), None)
+        p._set_fmt(tag)
+        return True
 
     def _update(self, i, g, dtype):
         if not self.momentum:

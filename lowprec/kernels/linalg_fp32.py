@@ -32,9 +32,11 @@ from . import SOURCE_DIGEST
 
 TILE_M = 6
 TILE_N = 16
-#: below this many multiply-adds (~0.4 ms on one core) a call runs on the calling thread: waking the
-#: pool costs tens of microseconds, and on a busy machine a descheduled worker stalls the call for ms
-PARALLEL_MIN_WORK = 1 << 24
+#: below this many multiply-adds (~0.1 ms on one core) a call runs on the calling thread: waking the
+#: pool costs microseconds to tens of microseconds, and on a busy machine a descheduled worker stalls the
+#: call for ms. 2**22 is the size of bench_train's 64 x 256 x 256 products, which take ~90 us on one core
+#: and ~60 us on two: on two threads its epoch took ~3-4 ms (10-15%) less than with the threshold at 2**24.
+PARALLEL_MIN_WORK = 1 << 22
 
 # ----------------------------------------------------------------------------
 # an 8-lane float32 vector type for numba, and the few operations the tile needs
