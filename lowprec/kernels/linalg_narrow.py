@@ -539,11 +539,13 @@ def _build(digest):
         digest  # noqa: B018
         _twosum32_body(Ap, Bp, out, K, half, d, dmask)
 
-    return {"direct": narrow_direct, "direct_noovf": narrow_direct_noovf, "direct_checked": narrow_direct_checked, "twosum32": narrow_twosum32}
+    return {"direct": narrow_direct, "direct_noovf": narrow_direct_noovf, "direct_checked": narrow_direct_checked,
+            "twosum32": narrow_twosum32}
 
 
-#: the cached kernels: "direct" (Ap, Bp, out, K, cadd, minc, up, down) (linalg_cpu.narrow_params), "direct_noovf"
-#: (Ap, Bp, out, K, 2**emin, 1.5 * 2**(52-m)), "twosum32" (Ap, Bp, out, K, 2**(d-1) - 1, d, -2**d) (int32, d = 23 - m)
+#: the cached kernels: "direct" (Ap, Bp, out, K, cadd, minc, up, down) (linalg_cpu.narrow_params),
+#: "direct_noovf" (Ap, Bp, out, K, 2**emin, 1.5 * 2**(52-m)), "direct_checked" (Ap, Bp, out, K, cadd, minc, up,
+#: down, 2**emin, 1.5 * 2**(52-m), 2**emax), "twosum32" (Ap, Bp, out, K, 2**(d-1) - 1, d, -2**d) (int32, d = 23 - m)
 kernels = _build(SOURCE_DIGEST)
 
 
