@@ -30,6 +30,12 @@ written as LLVM IR on whole vectors, with fewer instructions where that gives th
 - "twosum32" (``_twosum32_step``): linalg_cpu._twosum32_rne with the exact product folded into two FMAs
   and the round-to-odd merged into the final nearest-even rounding (proof in its docstring).
 
+Measured at 1024^3 on one thread of this machine (Zen 4, AVX-512), fp16 inputs from standard normal
+data: "direct" 0.21 s (linalg_cpu) -> 0.155 s checked, 0.136 s no-overflow; bf16 "twosum32" 0.227 ->
+0.181 s. Generated for AVX2 only (NUMBA_CPU_FEATURES without avx512, 512^3), the tiles spill but the
+kernels stay 1.2-1.5x faster than linalg_cpu's. 4 x 64 tiles for "twosum32" were 2% faster, 4 x 16
+tiles for "direct" 10-20% slower.
+
 Numba's cache rules (see linalg_fp32.py): the cached entry points are built in ``_build`` which closes
 over the digest string only, each variant its own named ``def``, calling module-level
 ``@njit(inline="always")`` functions.
