@@ -89,6 +89,32 @@ def test_kernel_equals_reference(shape, fused, special):
         assert (_bits(got)[np.isnan(got)] == CANONICAL_NAN).all()
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("shape", [(13, 40, 37), (6, 17, 16), (20, 9, 40), (101, 7, 21)], ids=str)
+def test_k_blocks_change_no_bit(shape, fused):
+    """The k loop in blocks (partial sums parked in memory between blocks, GROUP row tiles per block) gives
+    the reference's bits for every block length, serial and parallel, direct and packed B panels."""
+    rng = np.random.default_rng(sum(shape))
+    M, K, N = shape
+    a, b = _data(rng, M, K, N, special=True)
+    want = reference(a, b, fused)
+    for kc in (1, 2, 5, K - 1, K, K + 3):
+        for parallel in (False, True):
+            for bb in (b, np.asfortranarray(b)):
+                got = _matmul_fp32_cpu(a, bb, fused, parallel, kc=kc)
+                assert np.array_equal(_bits(got), _bits(want)), (kc, parallel)
+
+
+def test_default_k_blocks_on_a_long_k():
+    """K above K_BLOCK_FROM takes the blocked loop by default: still the reference's bits."""
+    from lowprec.kernels.linalg_fp32 import K_BLOCK_FROM
+
+    rng = np.random.default_rng(5)
+    a, b = _data(rng, 14, K_BLOCK_FROM + 77, 20, special=True)
+    for fused in (True, False):
+        assert np.array_equal(_bits(_matmul_fp32_cpu(a, b, fused)), _bits(reference(a, b, fused)))
+
+
 def _layouts(a, b):
     """The same operands in other memory layouts (values unchanged)."""
     M, K = a.shape

@@ -21,7 +21,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from . import SOURCE_DIGEST, accum, scalar
+from . import SOURCE_DIGEST, accum, linalg_narrow, scalar
 
 _loop = njit(parallel=True, cache=True, nogil=True)
 
@@ -104,6 +104,7 @@ _ops_cpu = _build_ops(SOURCE_DIGEST)
 # Stochastic ("sr", 32 random bits): the round-to-odd value is rounded by the rule of
 # scalar.round_float_carrier (round up iff R < the 32 bits below the kept ones), written for vectors
 # (_round_sr), with R = scalar.random_bits of the counter accum.counter_of gives.
+# The "direct" and "twosum32" kernels are register-tiled, in linalg_narrow.py (same steps, fewer instructions).
 # The dispatcher _matmul_cpu (what lowprec.linalg calls) picks a fast kernel where one applies
 # (narrow_kind) and runs the general kernel _matmul_cpu_scalar otherwise; CUDA always runs the general
 # per-element code, so CPU == CUDA holds through tests/test_linalg_tile.py's fast == general checks.
@@ -192,25 +193,6 @@ def _round_sr(u, rnd, emz, scale, unscale, maxs, dsh, dmask):
     return scalar.i64_as_f64(scalar.f64_as_i64(scalar.i64_as_f64(p) * unscale) | sign)
 
 
-@_step
-def _twosum32_rne(s, t, half, dbit, dmask):
-    """bf16-like accumulators in float32 lanes: TwoSum (exact: no float32 overflow, see narrow_kind),
-    round to odd at 24 bits, then nearest-even to d = 23 - m bits with the float32 bit pattern
-    ``(u + 2**(d-1) - 1 + lsb) & -2**d``, which is the rounding for normal and (format subnormals being
-    float32 subnormals) subnormal values alike, and carries into the Inf pattern above max."""
-    f = s + t
-    bb = f - s
-    e = (s - (f - bb)) + (t - bb)
-    ub = scalar.f32_as_i32(f)
-    eb = scalar.f32_as_i32(e)
-    inexact = (e < np.float32(0.0)) | (e > np.float32(0.0))  # false for the NaN error of an infinite sum
-    # int32 throughout (numba would widen to int64 and halve the vector width)
-    adj = np.int32(np.int32(np.int32(eb ^ ub) >> np.int32(31)) | np.int32(1))
-    u = np.int32(ub + adj) if inexact & (np.int32(ub & np.int32(1)) == np.int32(0)) else ub
-    lsb = np.int32(np.int32(u & dbit) != np.int32(0))  # dbit = 2**d: the last kept bit
-    return scalar.i32_as_f32(np.int32(np.int32(np.int32(u + half) + lsb) & dmask))
-
-
 def _f32_intrinsic(name, ret, build):
     def impl(typingctx, x):
         if x != types.float32:
@@ -278,24 +260,6 @@ def _sr32(s, t, rnd, eqlo, cinv, m, fmax):
 
 def _build_narrow(digest):
     # One kernel per step kind; format constants are runtime arguments (a new format does not recompile).
-
-    @_loop
-    def _narrow_direct(Ap, Bp, out, K, cadd, minc, up, down):
-        digest  # noqa: B018
-        nrow = Ap.shape[0]
-        ncb = Bp.shape[0]
-        for t in prange(nrow * ncb):
-            jb = t // nrow
-            ib = t - jb * nrow
-            acc = np.zeros((NARROW_R, NARROW_N))
-            for k in range(K):
-                for r in range(NARROW_R):
-                    a = Ap[ib, k, r]
-                    for j in range(NARROW_N):
-                        acc[r, j] = _rne(fma64(a, Bp[jb, k, j], acc[r, j]), cadd, minc, up, down)
-            for r in range(NARROW_R):
-                for j in range(NARROW_N):
-                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
     @_loop
     def _narrow_twosum(Ap, Bp, out, K, cadd, minc, up, down):
@@ -388,24 +352,6 @@ def _build_narrow(digest):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
     @_loop
-    def _narrow_twosum32(Ap, Bp, out, K, half, dbit, dmask):
-        digest  # noqa: B018
-        nrow = Ap.shape[0]
-        ncb = Bp.shape[0]
-        for t in prange(nrow * ncb):
-            jb = t // nrow
-            ib = t - jb * nrow
-            acc = np.zeros((NARROW_R, NARROW_N), dtype=np.float32)
-            for k in range(K):
-                for r in range(NARROW_R):
-                    a = Ap[ib, k, r]
-                    for j in range(NARROW_N):
-                        acc[r, j] = _twosum32_rne(acc[r, j], a * Bp[jb, k, j], half, dbit, dmask)
-            for r in range(NARROW_R):
-                for j in range(NARROW_N):
-                    out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
-
-    @_loop
     def _narrow_sr32(Ap, Bp, out, K, N, eqlo, cinv, m, fmax, key0, key1, offset, obase):
         # "sr" in float32 lanes (_sr32); counters as in _narrow_sr
         digest  # noqa: B018
@@ -442,7 +388,7 @@ def _build_narrow(digest):
                 for j in range(NARROW_N):
                     out[ib * NARROW_R + r, jb * NARROW_N + j] = acc[r, j]
 
-    return {"direct": _narrow_direct, "twosum": _narrow_twosum, "sr": _narrow_sr, "twosum32": _narrow_twosum32,
+    return {"twosum": _narrow_twosum, "sr": _narrow_sr,
             "sr32": _narrow_sr32, "unfused": _narrow_unfused}
 
 
@@ -511,7 +457,9 @@ def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0,
 
     ``kind``: "direct", "twosum", "twosum32" (nearest-even), "sr" or "sr32" (stochastic, 32 random bits); obase
     is the flat index of C[0, 0] in the whole output (it keys the random counters); ``elo``: for "sr32", the
-    lowest exponent of its quantum computation (sr32_exponent_floor; None: from a and b). Returns float64 (M, N)."""
+    lowest exponent of its quantum computation (sr32_exponent_floor; None: from a and b); for "direct", whether
+    linalg_narrow.direct_no_overflow holds (None: from a and b). "direct" and "twosum32" run the register-tiled
+    kernels of linalg_narrow.py (same bits as this module's, tests/test_linalg_narrow.py). Returns float64 (M, N)."""
     M, K = a.shape
     N = b.shape[1]
     Ap, Bp = _pack(a, b.T, np.float32 if kind in ("twosum32", "sr32") else np.float64)
@@ -526,9 +474,11 @@ def _matmul_narrow(a, b, kind, m, emin, emax, key0=0, key1=0, offset=0, obase=0,
                                 np.int32(m), np.float32((2.0 - 2.0 ** -m) * 2.0 ** emax), np.uint32(key0),
                                 np.uint32(key1), np.int64(offset), np.int64(obase))
     elif kind == "twosum32":
-        d = 23 - m
-        _narrow_kernels[kind](Ap, Bp, out, np.int64(K), np.int32((1 << (d - 1)) - 1), np.int32(1 << d),
-                              np.int32(-1 << d))
+        linalg_narrow.run(kind, Ap, Bp, out, K, m, emin, emax)
+    elif kind == "direct":
+        if elo is None:  # (the proof that no sum overflows: see linalg_narrow.direct_no_overflow)
+            elo = linalg_narrow.direct_no_overflow(_stats(a), _stats(b.T), K, m, emin, emax)
+        linalg_narrow.run(kind, Ap, Bp, out, K, m, emin, emax, no_overflow=bool(elo))
     elif kind == "sr":
         _narrow_kernels["sr"](Ap, Bp, out, np.int64(K), np.int64(N), *sr_params(m, emin, emax),
                               np.uint32(key0), np.uint32(key1), np.int64(offset), np.int64(obase))
@@ -633,7 +583,7 @@ def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, c
 
 
 def _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits):
-    """(narrow_kind, the sr32 kernel's exponent floor or None)."""
+    """(narrow_kind, the sr32 kernel's exponent floor or None; for "direct": whether no sum can overflow)."""
     if (has_prod or order != accum.SEQUENTIAL or compensated
             or ia.size * M * N * K < _NARROW_MIN_WORK or N < _NARROW_MIN_N):
         return None, None
@@ -659,7 +609,7 @@ def _narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, 
         elo = _sr32_floor(sa, sb, int(K), m, emin, emax)
         return ("sr", None) if elo is None else ("sr32", elo)
     if m + 1 + sa.bits + sb.bits <= 50 and emax - (emin - m) <= 50:
-        return "direct", None
+        return "direct", linalg_narrow.direct_no_overflow(sa, sb, int(K), m, emin, emax)
     if emin == -126 and emax == 127 and _f32_exact(sa, sb):
         return "twosum32", None  # bf16 and the like: float32 holds the values, the products and exact TwoSums
     return "twosum", None

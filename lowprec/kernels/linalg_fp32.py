@@ -32,6 +32,12 @@ from . import SOURCE_DIGEST
 
 TILE_M = 6
 TILE_N = 16
+#: K above K_BLOCK_FROM: the k loop runs in blocks of K_BLOCK terms (a 32 KB block of a B panel),
+#: GROUP row tiles per block (their A rows, 96 x K_BLOCK floats, in L2); the bits do not depend on it.
+#: Measured at 1024^3: 0.036-0.038 s vs 0.038-0.041 s unblocked on 1 thread, 0.017-0.018 vs 0.019-0.020 on 2.
+K_BLOCK = 512
+K_BLOCK_FROM = 768
+GROUP = 16
 #: below this many multiply-adds (~0.1 ms on one core) a call runs on the calling thread: waking the
 #: pool costs microseconds to tens of microseconds, and on a busy machine a descheduled worker stalls the
 #: call for ms. 2**22 is the size of bench_train's 64 x 256 x 256 products, which take ~90 us on one core
@@ -203,15 +209,26 @@ def _store_row(out, i, j0, N, lo, hi):
 
 
 @njit(inline="always")
-def _tile(A, B, jb, out, i0, j0, M, N, K, fused):
-    """out[i0:i0+6, j0:j0+16] (the part inside M x N) from A's rows and B[:, jb:jb+16]."""
+def _tile(A, B, jb, out, acc, i0, j0, M, N, k0, k1, K, fused):
+    """The terms k0 <= k < k1 of out[i0:i0+6, j0:j0+16] (the part inside M x N) from A's rows and
+    B[:, jb:jb+16]. The sums start from +0 (k0 == 0) or from the partial sums in ``acc``, a float32 array
+    padded to whole tiles; they go to ``out`` when k1 == K, else back to ``acc``. Partial sums are float32
+    values stored and loaded as they are, so a split of k into blocks changes no bit."""
     r1 = min(i0 + 1, M - 1)  # rows past M: row M-1 is read, nothing is stored
     r2 = min(i0 + 2, M - 1)
     r3 = min(i0 + 3, M - 1)
     r4 = min(i0 + 4, M - 1)
     r5 = min(i0 + 5, M - 1)
-    c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = c4l = c4h = c5l = c5h = v8_zero()
-    for k in range(K):
+    if k0 == 0:
+        c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = c4l = c4h = c5l = c5h = v8_zero()
+    else:
+        c0l, c0h = v8_load(acc, i0, j0), v8_load(acc, i0, j0 + 8)
+        c1l, c1h = v8_load(acc, i0 + 1, j0), v8_load(acc, i0 + 1, j0 + 8)
+        c2l, c2h = v8_load(acc, i0 + 2, j0), v8_load(acc, i0 + 2, j0 + 8)
+        c3l, c3h = v8_load(acc, i0 + 3, j0), v8_load(acc, i0 + 3, j0 + 8)
+        c4l, c4h = v8_load(acc, i0 + 4, j0), v8_load(acc, i0 + 4, j0 + 8)
+        c5l, c5h = v8_load(acc, i0 + 5, j0), v8_load(acc, i0 + 5, j0 + 8)
+    for k in range(k0, k1):
         bl = v8_load(B, k, jb)
         bh = v8_load(B, k, jb + 8)
         a = v8_splat(A[i0, k])
@@ -232,6 +249,20 @@ def _tile(A, B, jb, out, i0, j0, M, N, K, fused):
         a = v8_splat(A[r5, k])
         c5l = _step(a, bl, c5l, fused)
         c5h = _step(a, bh, c5h, fused)
+    if k1 < K:
+        v8_store(acc, i0, j0, c0l)
+        v8_store(acc, i0, j0 + 8, c0h)
+        v8_store(acc, i0 + 1, j0, c1l)
+        v8_store(acc, i0 + 1, j0 + 8, c1h)
+        v8_store(acc, i0 + 2, j0, c2l)
+        v8_store(acc, i0 + 2, j0 + 8, c2h)
+        v8_store(acc, i0 + 3, j0, c3l)
+        v8_store(acc, i0 + 3, j0 + 8, c3h)
+        v8_store(acc, i0 + 4, j0, c4l)
+        v8_store(acc, i0 + 4, j0 + 8, c4h)
+        v8_store(acc, i0 + 5, j0, c5l)
+        v8_store(acc, i0 + 5, j0 + 8, c5h)
+        return
     _store_row(out, i0, j0, N, c0l, c0h)
     if i0 + 1 < M:
         _store_row(out, i0 + 1, j0, N, c1l, c1h)
@@ -246,8 +277,11 @@ def _tile(A, B, jb, out, i0, j0, M, N, K, fused):
 
 
 @njit(inline="always")
-def _kernel_body(A, B, bt, out, fused):
-    """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T. prange runs as range in the serial entries."""
+def _kernel_body(A, B, bt, out, fused, kc):
+    """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T. prange runs as range in the serial entries.
+
+    ``kc < K``: the k loop in blocks of kc terms. A panel's block of B (kc x 16) then stays in L1 while
+    GROUP row tiles use it in turn, their partial sums kept in a padded float32 array (same bits)."""
     M, K = A.shape
     N = B.shape[0] if bt else B.shape[1]
     nrow = (M + TILE_M - 1) // TILE_M
@@ -269,15 +303,26 @@ def _kernel_body(A, B, bt, out, fused):
         for k in range(K):
             for c in range(w, TILE_N):
                 P[q, k, c] = 0.0  # the columns past N: computed, never stored
-    if M > 0:
-        for t in prange(npanel * nrow):
-            jp = t // nrow
-            i0 = (t - jp * nrow) * TILE_M
-            j0 = jp * TILE_N
-            if jp < first:
-                _tile(A, B, j0, out, i0, j0, M, N, K, fused)
-            else:
-                _tile(A, P[jp - first], 0, out, i0, j0, M, N, K, fused)
+    if M == 0:
+        return
+    kc = max(kc, 1)
+    blocked = kc < K
+    acc = np.empty((nrow * TILE_M if blocked else 0, npanel * TILE_N if blocked else 0), dtype=np.float32)
+    group = GROUP if blocked else 1
+    ngroup = (nrow + group - 1) // group
+    nk = (K + kc - 1) // kc if blocked else 1
+    for t in prange(npanel * ngroup):
+        jp = t // ngroup
+        g0 = (t - jp * ngroup) * group
+        j0 = jp * TILE_N
+        for kb in range(nk):
+            k0 = kb * kc if blocked else 0
+            k1 = min(K, k0 + kc) if blocked else K
+            for it in range(g0, min(nrow, g0 + group)):
+                if jp < first:
+                    _tile(A, B, j0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
+                else:
+                    _tile(A, P[jp - first], 0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
 
 
 def _build(digest):
@@ -285,24 +330,24 @@ def _build(digest):
     # kernels/__init__.py) and has its own name, so each has its own cache file
 
     @njit(nogil=True, parallel=True, cache=True)
-    def kernel_fma_parallel(A, B, bt, out):
+    def kernel_fma_parallel(A, B, bt, out, kc):
         digest  # noqa: B018
-        _kernel_body(A, B, bt, out, True)
+        _kernel_body(A, B, bt, out, True, kc)
 
     @njit(nogil=True, parallel=True, cache=True)
-    def kernel_muladd_parallel(A, B, bt, out):
+    def kernel_muladd_parallel(A, B, bt, out, kc):
         digest  # noqa: B018
-        _kernel_body(A, B, bt, out, False)
+        _kernel_body(A, B, bt, out, False, kc)
 
     @njit(nogil=True, cache=True)
-    def kernel_fma_serial(A, B, bt, out):
+    def kernel_fma_serial(A, B, bt, out, kc):
         digest  # noqa: B018
-        _kernel_body(A, B, bt, out, True)
+        _kernel_body(A, B, bt, out, True, kc)
 
     @njit(nogil=True, cache=True)
-    def kernel_muladd_serial(A, B, bt, out):
+    def kernel_muladd_serial(A, B, bt, out, kc):
         digest  # noqa: B018
-        _kernel_body(A, B, bt, out, False)
+        _kernel_body(A, B, bt, out, False, kc)
 
     return {(True, True): kernel_fma_parallel, (False, True): kernel_muladd_parallel,
             (True, False): kernel_fma_serial, (False, False): kernel_muladd_serial}
@@ -315,13 +360,14 @@ def _kernel(fused: bool, parallel: bool):
     return _kernels[bool(fused), bool(parallel)]
 
 
-def _matmul_fp32_cpu(a, b, fused, parallel=None):
+def _matmul_fp32_cpu(a, b, fused, parallel=None, kc=None):
     """C = A @ B for 2-D float32 A (M, K), B (K, N) with an fp32 accumulator (see the module docstring).
 
     Both are read in place, any strides: ``b``'s 16-column panels directly when its rows are
     contiguous, else (e.g. ``w.T``) from packed copies made panel by panel (reading ``b.T`` row by row).
     Returns a new C-contiguous float32 (M, N) array with canonical NaNs. ``parallel``: use the
-    thread pool (None: when the work is large enough); the bits do not depend on it.
+    thread pool (None: when the work is large enough); ``kc``: the k block length (None: K_BLOCK above
+    K_BLOCK_FROM terms, else no blocks). The bits depend on neither.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -335,5 +381,6 @@ def _matmul_fp32_cpu(a, b, fused, parallel=None):
     out = np.empty((M, N), dtype=np.float32)
     if parallel is None:
         parallel = M * N * K >= PARALLEL_MIN_WORK
-    _kernel(fused, parallel)(a, b, bt, out)
+    kc = (K if K <= K_BLOCK_FROM else K_BLOCK) if kc is None else int(kc)
+    _kernel(fused, parallel)(a, b, bt, out, kc)
     return out

@@ -1,13 +1,13 @@
 """Register-tiled nearest-even narrow-accumulator matmul kernels ("direct" and "twosum32").
 
-Same bits as ``linalg_cpu._narrow_kernels["direct"]`` and ``["twosum32"]`` (see the comment above
-``linalg_cpu.NARROW_R`` for the step kinds, their preconditions and why each step is one correct
-rounding), same packed operands (``linalg_cpu._pack``: ``Ap`` (ceil(M/R), K, R), ``Bp`` (ceil(N/NB), K,
+The "direct" and "twosum32" steps of the comment above ``linalg_cpu.NARROW_R`` (the step kinds, their
+preconditions and why each step is one correct rounding), with the bits of the per-element kernels they
+replaced there (checked against the general kernel and a Fraction reference in tests/test_linalg_narrow.py), same packed operands (``linalg_cpu._pack``: ``Ap`` (ceil(M/R), K, R), ``Bp`` (ceil(N/NB), K,
 NB), R = 4, NB a multiple of 32; float64 for "direct", float32 for "twosum32") and the same padded output
 (ceil(M/R)*R, ceil(N/NB)*NB) float64. Every output still takes its terms in the order k = 0, ..., K-1
 with one rounding per step, so the bits do not depend on the tiling or the thread count.
 
-What differs: the kernels in linalg_cpu keep a 4 x 64 tile in an ``np.zeros`` array (a load and a
+What differs: the kernels they replaced kept a 4 x 64 tile in an ``np.zeros`` array (a load and a
 store per term) and leave the vectorising to LLVM; here a tile of 4 rows x 32 columns of accumulators is
 held in explicit LLVM vectors (sixteen ``<8 x double>`` for "direct", eight ``<16 x float>`` for
 "twosum32", AVX-512 registers), each panel of NB columns being done as NB/32 such tiles, and each step is
@@ -27,7 +27,8 @@ written as LLVM IR on whole vectors, with fewer instructions where that gives th
   1.5 * 2**(E + 52 - m) <= 1.5 * 2**(emax + 51 - m) was finite (emax + 53 - m <= 1023, checked by run);
   a tile whose f got larger (or infinite: an e of Inf compares above 2**emax) is recomputed from scratch
   and its first pass is overwritten.
-- "twosum32" (``_twosum32_step``): linalg_cpu._twosum32_rne with the exact product folded into two FMAs
+- "twosum32" (``_twosum32_step``): TwoSum, round to odd at 24 bits, then nearest-even on the bit pattern
+  (``(u + 2**(d-1) - 1 + bit d of u) & -2**d``, d = 23 - m), with the exact product folded into two FMAs
   and the round-to-odd merged into the final nearest-even rounding (proof in its docstring).
 
 Measured at 1024^3 on one thread of this machine (Zen 4, AVX-512), fp16 inputs from standard normal
@@ -309,7 +310,8 @@ def d8_any_ge(typingctx, v, x):
 
 @intrinsic
 def _twosum32_step(typingctx, a, b, s, half, d, dmask):
-    """linalg_cpu._twosum32_rne(s, a * b, half, 2**d, dmask) on 16 float32 lanes (a*b exact in float32).
+    """The "twosum32" step on 16 float32 lanes (a*b exact in float32): TwoSum of s and t = a*b, the sum's bits
+    u rounded to odd at 24 bits by the error, then (u + half + bit d of u) & dmask (half = 2**(d-1) - 1).
 
     TwoSum with the exact product folded into FMAs: f = fma(a, b, s) = fl(s + t) and fl(t - bb) =
     fma(a, b, -bb). The round to odd and the nearest-even rounding on the bit pattern are merged:
@@ -563,7 +565,7 @@ def run(kind: str, Ap, Bp, out, K: int, m: int, emin: int, emax: int, no_overflo
     ``out`` float64 of at least (4 Ap.shape[0], NB Bp.shape[0]), rows contiguous; (m, emin, emax) the
     accumulator's fields. ``no_overflow``: the caller has checked :func:`direct_no_overflow` ("direct"
     then runs the step without its overflow multiplies; ignored for "twosum32", whose rounding carries
-    into Inf at no cost). Same bits as linalg_cpu._narrow_kernels[kind] on the same operands."""
+    into Inf at no cost)."""
     if Ap.shape[2] != TILE_R or Bp.shape[2] % TILE_W or out.shape[0] < TILE_R * Ap.shape[0] or \
             out.shape[1] < Bp.shape[2] * Bp.shape[0] or out.strides[1] != 8:
         raise ValueError(f"run: panels {Ap.shape}, {Bp.shape} and out {out.shape} do not fit the kernels' tiles "
