@@ -32,12 +32,13 @@ from . import SOURCE_DIGEST
 
 TILE_M = 6
 TILE_N = 16
-#: K above K_BLOCK_FROM: the k loop runs in blocks of K_BLOCK terms (a 32 KB block of a B panel),
-#: GROUP row tiles per block (their A rows, 96 x K_BLOCK floats, in L2); the bits do not depend on it.
-#: Measured at 1024^3: 0.036-0.038 s vs 0.038-0.041 s unblocked on 1 thread, 0.017-0.018 vs 0.019-0.020 on 2.
-K_BLOCK = 512
-K_BLOCK_FROM = 768
-GROUP = 16
+#: K above K_BLOCK_FROM: the k loop runs in blocks of K_BLOCK terms (a 16 KB block of a B panel, in L1),
+#: groups of GROUP row tiles in parallel (their A rows over a block, 48 x K_BLOCK floats, stay in L2 while
+#: the group takes every panel); the bits do not depend on it. Measured at 1024^3 (BLAS 0.022 / 0.0115 s):
+#: 0.034-0.036 s vs 0.040-0.042 s unblocked on 1 thread, 0.017-0.021 s vs 0.0225-0.023 s on 2.
+K_BLOCK = 256
+K_BLOCK_FROM = 512
+GROUP = 8
 #: below this many multiply-adds (~0.1 ms on one core) a call runs on the calling thread: waking the
 #: pool costs microseconds to tens of microseconds, and on a busy machine a descheduled worker stalls the
 #: call for ms. 2**22 is the size of bench_train's 64 x 256 x 256 products, which take ~90 us on one core
@@ -280,8 +281,8 @@ def _tile(A, B, jb, out, acc, i0, j0, M, N, k0, k1, K, fused):
 def _kernel_body(A, B, bt, out, fused, kc):
     """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T. prange runs as range in the serial entries.
 
-    ``kc < K``: the k loop in blocks of kc terms. A panel's block of B (kc x 16) then stays in L1 while
-    GROUP row tiles use it in turn, their partial sums kept in a padded float32 array (same bits)."""
+    ``kc < K``: the k loop in blocks of kc terms, the partial sums kept in a padded float32 array (same
+    bits): A's rows are then read from L2 once per panel instead of from memory."""
     M, K = A.shape
     N = B.shape[0] if bt else B.shape[1]
     nrow = (M + TILE_M - 1) // TILE_M
@@ -306,23 +307,33 @@ def _kernel_body(A, B, bt, out, fused, kc):
     if M == 0:
         return
     kc = max(kc, 1)
-    blocked = kc < K
-    acc = np.empty((nrow * TILE_M if blocked else 0, npanel * TILE_N if blocked else 0), dtype=np.float32)
-    group = GROUP if blocked else 1
-    ngroup = (nrow + group - 1) // group
-    nk = (K + kc - 1) // kc if blocked else 1
-    for t in prange(npanel * ngroup):
-        jp = t // ngroup
-        g0 = (t - jp * ngroup) * group
-        j0 = jp * TILE_N
+    if kc >= K:  # one pass over k: tiles in panel order (a panel's B stays in cache for its row tiles)
+        acc0 = np.empty((0, 0), dtype=np.float32)
+        for t in prange(npanel * nrow):
+            jp = t // nrow
+            i0 = (t - jp * nrow) * TILE_M
+            j0 = jp * TILE_N
+            if jp < first:
+                _tile(A, B, j0, out, acc0, i0, j0, M, N, 0, K, K, fused)
+            else:
+                _tile(A, P[jp - first], 0, out, acc0, i0, j0, M, N, 0, K, K, fused)
+        return
+    # k in blocks: a group of GROUP row tiles (its A rows over one k block stay in L2) takes every panel in
+    # turn, each panel's k block (kc x 16, L1) serving the group's row tiles; the groups run in parallel
+    acc = np.empty((nrow * TILE_M, npanel * TILE_N), dtype=np.float32)
+    ngroup = (nrow + GROUP - 1) // GROUP
+    nk = (K + kc - 1) // kc
+    for g in prange(ngroup):
         for kb in range(nk):
-            k0 = kb * kc if blocked else 0
-            k1 = min(K, k0 + kc) if blocked else K
-            for it in range(g0, min(nrow, g0 + group)):
-                if jp < first:
-                    _tile(A, B, j0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
-                else:
-                    _tile(A, P[jp - first], 0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
+            k0 = kb * kc
+            k1 = min(K, k0 + kc)
+            for jp in range(npanel):
+                j0 = jp * TILE_N
+                for it in range(g * GROUP, min(nrow, (g + 1) * GROUP)):
+                    if jp < first:
+                        _tile(A, B, j0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
+                    else:
+                        _tile(A, P[jp - first], 0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
 
 
 def _build(digest):
