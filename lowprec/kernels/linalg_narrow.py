@@ -360,6 +360,27 @@ def _dstep(a, b, s, cadd, minc, up, down, ovf):
 
 
 @njit(inline="always")
+def _d8_store_tile(out, i, j, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33):
+    """out[i:i+4, j:j+32] = the 4 x 32 tile of a "direct" kernel (rows of four 8-lane vectors)."""
+    d8_store(out, i, j, c00)
+    d8_store(out, i, j + 8, c01)
+    d8_store(out, i, j + 16, c02)
+    d8_store(out, i, j + 24, c03)
+    d8_store(out, i + 1, j, c10)
+    d8_store(out, i + 1, j + 8, c11)
+    d8_store(out, i + 1, j + 16, c12)
+    d8_store(out, i + 1, j + 24, c13)
+    d8_store(out, i + 2, j, c20)
+    d8_store(out, i + 2, j + 8, c21)
+    d8_store(out, i + 2, j + 16, c22)
+    d8_store(out, i + 2, j + 24, c23)
+    d8_store(out, i + 3, j, c30)
+    d8_store(out, i + 3, j + 8, c31)
+    d8_store(out, i + 3, j + 16, c32)
+    d8_store(out, i + 3, j + 24, c33)
+
+
+@njit(inline="always")
 def _direct_tile(Ap, Bp, out, ib, jb, j0, K, cadd, minc, up, down, ovf):
     """out[4 ib : 4 ib + 4, NB jb + j0 : NB jb + j0 + 32] from row panel ib and column panel jb."""
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = d8_zero()
@@ -389,24 +410,8 @@ def _direct_tile(Ap, Bp, out, ib, jb, j0, K, cadd, minc, up, down, ovf):
         c31 = _dstep(a, b1, c31, cadd, minc, up, down, ovf)
         c32 = _dstep(a, b2, c32, cadd, minc, up, down, ovf)
         c33 = _dstep(a, b3, c33, cadd, minc, up, down, ovf)
-    i = ib * TILE_R
-    j = jb * Bp.shape[2] + j0
-    d8_store(out, i, j, c00)
-    d8_store(out, i, j + 8, c01)
-    d8_store(out, i, j + 16, c02)
-    d8_store(out, i, j + 24, c03)
-    d8_store(out, i + 1, j, c10)
-    d8_store(out, i + 1, j + 8, c11)
-    d8_store(out, i + 1, j + 16, c12)
-    d8_store(out, i + 1, j + 24, c13)
-    d8_store(out, i + 2, j, c20)
-    d8_store(out, i + 2, j + 8, c21)
-    d8_store(out, i + 2, j + 16, c22)
-    d8_store(out, i + 2, j + 24, c23)
-    d8_store(out, i + 3, j, c30)
-    d8_store(out, i + 3, j + 8, c31)
-    d8_store(out, i + 3, j + 16, c32)
-    d8_store(out, i + 3, j + 24, c33)
+    _d8_store_tile(out, ib * TILE_R, jb * Bp.shape[2] + j0, c00, c01, c02, c03, c10, c11, c12, c13,
+                   c20, c21, c22, c23, c30, c31, c32, c33)
 
 
 @njit(inline="always")
@@ -441,24 +446,8 @@ def _direct_tile_tracked(Ap, Bp, out, ib, jb, j0, K, emn, C, lim):
         c31, mx = _direct_step_tracked(a, b1, c31, mx, emn, C)
         c32, mx = _direct_step_tracked(a, b2, c32, mx, emn, C)
         c33, mx = _direct_step_tracked(a, b3, c33, mx, emn, C)
-    i = ib * TILE_R
-    j = jb * Bp.shape[2] + j0
-    d8_store(out, i, j, c00)
-    d8_store(out, i, j + 8, c01)
-    d8_store(out, i, j + 16, c02)
-    d8_store(out, i, j + 24, c03)
-    d8_store(out, i + 1, j, c10)
-    d8_store(out, i + 1, j + 8, c11)
-    d8_store(out, i + 1, j + 16, c12)
-    d8_store(out, i + 1, j + 24, c13)
-    d8_store(out, i + 2, j, c20)
-    d8_store(out, i + 2, j + 8, c21)
-    d8_store(out, i + 2, j + 16, c22)
-    d8_store(out, i + 2, j + 24, c23)
-    d8_store(out, i + 3, j, c30)
-    d8_store(out, i + 3, j + 8, c31)
-    d8_store(out, i + 3, j + 16, c32)
-    d8_store(out, i + 3, j + 24, c33)
+    _d8_store_tile(out, ib * TILE_R, jb * Bp.shape[2] + j0, c00, c01, c02, c03, c10, c11, c12, c13,
+                   c20, c21, c22, c23, c30, c31, c32, c33)
     return d8_any_ge(mx, lim)
 
 
