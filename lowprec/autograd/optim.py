@@ -204,8 +204,8 @@ class SGD(Optimizer):
         from ..kernels.optim_cpu import sgd_f32
 
         first = buf is None
-        if first:
-            buf = np.empty(g.shape, dtype=np.float32)
+        if first:  # (without momentum the kernel never touches it)
+            buf = np.empty(g.shape if self.momentum else 0, dtype=np.float32)
         new = np.empty(w.shape, dtype=np.float32)
         s_sub, s_nan, w_sub, w_nan = sgd_f32(
             np.ascontiguousarray(g).reshape(-1), w.reshape(-1), buf.reshape(-1), new.reshape(-1),
