@@ -1,11 +1,13 @@
 """lowprec.testing: the strategies reach the hard cases, and the checkers catch bad quantizers."""
 
 import math
+from random import Random
 
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import find, given, settings
+from hypothesis import find as _find
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowprec
@@ -27,6 +29,11 @@ def _is_tie_fp16(x: float) -> bool:
 
 
 def test_values_reach_ties_subnormals_and_the_overflow_threshold():
+    # a seeded search with room to spare (each target has probability >= ~0.5% per draw): the outcome
+    # does not depend on the run (a default find() missed the rarest target once in CI)
+    def find(strategy, cond):
+        return _find(strategy, cond, settings=settings(max_examples=20000, database=None), random=Random(0))
+
     assert _is_tie_fp16(find(lt.values(FP16), _is_tie_fp16))
     sub = find(lt.values(FP16), lambda x: 0 < abs(x) < FP16.tiny and float(np.float16(x)) == x)
     assert 0 < abs(sub) < 2.0 ** -14
