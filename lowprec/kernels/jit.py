@@ -1,0 +1,134 @@
+"""numba plumbing for every compiled kernel: the decorator, its on-disk cache key, source digests.
+
+Kernel modules decorate their cached entry points with :func:`kernel` and otherwise read as algorithms.
+What this module guarantees about numba's on-disk cache:
+
+- **Two kernels that differ in anything never share a cache entry.** numba keys a cached function on
+  its bytecode, its closure cells and the argument types, and names its files after the function's
+  qualified name and line. A serial and a parallel kernel made from one body (or one closure built for
+  two rounding modes whose difference is not a cell) would otherwise share one entry: whichever compiled
+  first was loaded for both, in every later process. Here the key also holds the compile options, the
+  ``spec`` (the specialisation constants) and a digest of the sources, and the files are named after a
+  hash of it: every specialisation has its own index file. That also keeps two processes that compile
+  *different* specialisations at once (pytest-xdist workers) from numbering their data files alike.
+- **An edit to a kernel source recompiles exactly the kernels that use it.** numba only notices edits to
+  the file that defines a cached function. The digest here covers the defining module and every
+  ``lowprec.kernels`` module it imports, transitively (found from its globals when it is decorated), so
+  editing a leaf module recompiles its own kernels and their callers, nothing else.
+
+Rules for kernel modules (why they exist is above):
+- a cached kernel calls other compiled code only through functions that numba inlines
+  (``njit(inline="always")``) or through module-level, non-closure functions: two closures with one
+  qualified name compile to the same symbol name, and a cached kernel that calls one of them can be
+  linked to the other's code when both are loaded from the cache;
+- specialisation constants are closure cells *and* the ``spec`` argument (the cells make numba fold them;
+  ``spec`` names the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import types as _pytypes
+from functools import lru_cache
+from pathlib import Path
+
+import numba
+from numba.core.caching import FunctionCache, IndexDataCacheFile
+
+__all__ = ["kernel", "source_digest", "is_cached"]
+
+_PACKAGE = __name__.rsplit(".", 1)[0]  # "lowprec.kernels"
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _kernel_modules(module_name: str, seen: set) -> None:
+    """Add ``module_name`` and the lowprec.kernels modules it imports (transitively) to ``seen``."""
+    if module_name in seen or not module_name.startswith(_PACKAGE):
+        return
+    mod = sys.modules.get(module_name)
+    if mod is None or not getattr(mod, "__file__", None):
+        return
+    seen.add(module_name)
+    for value in list(vars(mod).values()):
+        if isinstance(value, _pytypes.ModuleType):
+            _kernel_modules(value.__name__, seen)
+        else:
+            owner = getattr(getattr(value, "py_func", value), "__module__", None)
+            if isinstance(owner, str):
+                _kernel_modules(owner, seen)
+
+
+def source_digest(module_name: str) -> str:
+    """sha256 over the sources of ``module_name`` and the kernel modules it imports, transitively."""
+    seen: set = set()
+    _kernel_modules(module_name, seen)
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(name.encode())
+        h.update(_file_digest(sys.modules[name].__file__).encode())
+    return h.hexdigest()
+
+
+class _KeyedCache(FunctionCache):
+    """numba's function cache with ``key`` added to every index key and to the file names."""
+
+    def __init__(self, py_func, key: str):
+        self._extra_key = key
+        super().__init__(py_func)
+        self._cache_file = IndexDataCacheFile(cache_path=self._cache_path,
+                                              filename_base=f"{self._impl.filename_base}-{key[:16]}",
+                                              source_stamp=self._impl.locator.get_source_stamp())
+
+    def _index_key(self, sig, codegen):
+        return super()._index_key(sig, codegen) + (self._extra_key,)
+
+
+def kernel(fn=None, *, parallel: bool = False, spec=(), error_model: str = "python", cache: bool = True):
+    """Compile ``fn`` as a cached numba kernel (``nogil``), keyed on everything that makes it differ.
+
+    Parameters
+    ----------
+    parallel : bool
+        ``prange`` loops run on numba's thread pool.
+    spec : tuple
+        The specialisation constants ``fn`` closes over (ints, strings, bools): part of the cache key
+        and of the cache file names.
+    error_model : "python" or "numpy"
+        numba's division semantics ("numpy": x/0 gives Inf/NaN, as IEEE and CUDA do).
+    cache : bool
+        Keep compiled code on disk (False: compile in every process; for code that is not worth a file).
+
+    Used as ``@kernel`` or ``@kernel(parallel=True, spec=(...))``.
+    """
+    def wrap(f):
+        d = numba.njit(parallel=parallel, nogil=True, error_model=error_model)(f)
+        if cache:
+            key = hashlib.sha256(repr((f.__module__, f.__qualname__, bool(parallel), error_model, tuple(spec),
+                                       source_digest(f.__module__))).encode()).hexdigest()
+            d._cache = _KeyedCache(f, key)
+        return d
+
+    return wrap if fn is None else wrap(fn)
+
+
+def is_cached(dispatcher, *args) -> bool:
+    """True when ``dispatcher`` has code for these arguments' types in this process or on disk.
+
+    Lets a caller choose a kernel that costs no compilation (a runtime-argument kernel) while the
+    specialised one is not yet available."""
+    sig = tuple(numba.typeof(a) for a in args)
+    if any(tuple(o) == sig for o in dispatcher.overloads):
+        return True
+    cache = dispatcher._cache
+    if not isinstance(cache, _KeyedCache):
+        return False
+    try:
+        codegen = dispatcher.targetctx.codegen()
+        return cache._index_key(sig, codegen) in cache._cache_file._load_index()
+    except Exception:  # an unreadable index is a miss, not an error
+        return False
