@@ -13,8 +13,9 @@ import sys
 
 _COMMAND_MODULES = (
     "lowprec.explain",  # lowprec formats / lowprec explain
-    "lowprec.train",  # lowprec train
+    "lowprec.train.cli",  # lowprec train
     "lowprec.study",  # lowprec study
+    "lowprec.warm",  # lowprec warm
 )
 
 

@@ -1,4 +1,4 @@
-"""Shared plumbing for the studies: output files, figures, recursive sums in a format.
+"""Shared plumbing for the studies: output files, figures, recursive sums in a format (via lowprec.linalg).
 
 Every study writes into its ``out_dir``:
 
@@ -91,81 +91,98 @@ def is_png(path) -> bool:
 
 
 # --------------------------------------------------------------------------
-# Recursive summation s <- fl(s + x_i) in a format, one exact rounding per add.
-#
-# For a format of precision p <= 24 and addends that are values of it, s + x_i
-# is exact in float64 unless the exponents differ by more than 53 - p bits;
-# then TwoSum gives the float64 error and the sum is rounded to odd in float64
-# before the one rounding to the format, which is then still exact.
+# Recursive summation s <- fl(s + x_i) in a format: lowprec.linalg.sum with a
+# sequential Accumulation whose accumulator is that format.
 # --------------------------------------------------------------------------
-_SUM_KERNEL = None
+def summation(fmt, rounding="nearest_even"):
+    """Recursive summation in ``fmt`` with ``rounding``, as a :class:`lowprec.accumulation.Accumulation`.
 
+    The terms are values of ``fmt`` (others are first rounded to nearest in
+    it), the accumulator starts at +0 and every addition ``s + x_i`` is
+    rounded once, in ``rounding``, to ``fmt``; the order is sequential, no
+    compensation, and the result is the accumulator (``out_format`` is ``fmt``).
+    """
+    from lowprec.accumulation import Accumulation
 
-def _build_sum_kernel(digest):
-    # Cached on disk; `digest` (lowprec.kernels.SOURCE_DIGEST) is referenced so that numba
-    # keys the cache on the kernel sources, as lowprec/kernels/cpu.py does.
-    from numba import njit
-
-    from lowprec.kernels import scalar
-
-    @njit(nogil=True, cache=True)
-    def recursive_sum(x, p, mode, key0, key1, offset, rbits, checkpoints, trace):
-        """s_k = fl(s_{k-1} + x_k). trace[j] = s after checkpoints[j] adds.
-
-        Returns (s_n, the last k at which s_k != s_{k-1})."""
-        digest  # noqa: B018
-        s = 0.0
-        j = 0
-        last_change = 0
-        for i in range(x.size):
-            a = s + x[i]
-            # TwoSum: a + e == s + x[i] exactly.
-            bb = a - s
-            e = (s - (a - bb)) + (x[i] - bb)
-            if e != 0.0 and (scalar.f64_as_i64(a) & 1) == 0:
-                # Round-to-odd in float64 (53 >= p + 2 bits): the odd one of the two
-                # float64 neighbours of the exact sum; rounding that to p bits gives
-                # the correctly rounded exact sum in every deterministic mode
-                # (Boldo and Melquiond 2008).
-                a = np.nextafter(a, np.inf) if e > 0.0 else np.nextafter(a, -np.inf)
-            rnd = scalar.random_bits(key0, key1, offset + i, rbits) if mode == scalar.STOCHASTIC else np.uint64(0)
-            t = scalar.round_f64(a, p, mode, rnd, rbits)
-            if t != s:
-                last_change = i + 1
-            s = t
-            while j < checkpoints.size and checkpoints[j] == i + 1:
-                trace[j] = s
-                j += 1
-        return s, last_change
-
-    return recursive_sum
+    return Accumulation(a_format=fmt, acc_format=fmt, acc_rounding=rounding)
 
 
 def recursive_sum(x, fmt, rounding="nearest_even", seed=0, checkpoints=()) -> tuple:
     """Sum ``x`` left to right in ``fmt``: ``s = round(s + x_i)``, each add rounded once.
 
-    ``x`` should hold values of ``fmt``. For the nearest and directed modes
-    the result is the correctly rounded exact sum (TwoSum, then round-to-odd
-    in float64). Stochastic rounding uses 32 random bits on that float64
-    value, whose error (below 2**-52 relative) is far below the 2**-32
-    resolution of the probabilities; random counter i is used by add i.
+    Every sum is ``lowprec.linalg.sum(x[:k], accumulation=summation(fmt, rounding), seed=seed)``:
+    the correctly rounded exact sum at each step, signed zeros as IEEE 754
+    gives them (an exact zero sum is -0 when rounding down). Stochastic
+    rounding draws the random counters of ``lowprec.linalg`` (add i uses
+    counter ``8 i`` of the stream of the integer ``seed``), so the partial
+    sums of one seed are prefixes of one sequence.
 
-    Returns ``(s_n, last change index, partial sums at the sorted checkpoints)``.
+    Returns ``(s_n, last change index, partial sums at the sorted checkpoints)``:
+    the last change is the largest k with ``s_k != s_{k-1}`` (0 when the sum
+    never changes; ``n`` when ``s_n`` is NaN, which differs from itself), and a
+    checkpoint k holds ``s_k`` for ``0 <= k <= n``.
+
+    Raises
+    ------
+    ValueError
+        A checkpoint outside ``0..n``.
     """
-    global _SUM_KERNEL
-    from lowprec.formats import get_format
-    from lowprec.rng import derive_key
-    from lowprec.rounding import get_rounding
+    from lowprec import linalg
 
-    if _SUM_KERNEL is None:
-        from lowprec.kernels import SOURCE_DIGEST
+    acc = summation(fmt, rounding)
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    n = x.size
+    cps = np.asarray(checkpoints, dtype=np.int64).reshape(-1)
+    if cps.size and (cps.min() < 0 or cps.max() > n):
+        raise ValueError(f"checkpoints must lie in 0..{n} (the number of terms), got {cps.min()}..{cps.max()}")
 
-        _SUM_KERNEL = _build_sum_kernel(SOURCE_DIGEST)
-    fmt = get_format(fmt)
-    mode = int(get_rounding(rounding))
-    k0, k1 = derive_key(int(seed), 0)
-    cps = np.asarray(checkpoints, dtype=np.int64)
-    trace = np.full(cps.size, np.nan)
-    s, last = _SUM_KERNEL(np.ascontiguousarray(x, dtype=np.float64), fmt._kernel_params(), mode,
-                          np.uint32(k0), np.uint32(k1), np.int64(0), 32, cps, trace)
-    return float(s), int(last), trace
+    def partial(k: int) -> float:
+        return float(linalg.sum(x[:k], accumulation=acc, seed=seed))
+
+    s = partial(n)
+    trace = np.array([partial(int(k)) for k in cps], dtype=np.float64)
+    return s, _last_change(x, acc, s, partial), trace
+
+
+def _last_change(x, acc, s, partial) -> int:
+    """The largest k with s_k != s_{k-1}, found from the final sum ``s`` with few partial sums.
+
+    Deterministic modes: from the last k at which ``round(s + x_k) != s`` on
+    (no such k: from 0), the partial sums that equal ``s`` form a suffix
+    (once ``s_m == s``, every later add rounds ``s + x_k`` back to ``s``), and
+    its first index, found by bisection, is the last change. Stochastic
+    rounding draws anew at every add, so that elementwise test does not
+    apply; with terms of one sign the partial sums are monotonic and the
+    bisection runs from 0; with terms of both signs the partial sums are
+    compared with ``s`` from the end backwards (one partial sum per add of the
+    final run of unchanged sums).
+    """
+    from lowprec import linalg
+
+    n = x.size
+    if n == 0:
+        return 0
+    if s != s:
+        return n  # NaN differs from itself: every add changes the sum from the first NaN on
+    if acc.is_stochastic:
+        nz = x[x != 0]
+        if (nz > 0).any() and (nz < 0).any():
+            k = n
+            while k > 0 and partial(k - 1) == s:
+                k -= 1
+            return k
+        lo = 0
+    else:
+        pairs = np.empty((n, 2), dtype=np.float64)
+        pairs[:, 0] = s
+        pairs[:, 1] = x
+        moved = np.flatnonzero(linalg.sum(pairs, axis=1, accumulation=acc) != s)  # round(s + x_k), each k
+        lo = int(moved[-1]) + 1 if moved.size else 0
+    hi = n  # partial(hi) == s
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if partial(mid) == s:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi

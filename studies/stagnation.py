@@ -23,7 +23,9 @@ J. Sci. Comput. 43(1)) that stochastic rounding avoids stagnation.
 
 The terms are x_i = fl(1/i) (harmonic) or fl(U[0,1)) (uniform), rounded to
 nearest in the format, so every mode sums the same data and the exact
-reference is sum x_i computed with integers/fractions.Fraction. The
+reference is sum x_i computed with integers/fractions.Fraction. The sums
+are the engine's: ``lowprec.linalg.sum`` with a sequential accumulation in
+the format (``studies/_common.recursive_sum``). The
 deterministic modes are also re-run by :func:`reference_recursive_sum`, an
 independent pure-Python implementation of s <- round(s + x_i) in exact
 rational arithmetic; the CSV carries its value next to the engine's.

@@ -14,6 +14,26 @@ def _table(fmt, master="fp32"):
     return {r: fmt for r in ROLES if r != "master"} | {"master": master}
 
 
+def test_package_reexports_each_module_public_names():
+    """lowprec.amp is a package of one concept per module; the package re-exports their public names."""
+    import lowprec.amp as amp
+    from lowprec.amp import policies, registry, runtime, scaler
+
+    homes = {policies: ["ROLES", "Policy", "policy_bytes"],
+             registry: ["register_policy", "get_policy", "policy_names"],
+             runtime: ["Precision"], scaler: ["LossScaler", "parse_loss_scale"]}
+    for module, names in homes.items():
+        assert set(names) <= set(module.__all__), module.__name__
+        for name in names:
+            assert getattr(amp, name) is getattr(module, name), name
+    assert sorted(amp.__all__) == sorted(n for names in homes.values() for n in names)
+    assert Precision.__module__ == "lowprec.amp.runtime" and Policy.__module__ == "lowprec.amp.policies"
+    # importing the registry registers the built-in policies, in order
+    assert policy_names()[:5] == [p.name for p in policies.PRESETS] == [
+        "fp32", "fp16-mixed", "bf16-mixed", "fp8-mixed", "pure-fp16"]
+    assert all(get_policy(p.name) is p for p in policies.PRESETS)
+
+
 def test_presets():
     assert {"fp32", "fp16-mixed", "bf16-mixed", "fp8-mixed", "pure-fp16"} <= set(policy_names())
     fp8 = get_policy("fp8-mixed")

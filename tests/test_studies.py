@@ -11,7 +11,7 @@ import pytest
 
 from lowprec.cli import main
 from lowprec.study import describe, run_study, study_names
-from studies._common import PNG_SIGNATURE, recursive_sum
+from studies._common import PNG_SIGNATURE, recursive_sum, summation
 from studies.stagnation import reference_recursive_sum, round_fraction
 
 
@@ -159,6 +159,81 @@ def test_recursive_sum_kernel_matches_rational_reference(fmt, mode):
     ref, ref_last = reference_recursive_sum(x, fmt, mode)
     got, last, _ = recursive_sum(x, fmt, mode)
     assert got == ref and last == ref_last
+
+
+def _bits(v):
+    """The float64 bit pattern of v (one pattern for every NaN)."""
+    v = float(v)
+    return "nan" if v != v else np.float64(v).view(np.int64)
+
+
+# Edge data for recursive sums: cancellations to zero, signed zeros, subnormals, ties, overflow, Inf, NaN.
+_EDGE_SUMS = [
+    [1.0, -1.0], [-1.0, 1.0], [0.0, -0.0], [-0.0, 0.0], [-0.0, -0.0], [-0.0], [0.0], [],
+    [2.0 ** -24, -(2.0 ** -24)], [-(2.0 ** -24), 2.0 ** -25, 2.0 ** -25], [1.0, 2.0 ** -11], [1.0, -(2.0 ** -12)],
+    [2048.0, 1.0, -2048.0], [3.0, -1.0, -2.0, 0.0], [65504.0, 65504.0, -65504.0], [-65504.0, -32.0],
+    [np.inf, -np.inf], [np.inf, 1.0, -1.0], [-np.inf, -0.0], [np.nan, 1.0], [1.0, np.nan, -1.0],
+]
+_SUM_MODES = ["nearest_even", "nearest_away", "toward_zero", "up", "down", "stochastic"]
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e5m2", "fp8_e4m3fn"])
+@pytest.mark.parametrize("mode", _SUM_MODES)
+def test_recursive_sum_is_linalg_sum_bit_for_bit(fmt, mode):
+    """The studies' sums are lowprec.linalg.sum in the format, signed zeros and NaNs included."""
+    from lowprec import linalg
+    from lowprec.accumulation import Accumulation
+
+    acc = Accumulation(a_format=fmt, acc_format=fmt, acc_rounding=mode)
+    assert summation(fmt, mode) == acc
+    for data in _EDGE_SUMS:
+        x = np.array(data, dtype=np.float64)
+        cps = np.arange(x.size + 1)
+        with np.errstate(all="ignore"):
+            got, _, trace = recursive_sum(x, fmt, mode, seed=7, checkpoints=cps)
+            want = linalg.sum(x, accumulation=acc, seed=7)
+            want_trace = [linalg.sum(x[:k], accumulation=acc, seed=7) for k in cps]
+        assert _bits(got) == _bits(want), (data, got, want)
+        assert [_bits(t) for t in trace] == [_bits(t) for t in want_trace], data
+
+
+def test_recursive_sum_of_one_minus_one_rounding_down_is_negative_zero():
+    """IEEE 754 6.3: an exact zero sum is -0 when rounding toward -inf, +0 in the other modes."""
+    for mode, sign in (("down", -1.0), ("nearest_even", 1.0), ("toward_zero", 1.0), ("up", 1.0)):
+        s, last, _ = recursive_sum(np.array([1.0, -1.0]), "fp16", mode)
+        assert s == 0.0 and math.copysign(1.0, s) == sign and last == 2, mode
+
+
+def _brute_last_change(x, fmt, mode, seed=0):
+    """The largest k with s_k != s_{k-1}, from every partial sum."""
+    from lowprec import linalg
+
+    acc = summation(fmt, mode)
+    sums = [float(linalg.sum(x[:k], accumulation=acc, seed=seed)) for k in range(x.size + 1)]
+    return max((k for k in range(1, x.size + 1) if sums[k] != sums[k - 1]), default=0)
+
+
+@pytest.mark.parametrize("mode", ["nearest_even", "toward_zero", "up", "down", "stochastic"])
+def test_recursive_sum_last_change_equals_every_partial_sum(mode):
+    from lowprec import round_to
+
+    rng = np.random.default_rng(11)
+    cases = [round_to(rng.random(120) * 2.0 ** rng.integers(-14, 4, 120), "fp16"),  # one sign: stagnates
+             np.array([4.0, 1.0, -1.0, 2.0 ** -12, -(2.0 ** -12)] * 20),  # returns to its value again and again
+             np.array([8.0] + [2.0 ** -9, -(2.0 ** -9)] * 30),  # sticks (deterministic modes), leaves, comes back
+             np.zeros(5), np.array([0.0, 1.0, 0.0, 0.0])]
+    mixed = round_to(rng.standard_normal(150) * 2.0 ** rng.integers(-12, 6, 150), "fp16")
+    mixed[100:] = 2.0 ** -20  # below half an ulp of the sum: the tail never changes it when rounding to nearest
+    cases.append(round_to(mixed, "fp16"))
+    for x in cases:
+        for seed in ((0, 1, 2) if mode == "stochastic" else (0,)):
+            _, last, _ = recursive_sum(x, "fp16", mode, seed=seed)
+            assert last == _brute_last_change(x, "fp16", mode, seed), (x[:6], seed)
+
+
+def test_recursive_sum_checkpoints_must_be_partial_sum_indices():
+    with pytest.raises(ValueError, match="checkpoints must lie in 0..3"):
+        recursive_sum(np.ones(3), "fp16", checkpoints=[1, 4])
 
 
 def test_round_fraction_matches_numpy_float16():

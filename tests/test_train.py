@@ -197,6 +197,8 @@ def test_bad_input_messages(tmp_path, capsys):
 def test_extra_policy_modules_are_optional(monkeypatch):
     import importlib
 
+    from lowprec.train import loop
+
     real = importlib.import_module
 
     def missing(name, *a):
@@ -204,13 +206,29 @@ def test_extra_policy_modules_are_optional(monkeypatch):
             raise ModuleNotFoundError("No module named 'lowprec.quant.qat'", name="lowprec.quant.qat")
         return real(name, *a)
     monkeypatch.setattr(importlib, "import_module", missing)
-    T._load_extra_policies()  # absent QAT module: skipped
+    loop._load_extra_policies()  # absent QAT module: skipped
 
     def broken(name, *a):
         raise ModuleNotFoundError("No module named 'scipy'", name="scipy")
     monkeypatch.setattr(importlib, "import_module", broken)
     with pytest.raises(ModuleNotFoundError, match="scipy"):
-        T._load_extra_policies()  # a QAT module with a missing dependency is an error, not a skip
+        loop._load_extra_policies()  # a QAT module with a missing dependency is an error, not a skip
+
+
+def test_package_reexports_each_module_public_names():
+    """lowprec.train is a package of one concept per module; the package re-exports their public names."""
+    from lowprec.train import checkpoint, cli as train_cli, loop, report
+
+    homes = {loop: ["TrainConfig", "RunResult", "train", "evaluate", "compare"],
+             checkpoint: ["save_checkpoint", "load_checkpoint", "CheckpointError"],
+             report: ["write_run", "format_table"], train_cli: ["add_parser"]}
+    for module, names in homes.items():
+        assert set(names) <= set(module.__all__), module.__name__
+        for name in names:
+            assert getattr(T, name) is getattr(module, name), name
+    assert sorted(T.__all__) == sorted(n for names in homes.values() for n in names)
+    assert T.RunResult.__module__ == "lowprec.train.loop" and T.CheckpointError.__module__ == "lowprec.train.checkpoint"
+    assert issubclass(T.CheckpointError, ValueError)  # the CLI reports it as a bad-input error (exit code 2)
 
 
 @pytest.mark.parametrize("precision", ["fp8-mixed", "pure-fp16"])

@@ -1,0 +1,326 @@
+"""The training loop of ``lowprec train``: configuration, :func:`train`, :func:`evaluate`, :func:`compare`.
+
+:func:`train` builds the model, optimizer and loss scaler that a
+:class:`TrainConfig` names, runs the epochs (resuming from a checkpoint if
+asked), checkpoints at the end of epochs and returns a :class:`RunResult`;
+with ``out`` it also writes the run record (:mod:`lowprec.train.report`).
+:func:`compare` trains one configuration under several policies.
+
+Importing this module also imports the modules that register more
+policies (QAT), so that every policy name works here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..amp import LossScaler, Precision, get_policy, parse_loss_scale
+from ..autograd import MLP, SGD, Adam, clip_grad_norm, no_grad, softmax_cross_entropy
+from ..data import Dataset, load_digits, load_mnist
+from ..telemetry import Telemetry
+from .checkpoint import load_checkpoint, save_checkpoint
+from .report import run_record, step_row, write_run
+
+__all__ = ["TrainConfig", "RunResult", "train", "evaluate", "compare"]
+
+
+def _load_extra_policies() -> None:
+    """Import modules that register more policies (QAT), if this build has them."""
+    for name in ("lowprec.quant.qat",):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (name, name.rsplit(".", 1)[0]):
+                raise
+
+
+_load_extra_policies()
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in the run record and checkpoints).
+
+    ``loss_scale=None`` uses the policy's default; ``data`` is ``"digits"``
+    or a directory with the four MNIST IDX files.
+    """
+
+    precision: str = "fp32"
+    epochs: int = 30
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 0.05
+    hidden: tuple = (128,)
+    data: str = "digits"
+    loss_scale: Optional[str] = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip_norm: Optional[float] = None
+    activation: str = "relu"
+    loss_weight: float = 1.0
+    telemetry: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; return self. Raises ValueError/TypeError naming the field."""
+        get_policy(self.precision)
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
+        if self.loss_scale is not None:
+            parse_loss_scale(self.loss_scale)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not (isinstance(self.loss_weight, (int, float)) and 0 < self.loss_weight < float("inf")):
+            raise ValueError(f"loss_weight must be positive and finite, got {self.loss_weight!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        return self
+
+    @property
+    def loss_scale_spec(self) -> str:
+        return self.loss_scale if self.loss_scale is not None else get_policy(self.precision).loss_scale
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns."""
+
+    config: TrainConfig
+    model: MLP
+    optimizer: object
+    scaler: LossScaler
+    record: dict
+    step_rows: list = field(default_factory=list)
+    telemetry: Optional[Telemetry] = None
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.record["summary"]["test_accuracy"]
+
+    def weights(self) -> list:
+        """Copies of the stored weights (and master copies if any), for comparisons."""
+        out = [p.data.copy() for p in self.model.parameters()]
+        if self.optimizer.master is not None:
+            out += [m.copy() for m in self.optimizer.master]
+        return out
+
+
+def _load_data(spec: str) -> Dataset:
+    if spec == "digits":
+        return load_digits(seed=0)
+    if os.path.isdir(spec):
+        return load_mnist(spec)
+    raise ValueError(f"--data must be 'digits' or a directory with MNIST IDX files, got {spec!r}")
+
+
+def _check_dataset(ds: Dataset) -> None:
+    for name in ("x_train", "x_test"):
+        x = getattr(ds, name)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"dataset {name} contains NaN or Inf values; clean the data before training")
+
+
+def _build(config: TrainConfig, n_features: int, n_classes: int):
+    telemetry = Telemetry(enabled=config.telemetry, keep_steps=False)
+    ctx = Precision(config.precision, seed=config.seed, telemetry=telemetry)
+    model = MLP([n_features, *config.hidden, n_classes], activation=config.activation, seed=config.seed, ctx=ctx)
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        opt = SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, ctx=ctx)
+    else:
+        opt = Adam(params, lr=config.lr, weight_decay=config.weight_decay, ctx=ctx)
+    scaler = LossScaler.from_spec(config.loss_scale_spec)
+    return ctx, telemetry, model, opt, scaler
+
+
+def evaluate(model: MLP, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple:
+    """(mean loss, accuracy) of ``model`` on ``x, y`` in the model's precision, without telemetry."""
+    ctx = model.ctx
+    saved = ctx.telemetry if ctx is not None else None
+    if ctx is not None:
+        ctx.telemetry = None
+    total_loss, correct = 0.0, 0
+    try:
+        with no_grad():
+            for i in range(0, len(y), batch_size):
+                logits = model(x[i:i + batch_size])
+                loss = softmax_cross_entropy(logits, y[i:i + batch_size])
+                total_loss += float(loss.data) * len(logits.data)
+                correct += int(np.sum(np.argmax(logits.data, axis=1) == y[i:i + batch_size]))
+    finally:
+        if ctx is not None:
+            ctx.telemetry = saved
+    return total_loss / max(len(y), 1), correct / max(len(y), 1)
+
+
+def _state(config, epoch, step, model, opt, scaler, ctx, tel, epochs_rows, step_rows, wall) -> dict:
+    return {
+        "version": 1, "config": dataclasses.asdict(config), "epoch": epoch, "step": step,
+        "params": [p.data for p in model.parameters()], "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(), "streams": ctx.stream_state(), "telemetry": tel.state_dict(),
+        "epochs": epochs_rows, "steps": step_rows, "wall_time": wall,
+    }
+
+
+def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[str] = None, quiet: bool = True,
+          dataset: Optional[Dataset] = None, checkpoint_every: int = 1) -> RunResult:
+    """Train an MLP on ``config.data`` under ``config.precision``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    out : str, optional
+        Directory for the run record, CSV, plots and checkpoint (None: nothing written).
+    resume : str, optional
+        A checkpoint file or a run directory: continue from it until
+        ``config.epochs`` epochs in total (all other settings come from the
+        checkpoint; the result equals an uninterrupted run bit for bit).
+    quiet : bool
+        No progress bar.
+    dataset : Dataset, optional
+        Use these arrays instead of loading ``config.data``.
+    checkpoint_every : int
+        Write ``out/checkpoint.ckpt`` every this many epochs (and at the end).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ValueError
+        Bad configuration, unknown policy, NaN in the data, a checkpoint
+        that does not match.
+    CheckpointError
+        A truncated or corrupt checkpoint.
+    """
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        saved = dict(state["config"])
+        saved["epochs"] = config.epochs
+        saved["hidden"] = tuple(saved["hidden"])
+        config = TrainConfig(**saved)
+    config.validate()
+    ds = dataset if dataset is not None else _load_data(config.data)
+    _check_dataset(ds)
+    ctx, tel, model, opt, scaler = _build(config, ds.n_features, ds.n_classes)
+    params = model.parameters()
+    epochs_rows: list = []
+    step_rows: list = []
+    start_epoch, step, wall_before = 0, 0, 0.0
+    if state is not None:
+        if len(state["params"]) != len(params):
+            raise ValueError(f"checkpoint {resume} holds {len(state['params'])} parameters, the model "
+                             f"{len(params)}")
+        for p, a in zip(params, state["params"]):
+            if p.data.shape != a.shape:
+                raise ValueError(f"checkpoint parameter shape {a.shape} does not match the model's {p.data.shape}")
+            p.data = np.array(a, dtype=np.float32)
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ctx.load_stream_state(state["streams"])
+        tel.load_state_dict(state["telemetry"])
+        epochs_rows, step_rows = list(state["epochs"]), list(state["steps"])
+        start_epoch, step, wall_before = int(state["epoch"]), int(state["step"]), float(state["wall_time"])
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+    n = len(ds.y_train)
+    steps_per_epoch = -(-n // config.batch_size)
+    t0 = time.perf_counter()
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(config.epochs - start_epoch) * steps_per_epoch, desc=config.precision, unit="step",
+                   leave=False, file=sys.stderr)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            perm = np.random.default_rng([config.seed, epoch]).permutation(n)
+            ep_loss = ep_correct = 0.0
+            for b in range(steps_per_epoch):
+                idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+                xb, yb = ds.x_train[idx], ds.y_train[idx]
+                tel.begin_step(step)
+                logits = model(xb)
+                loss = softmax_cross_entropy(logits, yb)
+                opt.zero_grad()
+                scale = scaler.scale
+                loss.backward(scale * config.loss_weight)  # the gradient of loss_weight * loss, scaled
+                scaler.unscale_(opt)
+                if config.clip_norm is not None:
+                    clip_grad_norm(params, config.clip_norm)
+                stepped = scaler.step(opt)
+                scaler.update()
+                tel.end_step(loss_scale=scale, skipped=not stepped)
+                lval = float(loss.data)
+                acc = float(np.mean(np.argmax(logits.data, axis=1) == yb))
+                ep_loss += lval * len(yb)
+                ep_correct += acc * len(yb)
+                step_rows.append(step_row(step, epoch, lval, acc, scale, not stepped, tel))
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    if b % 5 == 0 or b == steps_per_epoch - 1:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{lval:.4f}", acc=f"{acc:.3f}", refresh=False)
+            test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
+            epochs_rows.append({"epoch": epoch + 1, "train_loss": ep_loss / n, "train_accuracy": ep_correct / n,
+                                "test_loss": test_loss, "test_accuracy": test_acc, "loss_scale": scaler.scale})
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, test_acc=f"{test_acc:.4f}", refresh=True)
+            last = epoch + 1 == config.epochs
+            if out is not None and ((epoch + 1) % checkpoint_every == 0 or last):
+                wall = wall_before + time.perf_counter() - t0
+                save_checkpoint(os.path.join(out, "checkpoint.ckpt"),
+                                _state(config, epoch + 1, step, model, opt, scaler, ctx, tel, epochs_rows,
+                                       step_rows, wall))
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = wall_before + time.perf_counter() - t0
+    rec = run_record(config, model, opt, scaler, tel, epochs_rows, step_rows, wall, ds)
+    result = RunResult(config, model, opt, scaler, rec, step_rows, tel)
+    if out is not None:
+        write_run(out, result)
+    return result
+
+
+def compare(names, base: TrainConfig, out: Optional[str] = None, quiet: bool = True,
+            dataset: Optional[Dataset] = None) -> list:
+    """Train ``base`` under each policy in ``names``; return the summary rows (dicts)."""
+    rows = []
+    for name in names:
+        get_policy(name)
+    for name in names:
+        cfg = dataclasses.replace(base, precision=name)
+        res = train(cfg, None if out is None else os.path.join(out, name), quiet=quiet, dataset=dataset)
+        s = res.record["summary"]
+        b = s["bytes_per_role"]
+        rows.append({"policy": name, "loss_scale": cfg.loss_scale_spec, "test_accuracy": s["test_accuracy"],
+                     "train_loss": s["train_loss"], "skipped_steps": s["skipped_steps"],
+                     "final_loss_scale": s["final_loss_scale"], "grad_underflow": s["grad_underflow"],
+                     "grad_subnormal": s["grad_subnormal"], "wall_time_s": s["wall_time_s"],
+                     "param_bytes": b["weight"] + b["master"] + b["optimizer_state"] + b["weight_grad"]})
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "compare.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
