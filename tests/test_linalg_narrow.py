@@ -1,6 +1,6 @@
 """The register-tiled narrow-accumulator kernels (kernels/linalg_narrow.py: "direct", "direct_noovf",
 "twosum32") give the bits of the general per-element kernel (accum.accumulate) and of an exact
-step-by-step Fraction reference, on the packed operands linalg_cpu._pack makes.
+step-by-step Fraction reference, on the packed operands operands.pack makes.
 
 Edge data come from tests/test_linalg_tile.py: overflow to Inf, subnormal and underflowing sums, exact
 ties, exact cancellation to zero, signed zeros; shapes leave remainders in both tile directions.
@@ -18,6 +18,7 @@ from lowprec.accumulation import get_accumulation
 from lowprec.formats import FP16
 from lowprec.kernels import linalg_cpu as L
 from lowprec.kernels import linalg_narrow as LN
+from lowprec.kernels import operands, rules
 from lowprec.linalg import _kernel_args
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
@@ -26,14 +27,14 @@ _ACC = {"direct": "fp16", "twosum32": "bf16"}
 
 
 def narrow(a, bt, kind, acc, no_overflow=False):
-    """C = a @ bt.T by linalg_narrow.run on linalg_cpu._pack's panels, cut to (M, N); kind "direct_plain":
+    """C = a @ bt.T by linalg_narrow.run on operands.pack's panels, cut to (M, N); kind "direct_plain":
     the unchecked "direct" kernel that run uses only for formats too wide for the checked one."""
     M, K = a.shape
     N = bt.shape[0]
-    Ap, Bp = L._pack(a, bt, np.float32 if kind == "twosum32" else np.float64)
+    Ap, Bp = operands.pack(a, bt, np.float32 if kind == "twosum32" else np.float64)
     out = np.full((Ap.shape[0] * L.NARROW_R, Bp.shape[0] * L.NARROW_N), np.nan)
     if kind == "direct_plain":
-        LN.kernels["direct"](Ap, Bp, out, np.int64(K), *L.narrow_params(*fields(acc.acc_format)))
+        LN.kernels["direct"](Ap, Bp, out, np.int64(K), *rules.nearest_even_params(*fields(acc.acc_format)))
     else:
         LN.run(kind, Ap, Bp, out, K, *fields(acc.acc_format), no_overflow=no_overflow)
     return out[:M, :N]
@@ -45,7 +46,7 @@ def reference(a, bt, acc):
 
 
 def no_overflow(a, bt, acc):
-    return LN.direct_no_overflow(L._stats(a), L._stats(bt), a.shape[1], *fields(acc.acc_format))
+    return LN.direct_no_overflow(operands.stats(a), operands.stats(bt), a.shape[1], *fields(acc.acc_format))
 
 
 def kind_applies(a, bt, acc, kind):
@@ -181,7 +182,7 @@ def test_no_overflow_bound_is_safe_and_not_vacuous():
     largest, first_inf = 0, None
     for K in list(range(1, 30)) + list(range(1000, 4000, 100)):
         a, bt = np.full((1, K), a_val), np.full((64, K), b_val)
-        ok = LN.direct_no_overflow(L._stats(a), L._stats(bt), K, m, emin, emax)
+        ok = LN.direct_no_overflow(operands.stats(a), operands.stats(bt), K, m, emin, emax)
         ref = reference(a, bt, acc)
         if ok:
             largest = max(largest, K)
@@ -194,8 +195,8 @@ def test_no_overflow_bound_is_safe_and_not_vacuous():
 
 
 def test_no_overflow_refuses_what_it_cannot_prove():
-    s = L._stats(np.array([1.0, 2.0]))
-    big = L._stats(np.array([1e300]))
+    s = operands.stats(np.array([1.0, 2.0]))
+    big = operands.stats(np.array([1e300]))
     assert LN.direct_no_overflow(s, s, 100, FP16.man_bits, FP16.emin, FP16.emax)
     assert not LN.direct_no_overflow(s, s, 20000, FP16.man_bits, FP16.emin, FP16.emax)
     assert not LN.direct_no_overflow(big, big, 1, FP16.man_bits, FP16.emin, FP16.emax)  # H = inf

@@ -1,5 +1,5 @@
-"""The fast narrow-accumulator matmul kernels (kernels/linalg_cpu.py, "direct", "twosum", "twosum32", "sr",
-"sr32") give the
+"""The fast narrow-accumulator matmul kernels (kernels/narrow.py and kernels/linalg_narrow.py, "direct", "twosum",
+"twosum32", "sr", "sr32", "unfused"; dispatched by kernels/linalg_cpu.py) give the
 bits of the general per-element kernel (accum.accumulate) and of an exact Fraction reference.
 
 Data are built to reach the edges of the accumulator: overflow to Inf, subnormal and underflowing
@@ -17,6 +17,7 @@ from test_linalg import bits_equal, ref_matmul
 
 from lowprec import round_to
 from lowprec.accumulation import Accumulation, get_accumulation
+from lowprec.kernels import accumulate_cpu, operands
 from lowprec.kernels import linalg_cpu as L
 from lowprec.linalg import _kernel_args, matmul
 from lowprec.rng import resolve_seed
@@ -41,7 +42,7 @@ def _kind(args):
 
 def general(args):
     """The general per-element kernel (accum.accumulate), the reference the fast kernels must equal."""
-    L._matmul_cpu_scalar(*args)
+    accumulate_cpu.matmul_general(*args)
     return args[4].copy()
 
 
@@ -308,7 +309,7 @@ def test_lowest_bit_exponent_against_fractions(values):
     if not nonzero:
         return
     x = np.array(values, dtype=np.float64)
-    assert L._lowest_bit_exponent(x) == min(lowest(v) for v in nonzero)
+    assert operands.lowest_bit_exponent(x) == min(lowest(v) for v in nonzero)
 
 
 @settings(max_examples=200, deadline=None)
@@ -318,7 +319,7 @@ def test_operand_stats_against_fractions(values):
     from fractions import Fraction
 
     x = np.array(values, dtype=np.float64)
-    st_ = L._stats(x)
+    st_ = operands.stats(x)
     mags = [abs(Fraction(v)) for v in values if v != 0]
     assert st_.finite and st_.hi == float(max([Fraction(0)] + mags))
     assert st_.lo == (float(min(mags)) if mags else np.inf)
@@ -328,7 +329,7 @@ def test_operand_stats_against_fractions(values):
             assert (Fraction(v) * Fraction(2) ** (st_.bits - 1 - e)).denominator == 1
     if L._float32_exact(x, x):  # a sufficient condition
         assert all(float(np.float32(a * b)) == Fraction(a) * Fraction(b) for a in values for b in values)
-    assert not L._stats(np.array([1.0, np.inf])).finite and not L._stats(np.array([np.nan])).finite
+    assert not operands.stats(np.array([1.0, np.inf])).finite and not operands.stats(np.array([np.nan])).finite
 
 
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (5, 70, 9), (8, 128, 33)])
@@ -348,7 +349,7 @@ def test_pack_panels_from_rows_and_from_transposed_view(M, N, K):
     want_b = want_b.reshape(K, -1, NB).transpose(1, 0, 2)
     for bt in (np.ascontiguousarray(b.T), b.T):
         for dtype in (np.float64, np.float32):
-            Ap, Bp = L._pack(a, bt, dtype)
+            Ap, Bp = operands.pack(a, bt, dtype)
             assert Ap.dtype == dtype and Bp.dtype == dtype
             np.testing.assert_array_equal(Ap, want_a.astype(dtype))
             np.testing.assert_array_equal(Bp, want_b.astype(dtype))
@@ -358,7 +359,7 @@ def test_stats_of_transposed_view_equal_stats_of_copy():
     rng = np.random.default_rng(8)
     x = np.asarray(round_to(rng.standard_normal((30, 17)) * 2.0 ** rng.integers(-30, 30, (30, 17)), "bf16"),
                    np.float64)
-    assert L._stats(x.T) == L._stats(np.ascontiguousarray(x.T)) == L._stats(x)
+    assert operands.stats(x.T) == operands.stats(np.ascontiguousarray(x.T)) == operands.stats(x)
 
 
 def test_public_matmul_with_strided_operands_keeps_the_bits():
@@ -377,3 +378,23 @@ def test_public_matmul_with_strided_operands_keeps_the_bits():
         ref = general(_args(a2, bt2, one, one, 40, 70, 80, acc, k0, k1, off))
         assert got.dtype == np.float32
         assert bits_equal(got.reshape(-1).astype(np.float64), ref), name
+
+
+def test_general_kernel_steps_are_typed_once():
+    """accum's called steps (compiled once, called per term or output) are typed with int64 modes and bit
+    counts, never with int literals: numba compiles a called function again for every new signature, and
+    a literal constant at a call site is a signature of its own."""
+    from numba.core import types
+
+    from lowprec.kernels import accum
+
+    acc = get_accumulation("fp16-kahan")
+    a = np.ones((2, 3))
+    has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout = _kernel_args(acc)
+    r = accum.accumulate(a, np.int64(0), a, np.int64(1), np.int64(3), np.int64(0), has_prod, pprod, fused, pacc,
+                         np.int64(mode), np.int64(order), np.int64(chunk), pchunk, compensated, pout, np.uint32(1),
+                         np.uint32(2), np.int64(3), np.int64(32), np.empty(accum.PAIRWISE_STACK))
+    assert r == 3.0
+    for step in (accum.round64, accum.round_sum, accum.draw, accum.term, accum.kahan_step):
+        assert step.signatures, step
+        assert not any(isinstance(t, types.Literal) for sig in step.signatures for t in sig), step.signatures

@@ -2,13 +2,17 @@
 
 Scalars in, scalars out (plus read-only input rows and one small scratch
 array for pairwise order), compiled into both the CPU loops
-(linalg_cpu.py) and the CUDA kernels (linalg_cuda.py), so the two cannot
-drift apart. Small helpers are ``njit(inline="always")``; the three big
-steps (``round64``, ``round_sum``/``apply_op``, ``accumulate``) are plain
-``njit`` functions that are compiled once and called, because inlining them
-at numba-IR level at every call site made a kernel take minutes and
-gigabytes to compile. None is cached on its own (the loops that call them
-are, keyed on SOURCE_DIGEST).
+(accumulate_cpu.py) and the CUDA kernels (linalg_cuda.py), so the two cannot
+drift apart. Small helpers are ``njit(inline="always")``; every step that
+runs once per rounding event, per term or per output element (``round64``,
+``draw``, ``round_sum``, ``apply_op``, ``term``, ``kahan_step``,
+``accumulate``) is a plain module-level ``njit`` function that is compiled
+once and called: numba inlines an ``inline="always"`` function at IR level
+and types it again at every call site. Each called step is called with one
+argument signature only (constants are passed as ``np.int64``, never as
+int literals, which numba would type as a signature of their own and
+compile the step again). None is cached on its own: the loops that call
+them are (kernels/jit.py).
 
 All values travel in float64 registers. Every format an accumulation uses
 holds its values exactly in float64, products of the (validated) input
@@ -27,7 +31,8 @@ rounding the exact value once, for every mode (Boldo and Melquiond,
 rounding to odd", IEEE TC 2008). For stochastic rounding with r random bits
 it is exact when p + r <= 52: the first 52 bits of s' equal those of the
 exact sum, so the r bits below the kept ones that decide the rounding are
-unchanged (lowprec.accumulation picks r accordingly).
+unchanged (lowprec.accumulation picks r accordingly). TwoSum, TwoProduct and
+rounding to odd are rules.py's (with their proofs).
 
 Random counters: the rounding event ``slot`` of term ``k`` of output element
 ``o`` uses counter ``offset + (o * K + k) * NSLOT + slot``: a pure function of
@@ -40,10 +45,10 @@ import numpy as np
 from numba import njit
 
 from . import scalar
+from .rules import to_odd, two_prod, two_sum
 
 _jit = njit(nogil=True, inline="always")
-# The two big steps are compiled once and called (LLVM may still inline them): inlining them at
-# every call site at numba-IR level made one kernel take minutes and gigabytes to compile.
+# Compiled once and called (LLVM may still inline them after linking; see the module docstring).
 _call = njit(nogil=True, error_model="numpy")  # x/0 gives Inf/NaN as IEEE and CUDA do
 
 # Orders (lowprec.accumulation.ORDERS index).
@@ -64,15 +69,16 @@ NEAREST_EVEN = scalar.NEAREST_EVEN
 DOWN = scalar.DOWN
 
 PAIRWISE_STACK = 64  # pairwise needs one slot per bit of K
+_scalar_called = scalar.DEFINITIONS.called()
 
 
 @_call
 def round64(x, p, mode, rnd, rbits):
-    """scalar.round_f64 compiled once and called (keeps compile time and code size down)."""
-    return scalar.round_f64(x, p, mode, rnd, rbits)
+    """scalar.round_f64, on scalar.py's called definitions (each scalar function compiled once, as a call)."""
+    return _scalar_called.round_f64(x, p, mode, rnd, rbits)
 
 
-@_jit
+@_call
 def draw(mode, key0, key1, counter, rbits):
     """Random bits for a stochastic rounding event (0 for deterministic modes)."""
     if mode == STOCHASTIC:
@@ -83,48 +89,6 @@ def draw(mode, key0, key1, counter, rbits):
 @_jit
 def counter_of(offset, o, K, k, slot):
     return offset + (np.int64(o) * K + k) * NSLOT + slot
-
-
-@_jit
-def two_sum(x, y):
-    """Knuth's TwoSum: (s, e) with s = fl(x + y) and x + y == s + e exactly (finite s)."""
-    s = x + y
-    bb = s - x
-    return s, (x - (s - bb)) + (y - bb)
-
-
-@_jit
-def two_prod(a, b):
-    """Dekker's TwoProduct (Veltkamp splitting, no FMA needed): a * b == p + e exactly.
-
-    Exact when no intermediate overflows or underflows (|a|, |b| < 2**996 and
-    the product's exponent >= -969), which holds for every value of a format
-    of at most fp32's range."""
-    p = a * b
-    c = 134217729.0 * a  # 2**27 + 1
-    ah = c - (c - a)
-    al = a - ah
-    c = 134217729.0 * b
-    bh = c - (c - b)
-    bl = b - bh
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
-
-
-@_jit
-def to_odd(x0, r):
-    """Round-to-odd (53 bits) of the exact value x0 + r, given that x0 is one of the two
-    float64 neighbours of it (a faithful rounding) and r has the sign of the remainder."""
-    if r == 0.0:
-        return x0
-    if x0 == 0.0:
-        return 5e-324 if r > 0.0 else -5e-324
-    u = scalar.f64_as_i64(x0)
-    if (u & 1) == 0:  # force the last bit odd toward the exact value
-        if (r > 0.0) == (x0 > 0.0):
-            u += 1
-        else:
-            u -= 1
-    return scalar.i64_as_f64(u)
 
 
 @_call
@@ -206,20 +170,20 @@ def product(a, b, has_prod, pprod):
     """The product term: exact in float64, or rounded (nearest-even) to the product format."""
     t = np.float64(a) * np.float64(b)
     if has_prod:
-        t = round64(t, pprod, NEAREST_EVEN, np.uint64(0), 32)
+        t = round64(t, pprod, np.int64(NEAREST_EVEN), np.uint64(0), np.int64(32))
     return t
 
 
-@_jit
+@_call
 def term(a, b, has_prod, pprod, fused, pacc):
     """The value that enters the accumulator: unfused products are first rounded (nearest-even)."""
     t = product(a, b, has_prod, pprod)
     if not fused:
-        t = round64(t, pacc, NEAREST_EVEN, np.uint64(0), 32)
+        t = round64(t, pacc, np.int64(NEAREST_EVEN), np.uint64(0), np.int64(32))
     return t
 
 
-@_jit
+@_call
 def kahan_step(s, c, t, pacc, mode, key0, key1, offset, o, K, k, rbits):
     """One step of compensated (Kahan) summation, every operation rounded in the accumulator.
 
@@ -288,10 +252,10 @@ def accumulate(a, ra, b, rb, K, o, has_prod, pprod, fused, pacc, mode, order, ch
                 cs = round_sum(cs, t, pacc, mode,
                                draw(mode, key0, key1, counter_of(offset, o, K, k, SLOT_ADD), rbits), rbits)
             if order == BLOCKED and ((k + 1) % C == 0 or k == K - 1):
-                total = round_sum(total, cs, pchunk, NEAREST_EVEN, np.uint64(0), rbits)  # promotion: RN
+                total = round_sum(total, cs, pchunk, np.int64(NEAREST_EVEN), np.uint64(0), rbits)  # promotion: RN
                 cs = 0.0
                 c = 0.0
         s = total if order == BLOCKED else cs
     if s != s:
         s = np.nan  # one NaN for every backend (hardware default NaNs differ in sign)
-    return round64(s, pout, NEAREST_EVEN, np.uint64(0), 32)
+    return round64(s, pout, np.int64(NEAREST_EVEN), np.uint64(0), np.int64(32))

@@ -1,6 +1,6 @@
 """CUDA kernels for sum, dot, matmul and the elementwise ops around kernels/accum.py.
 
-The twins of linalg_cpu.py: one thread per output element running the same
+The twins of accumulate_cpu.py: one thread per output element running the same
 scalar accumulation (``accum.accumulate``) with the same counters, so the
 bits equal the CPU's. Kernels compile lazily, on first use: importing this
 module needs no GPU. Under ``NUMBA_ENABLE_CUDASIM=1`` they run in numba's
@@ -65,7 +65,7 @@ def _launch(kernel, n, *args):
 
 
 def _matmul_cuda(a, bt, ia, ib, out, *rest):
-    """Same arguments as linalg_cpu._matmul_cpu; fills ``out`` (host array)."""
+    """Same arguments as linalg_cpu._matmul_cpu (accumulate_cpu.matmul_general); fills ``out`` (host array)."""
     k = _get_kernels()
     d = [cuda.to_device(np.ascontiguousarray(v)) for v in (a, bt, ia, ib)]
     d_out = cuda.device_array_like(out)
@@ -74,7 +74,7 @@ def _matmul_cuda(a, bt, ia, ib, out, *rest):
 
 
 def _ops_cuda(x, y, z, out, *rest):
-    """Same arguments as linalg_cpu._ops_cpu; fills ``out`` (host array)."""
+    """Same arguments as accumulate_cpu.ops_elementwise; fills ``out`` (host array)."""
     k = _get_kernels()
     d = [cuda.to_device(np.ascontiguousarray(v)) for v in (x, y, z)]
     d_out = cuda.device_array_like(out)
