@@ -8,14 +8,16 @@ every format directly, never through float32.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .formats import FixedFormat, get_format
 from .kernels import dispatch
-from .rng import resolve_seed
+from .rng import RandomStream, resolve_seed
 from .rounding import MAX_RANDOM_BITS, DEFAULT_RANDOM_BITS, Rounding, get_rounding
 
-__all__ = ["round_to", "encode", "decode", "carrier_of"]
+__all__ = ["round_to", "encode", "decode", "carrier_of", "prepare_rounding", "PreparedRounding"]
 
 _CARRIER = {
     np.dtype(np.float32): (32, 23, 127, np.int32),
@@ -156,15 +158,23 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     >>> float(lowprec.round_to(-431.99999999999994, "fp8_e4m3fn"))
     -416.0
     """
-    fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, key = _prepare(
-        x, fmt, rounding, seed, stream, offset, random_bits, saturate)
-    CW, CM, CB, ity = carrier_of(arr.dtype)
+    if type(x) is np.ndarray and x.dtype in _CARRIER:  # the common case, checked cheaply
+        arr, out_dtype, is_scalar = x, x.dtype, False
+    else:
+        arr, out_dtype, is_scalar = _as_float_array(x)
+    try:
+        r = _prepared(fmt, rounding, arr.dtype, random_bits, saturate, backend)
+    except TypeError as exc:  # an unhashable argument: prepare_rounding raises the error that names it
+        if "unhashable" not in str(exc):
+            raise
+        r = prepare_rounding(fmt, rounding, arr.dtype, random_bits=random_bits, saturate=saturate, backend=backend)
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+    k0, k1, off = resolve_seed(seed, flat.size, stream, offset) if r._stochastic else (0, 0, 0)
     if out is not None:
         _check_out(out, arr.shape, out_dtype)
     direct = out is not None and out.dtype == arr.dtype and out.flags.c_contiguous
     res = out.reshape(-1) if direct else np.empty(flat.size, dtype=arr.dtype)
-    dispatch.round_array(backend, flat.view(ity), res.view(ity), CW, CM, CB, p, int(mode),
-                         np.uint32(key[0]), np.uint32(key[1]), np.int64(key[2]), rbits)
+    r._run(flat, res, k0, k1, off)
     if out is not None:
         if not direct:
             out[...] = res.reshape(arr.shape)
@@ -173,6 +183,123 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     if res.dtype != out_dtype:
         res = res.astype(out_dtype)
     return res[()] if is_scalar else res
+
+
+_NO_KEYS = (np.uint32(0), np.uint32(0), np.int64(0))  # the counter arguments of deterministic modes
+
+
+def _carrier_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _CARRIER:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class PreparedRounding:
+    """:func:`round_to` with its checks made once: rounding arrays of one dtype to one format and mode.
+
+    Made by :func:`prepare_rounding` (cached on its arguments). Calling it costs what the kernel
+    costs plus a few microseconds, for code that rounds many tensors in a loop (the training runtime
+    rounds every activation, weight and gradient this way).
+
+    Attributes
+    ----------
+    fmt, rounding, dtype, random_bits, saturate, backend
+        What :func:`prepare_rounding` was given, validated and normalised.
+
+    Examples
+    --------
+    >>> import numpy as np, lowprec
+    >>> r = lowprec.prepare_rounding("bf16", "nearest_even", np.float32)
+    >>> r(np.array([1 + 2**-8, 3.0], dtype=np.float32)).tolist()
+    [1.0, 3.0]
+    """
+
+    __slots__ = ("fmt", "rounding", "dtype", "random_bits", "saturate", "backend", "_p", "_mode", "_carrier",
+                 "_stochastic", "_cpu", "_choices")
+
+    def __init__(self, fmt, rounding, dtype, random_bits, saturate, backend):
+        self.fmt = get_format(fmt)
+        self.rounding = get_rounding(rounding)
+        self.random_bits = _check_rbits(random_bits)
+        self.dtype = dt = _carrier_dtype(dtype)
+        _check_fmt_for_dtype(self.fmt, dt)
+        self._p = _params(self.fmt, saturate)
+        self.saturate = bool(self._p[7]) if self._p[0] == 0 else self.fmt.saturate
+        self.backend = dispatch.resolve_backend(backend)
+        self._mode = int(self.rounding)
+        self._carrier = _CARRIER[dt]
+        self._stochastic = self.rounding is Rounding.STOCHASTIC
+        self._cpu = self.backend == "cpu"
+        ity = self._carrier[3]
+        self._choices = tuple(dispatch.element_choice("round", self._p, self._mode, self.random_bits, parallel, ity, ity)
+                              for parallel in (False, True)) if self._cpu else None
+
+    def __repr__(self) -> str:
+        return (f"PreparedRounding({self.fmt.name!r}, {self.rounding.name.lower()!r}, {self.dtype.name}, "
+                f"random_bits={self.random_bits}, saturate={self.saturate}, backend={self.backend!r})")
+
+    def __call__(self, x, *, seed=None, out=None) -> np.ndarray:
+        """Round the ndarray ``x`` (of this rounding's dtype, any shape and layout); arguments as :func:`round_to`.
+
+        ``seed`` is used by stochastic rounding only (a RandomStream advances by ``x.size``)."""
+        if type(x) is not np.ndarray or x.dtype != self.dtype:
+            raise TypeError(f"x must be a numpy ndarray of dtype {self.dtype}, got "
+                            f"{x.dtype if isinstance(x, np.ndarray) else type(x).__name__}")
+        flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+        n = flat.size
+        if out is not None:
+            _check_out(out, x.shape, self.dtype)
+        direct = out is not None and out.flags.c_contiguous
+        res = out.reshape(-1) if direct else np.empty(n, dtype=self.dtype)
+        if self._stochastic:
+            k0, k1, off = seed.take(n) if type(seed) is RandomStream else resolve_seed(seed, n)
+        else:
+            k0 = k1 = off = 0
+        self._run(flat, res, k0, k1, off)
+        if out is not None:
+            if not direct:
+                out[...] = res.reshape(x.shape)
+            return out
+        return res.reshape(x.shape)
+
+    def _run(self, flat, res, k0, k1, off) -> None:
+        """Round the flat array ``flat`` into ``res`` (both of this dtype) with counters from (k0, k1, off)."""
+        n = flat.size
+        CW, CM, CB, ity = self._carrier
+        keys = (np.uint32(k0), np.uint32(k1), np.int64(off)) if self._stochastic else _NO_KEYS
+        args = (flat.view(ity), res.view(ity), CW, CM, CB, self._p, self._mode, *keys, self.random_bits)
+        if self._cpu:
+            self._choices[n >= dispatch.PARALLEL_FROM].pick(n)(dispatch.ROUND, *args)
+        else:
+            dispatch.round_array(self.backend, *args)
+
+
+@lru_cache(maxsize=512, typed=True)  # typed: True and 1 are different arguments (one of them is invalid)
+def _prepared(fmt, rounding, dtype, random_bits, saturate, backend) -> PreparedRounding:
+    return PreparedRounding(fmt, rounding, dtype, random_bits, saturate, backend)
+
+
+def prepare_rounding(fmt, rounding="nearest_even", dtype=np.float32, *, random_bits: int = DEFAULT_RANDOM_BITS,
+                     saturate=None, backend: str = "auto") -> PreparedRounding:
+    """A :class:`PreparedRounding`: ``round_to(x, fmt, rounding, ...)`` for ``dtype`` arrays, checked once.
+
+    Cached on its (hashable) arguments: asking twice returns the same object.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`round_to` for the same arguments; ``dtype`` other than float32/float64.
+    """
+    try:
+        return _prepared(fmt, rounding, _carrier_dtype(dtype), random_bits, saturate, backend)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return PreparedRounding(fmt, rounding, dtype, random_bits, saturate, backend)
 
 
 def _check_out(out, shape, dtype) -> None:

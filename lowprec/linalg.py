@@ -17,6 +17,7 @@ seed gives fresh, reproducible bits call after call.
 from __future__ import annotations
 
 import builtins
+from functools import lru_cache
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from .kernels import dispatch
 from .rng import resolve_seed
 from .rounding import Rounding
 
-__all__ = ["matmul", "dot", "sum"]
+__all__ = ["matmul", "dot", "sum", "prepare_matmul", "PreparedMatmul"]
 
 
 def _as_input(x, name: str) -> np.ndarray:
@@ -92,51 +93,14 @@ def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
 
 
 _FP32 = get_format("fp32")
-_FP32_MAX = float(_FP32.max)  # exact: the largest float32
+_F32 = np.dtype(np.float32)
 _FAST_MIN_WORK = 1 << 15  # below this many multiply-adds the general kernel is as fast
 
 
-def _abs_range(x: np.ndarray) -> tuple:
-    """(smallest non-zero |x| or inf, largest |x| or 0; NaN if x holds NaN) as floats."""
-    with np.errstate(all="ignore"):
-        m = np.abs(x)
-        return float(m[m > 0].min(initial=np.inf)), float(m.max(initial=0.0))
-
-
-def _ranges_exact(acc: Accumulation, a_range: tuple, b_range: tuple) -> bool:
-    """_fp32_products_exact from the operands' :func:`_abs_range`."""
-    pa, pb = acc.a_format.precision, acc.b_format.precision
-    if pa + pb > 24:
-        return False
-    (lo_a, hi_a), (lo_b, hi_b) = a_range, b_range
-    with np.errstate(all="ignore"):
-        hi = hi_a * hi_b
-    # the lowest set bit of a product is >= |a| 2**(1-pa) * |b| 2**(1-pb): keep it >= 2**-149
-    small_ok = lo_a * lo_b >= 2.0 ** (-149 + pa + pb - 2) or not (lo_a < np.inf and lo_b < np.inf)
-    return bool(small_ok and hi <= _FP32_MAX)
-
-
-def _fp32_products_exact(acc: Accumulation, a: np.ndarray, b: np.ndarray) -> bool:
-    """True when every product of (rounded) a and b is exactly a float32 number."""
-    if acc.a_format.precision + acc.b_format.precision > 24:
-        return False
-    return _ranges_exact(acc, _abs_range(a), _abs_range(b))
-
-
-def _fast_fp32_kernel(acc: Accumulation, backend: str):
-    """'fma' / 'muladd' when IEEE float32 arithmetic *is* this accumulation, else None (cached per object)."""
-    hit = _FAST_KIND.get((id(acc), backend))
-    if hit is not None and hit[0] is acc:
-        return hit[1]
-    kind = _fast_kind(acc, backend)
-    _FAST_KIND[(id(acc), backend)] = (acc, kind)
-    return kind
-
-
-_FAST_KIND: dict = {}
-
-
+@lru_cache(maxsize=256)
 def _fast_kind(acc: Accumulation, backend: str):
+    """'fma' / 'muladd' when IEEE float32 arithmetic *is* this accumulation (the float32 tile kernel
+    computes it), else None."""
     if (backend != "cpu" or acc.acc_format != _FP32 or acc.acc_rounding is not Rounding.NEAREST_EVEN
             or acc.order != "sequential" or acc.compensated
             or not isinstance(acc.a_format, FloatFormat) or not isinstance(acc.b_format, FloatFormat)
@@ -171,30 +135,90 @@ def _matmul_fp32(A, B, ia, ib, M, N, K, acc, kind, backend) -> np.ndarray:
     return out
 
 
-def _matmul_f32(a: np.ndarray, b: np.ndarray, acc: Accumulation, seed=None, exact=None) -> np.ndarray:
-    """``matmul(a, b, acc, seed=seed, backend="cpu")`` without the public checks (internal, for training).
+class PreparedMatmul:
+    """:func:`matmul` of 2-D float32 operands under one accumulation, with its checks made once.
 
-    The caller promises: ``a`` (M, K) and ``b`` (K, N) are 2-D native float32 arrays (any strides)
-    whose values are already values of ``acc.a_format`` / ``acc.b_format`` (rounding them again would
-    change nothing), and ``acc.out_format`` fits in float32. Returns a C-contiguous float32 (M, N) array.
-    When IEEE float32 arithmetic is the accumulation (:func:`_fast_fp32_kernel`) the float32 tile kernel
-    runs at every size; it reads ``a`` in place and copies ``b`` only when its rows are not contiguous.
-    ``exact`` (whether every product is a float32) is accepted for compatibility and no longer used: the
-    fused kernel is as fast as the unfused one, and it is this accumulation whether or not it holds.
+    Made by :func:`prepare_matmul` (cached). For code that multiplies many small matrices in a loop
+    (the training runtime's forward and backward products): the result is ``matmul(a, b,
+    accumulation, seed=seed)`` bit for bit, as a C-contiguous float32 (M, N) array.
+
+    Attributes
+    ----------
+    accumulation : Accumulation
+    backend : str
+        "cpu" or "cuda".
+    kernel : str
+        What computes it: "fp32-fma" / "fp32-muladd" (the float32 tile kernel: IEEE float32 arithmetic
+        *is* this accumulation; any size), else "general" (the accumulation kernels, as matmul picks them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowprec.linalg import prepare_matmul
+    >>> mm = prepare_matmul("fp16-fp32")
+    >>> mm.kernel
+    'fp32-fma'
+    >>> mm(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)).tolist()[0]
+    [3.0, 3.0, 3.0, 3.0]
     """
-    M, K = a.shape
-    N = b.shape[1]
-    fast = _fast_fp32_kernel(acc, "cpu")
-    if fast is None:
-        one = np.zeros(1, dtype=np.int64)
-        return _run(a.astype(np.float64), np.ascontiguousarray(b.T, dtype=np.float64), one, one, M, N, K, acc,
-                    seed, "cpu").reshape(M, N).astype(np.float32)
-    from .kernels import linalg_fp32
 
-    out = linalg_fp32._matmul_fp32_cpu(a, b, fast == "fma")  # NaNs canonical, as the scalar kernels give
-    if acc.out_format != _FP32:
-        return round_to(out.astype(np.float64), acc.out_format).astype(np.float32)
-    return out
+    __slots__ = ("accumulation", "backend", "kernel", "_fast")
+
+    def __init__(self, accumulation, backend):
+        self.accumulation = acc = get_accumulation(accumulation)
+        self.backend = dispatch.resolve_backend(backend)
+        if not acc.out_format.fits_in(np.float32):
+            raise ValueError(f"out_format {acc.out_format.name} has values that float32 cannot hold; "
+                             "use matmul with float64 operands")
+        self._fast = _fast_kind(acc, self.backend)
+        self.kernel = f"fp32-{self._fast}" if self._fast else "general"
+
+    def __repr__(self) -> str:
+        return f"PreparedMatmul({self.accumulation.name!r}, backend={self.backend!r}, kernel={self.kernel!r})"
+
+    def __call__(self, a, b, *, seed=None, inputs_rounded: bool = False) -> np.ndarray:
+        """``a @ b`` for float32 ``a`` (M, K) and ``b`` (K, N), any strides.
+
+        ``inputs_rounded=True``: the caller vouches that the operands' values are already values of the
+        accumulation's input formats (rounding them again would change nothing), and the rounding pass
+        is skipped. ``seed`` as :func:`matmul` (stochastic accumulation)."""
+        for name, x in (("a", a), ("b", b)):
+            if type(x) is not np.ndarray or x.dtype != _F32 or x.ndim != 2:
+                raise TypeError(f"{name} must be a 2-D float32 ndarray, got "
+                                f"{f'{x.ndim}-D {x.dtype}' if isinstance(x, np.ndarray) else type(x).__name__}")
+        M, K = a.shape
+        if b.shape[0] != K:
+            raise ValueError(f"matmul shape mismatch: a has shape {a.shape} and b has shape {b.shape}")
+        N = b.shape[1]
+        acc = self.accumulation
+        if not inputs_rounded:
+            a, b = _rounded32(a, acc.a_format, self.backend), _rounded32(b, acc.b_format, self.backend)
+        if self._fast is None:
+            one = np.zeros(1, dtype=np.int64)
+            return _run(a.astype(np.float64), np.ascontiguousarray(b.T, dtype=np.float64), one, one, M, N, K, acc,
+                        seed, self.backend).reshape(M, N).astype(np.float32)
+        from .kernels import linalg_fp32
+
+        out = linalg_fp32._matmul_fp32_cpu(a, b, self._fast == "fma")  # NaNs canonical, as the scalar kernels give
+        if acc.out_format != _FP32:
+            return round_to(out.astype(np.float64), acc.out_format).astype(np.float32)
+        return out
+
+
+@lru_cache(maxsize=256)
+def _prepared_matmul(accumulation, backend) -> PreparedMatmul:
+    return PreparedMatmul(accumulation, backend)
+
+
+def prepare_matmul(accumulation="fp32", backend: str = "auto") -> PreparedMatmul:
+    """A :class:`PreparedMatmul` for ``accumulation`` (an Accumulation or a preset name), cached.
+
+    Raises
+    ------
+    ValueError
+        Unknown accumulation or backend; an output format float32 cannot hold.
+    """
+    return _prepared_matmul(accumulation, backend)
 
 
 def _batch_index(batch_shape, own_shape) -> np.ndarray:
@@ -262,7 +286,7 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
         raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
                          f"{b_in.shape}") from None
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
-    fast = _fast_fp32_kernel(acc, backend) if M * N * K >= _FAST_MIN_WORK else None
+    fast = _fast_kind(acc, backend) if M * N * K >= _FAST_MIN_WORK else None
     if fast is not None:
         out = _matmul_fp32(A, B, ia, ib, M, N, K, acc, fast, backend).reshape(batch + (M, N))
     else:

@@ -34,14 +34,13 @@ Examples
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
-from numba import njit
 
 from .formats import FixedFormat, FloatFormat, get_format
-from .kernels import SOURCE_DIGEST
-from .kernels.cpu import _events, _overflow_event
+from .kernels.events import count_bits
 
 __all__ = ["EVENTS", "count_events", "Telemetry"]
 
@@ -73,9 +72,8 @@ def _count(before, after, fmt) -> tuple:
     lim = _limits32(fmt)
     if (lim is not None and type(after) is np.ndarray and type(before) is np.ndarray and after.dtype == _F32
             and before.dtype == _F32 and after.shape == before.shape):  # the training case, one compiled pass
-        u, s, o, n = _count_bits(before.reshape(-1).view(np.uint32), after.reshape(-1).view(np.uint32), *lim,
-                                 before is after)  # (reshape copies a non-contiguous array: same values)
-        return int(u), int(s), int(o), int(n)
+        return count_bits(before.reshape(-1).view(np.uint32), after.reshape(-1).view(np.uint32), *lim,
+                          before is after)  # (reshape copies a non-contiguous array: same values)
     before = np.asarray(before)
     after = np.asarray(after)
     same = before is after  # nothing was rounded: only the state of the values is counted
@@ -107,81 +105,26 @@ def _count(before, after, fmt) -> tuple:
 _F32 = np.dtype(np.float32)
 
 
+@lru_cache(maxsize=256)
 def _limits32(fmt):
-    """_count_bits's thresholds (uint32 bits of tiny and max, and top) when tiny and max are float32
-    numbers, else None (cached)."""
-    key = id(fmt) if not isinstance(fmt, str) else fmt
-    hit = _LIMITS32.get(key)
-    if hit is not None and hit[0] is fmt:
-        return hit[1]
+    """count_bits's thresholds (uint32 bits of tiny and max, and top) when tiny and max are float32
+    numbers, else None."""
     tiny, fmax, has_inf = _limits(fmt)
     exact = all(abs(v) <= 3.4028234663852886e38 and float(np.float32(v)) == v for v in (tiny, fmax))
     top = 0x7F800000 if has_inf else 0xFFFFFFFF
-    lim = tuple(np.uint32(v) for v in (np.float32(tiny).view(np.uint32), np.float32(fmax).view(np.uint32), top)) \
+    return tuple(np.uint32(v) for v in (np.float32(tiny).view(np.uint32), np.float32(fmax).view(np.uint32), top)) \
         if exact else None
-    _LIMITS32[key] = (fmt, lim)
-    return lim
 
 
-_LIMITS32: dict = {}
 
 
-def _make_count_bits(digest):
-    @njit(cache=True, nogil=True)
-    def _count_bits(before, after, tiny, fmax, top, same):  # pragma: no cover - compiled
-        """count_events for flat float32 arrays given as uint32 bit patterns.
-
-        The per-element tests are kernels.cpu._events and _overflow_event (also used by the fused
-        round-and-count loops): integer comparisons of ``|bits|`` with the thresholds' bits. Counts are
-        summed as integer products (branch-free: the loops vectorise); the overflow pass runs only
-        when some result is at least ``max``. ``same``: nothing was rounded, only the state of the
-        values is counted (no underflow or overflow).
-        """
-        digest  # noqa: B018  (cache key: an edit to the kernels recompiles this loop)
-        nan = 0
-        subnormal = 0
-        underflow = 0
-        big = 0
-        if same:
-            for i in range(after.size):
-                e_nan, e_sub, _, _ = _events(after[i], after[i], tiny, fmax, top)
-                nan += e_nan
-                subnormal += e_sub
-            return 0, subnormal, 0, nan
-        for i in range(after.size):
-            e_nan, e_sub, e_und, e_big = _events(after[i], before[i], tiny, fmax, top)
-            nan += e_nan
-            subnormal += e_sub
-            underflow += e_und
-            big += e_big
-        overflow = 0
-        if big:
-            for i in range(after.size):
-                overflow += _overflow_event(after[i], before[i], fmax, top)
-        return underflow, subnormal, overflow, nan
-
-    return _count_bits
-
-
-_count_bits = _make_count_bits(SOURCE_DIGEST)
-
-
-_LIMITS: dict = {}
-
-
+@lru_cache(maxsize=256)
 def _limits(fmt) -> tuple:
-    """(smallest normal, max finite, has Inf) of a format, cached (the properties use Fractions)."""
-    key = id(fmt) if not isinstance(fmt, str) else fmt
-    hit = _LIMITS.get(key)
-    if hit is not None and hit[0] is fmt:
-        return hit[1]
+    """(smallest normal, max finite, has Inf) of a format (the properties use Fractions)."""
     f = get_format(fmt)
     if isinstance(f, FloatFormat):
-        lim = (float(f.tiny), float(f.max), bool(f.has_inf))
-    else:
-        lim = (0.0, float(f.max), False)
-    _LIMITS[key] = (fmt, lim)
-    return lim
+        return float(f.tiny), float(f.max), bool(f.has_inf)
+    return 0.0, float(f.max), False
 
 
 class Telemetry:

@@ -45,6 +45,7 @@ MODULES = [
     ("lowprec.testing", "Hypothesis strategies and property checks"),
     ("lowprec.sweep", "restartable sweeps on a process pool or Dask"),
     ("lowprec.study", "the `lowprec study` command"),
+    ("lowprec.warm", "the `lowprec warm` command: compile the common kernels ahead of time"),
 ]
 
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")

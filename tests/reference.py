@@ -172,3 +172,33 @@ def _round_fixed(x, fmt: FixedFormat, mode: str, u, rbits=None):
     else:
         k = min(max(k, fmt.kmin), fmt.kmax)
     return float(Fraction(k) * q)
+
+
+# The random-bits hash exactly as docs/rounding.md specifies it, written independently of the kernels.
+_M32 = 0xFFFFFFFF
+
+
+def mix32_ref(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def hash32_ref(k0: int, k1: int, counter: int) -> int:
+    h = mix32_ref((counter & _M32) ^ k0)
+    return mix32_ref(h ^ k1 ^ mix32_ref(counter >> 32))
+
+
+def random_bits_ref(k0: int, k1: int, counter: int, r: int) -> int:
+    """The r random bits (1..64) of ``counter`` under the key (k0, k1)."""
+    h = hash32_ref(k0, k1, counter)
+    if r <= 32:
+        return h >> (32 - r)
+    return ((h << 32) | hash32_ref(k0 ^ 0x9E3779B9, k1, counter)) >> (64 - r)
+
+
+def random_bits_array(k0: int, k1: int, offset: int, n: int, r: int) -> np.ndarray:
+    """random_bits_ref of the counters offset .. offset + n - 1, as uint64."""
+    return np.array([random_bits_ref(int(k0), int(k1), offset + i, r) for i in range(n)], dtype=np.uint64)

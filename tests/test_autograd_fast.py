@@ -5,7 +5,7 @@ import pytest
 
 from lowprec import RandomStream, round_to
 from lowprec.accumulation import Accumulation, get_accumulation
-from lowprec.linalg import _abs_range, _fp32_products_exact, _matmul_f32, _ranges_exact, matmul
+from lowprec.linalg import matmul, prepare_matmul
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
@@ -30,7 +30,7 @@ def _operands(rng, M, K, N, acc, special=False):
 
 
 # ----------------------------------------------------------------------------
-# linalg._matmul_f32: the lean entry equals linalg.matmul
+# linalg.prepare_matmul: the prepared product equals linalg.matmul
 # ----------------------------------------------------------------------------
 ACCS = ["fp32", "bf16-fp32", "fp16-fp32", "e4m3-fp32", "e5m2-e4m3-fp32", "fp16", "bf16-sr", "e4m3-chunk128",
         Accumulation(a_format="bf16", out_format="bf16"), Accumulation(fused=False)]
@@ -39,38 +39,42 @@ ACCS = ["fp32", "bf16-fp32", "fp16-fp32", "e4m3-fp32", "e5m2-e4m3-fp32", "fp16",
 @pytest.mark.parametrize("acc", ACCS, ids=lambda a: a if isinstance(a, str) else repr(a)[:40])
 @pytest.mark.parametrize("shape", [(3, 5, 4), (64, 64, 40), (37, 45, 10)])
 @pytest.mark.parametrize("special", [False, True])
-def test_matmul_f32_equals_matmul(acc, shape, special):
+def test_prepared_matmul_equals_matmul(acc, shape, special):
     acc = get_accumulation(acc)
     rng = np.random.default_rng(11)
     M, K, N = shape
     a, b = _operands(rng, M, K, N, acc, special and M > 2)
-    s1, s2 = RandomStream(5, 101), RandomStream(5, 101)
+    s1 = RandomStream(5, 101)
     want = matmul(a, b, acc, seed=s1, backend="cpu")
-    for exact in (None, _ranges_exact(acc, _abs_range(a), _abs_range(b))):
-        s2.offset = 0
-        got = _matmul_f32(a, b, acc, seed=s2, exact=exact)
-        assert got.flags.c_contiguous
-        assert _same_bits(got, want)
-        assert s2.offset == s1.offset
+    mm = prepare_matmul(acc, "cpu")
+    assert prepare_matmul(acc, "cpu") is mm
+    at, bt = np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T  # the layouts of x.T and w.T
+    for x, y in ((a, b), (at, bt)):
+        for inputs_rounded in (False, True):
+            s2 = RandomStream(5, 101)
+            got = mm(x, y, seed=s2, inputs_rounded=inputs_rounded)
+            assert got.flags.c_contiguous
+            assert _same_bits(got, want)
+            assert s2.offset == s1.offset
 
 
-def test_ranges_exact_equals_products_exact():
-    rng = np.random.default_rng(3)
-    for acc in ("bf16-fp32", "fp16-fp32", "e4m3-fp32", "fp32"):
-        acc = get_accumulation(acc)
-        for scale in (0, -60, -70, 60, 70):
-            a, b = _operands(rng, 6, 7, 5, acc)
-            a = round_to(a * np.float32(2.0 ** scale), acc.a_format)
-            for x, y in ((a, b), (a, np.zeros_like(b)), (np.full_like(a, np.nan), b)):
-                assert _ranges_exact(acc, _abs_range(x), _abs_range(y)) == _fp32_products_exact(acc, x, y)
+def test_prepared_matmul_rounds_unrounded_inputs_and_checks_its_arguments():
+    mm = prepare_matmul("bf16-fp32", "cpu")
+    a = np.full((2, 3), 1 + 2.0 ** -10, np.float32)  # not a bf16 value: rounds to 1
+    assert mm(a, np.ones((3, 2), np.float32)).tolist() == [[3.0, 3.0], [3.0, 3.0]]
+    with pytest.raises(TypeError, match="a must be a 2-D float32 ndarray"):
+        mm(a.astype(np.float64), np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        mm(a, np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="unknown accumulation"):
+        prepare_matmul("nope")
 
 
 # ----------------------------------------------------------------------------
-# Precision._kernel_round: round_to's kernel call without round_to's per-call checks
+# Precision.rounding_of (core.prepare_rounding): round_to without round_to's per-call checks
 # ----------------------------------------------------------------------------
 from lowprec.amp import Policy, Precision, get_policy, register_policy  # noqa: E402
 from lowprec.autograd import MLP, SGD, Tensor, softmax_cross_entropy  # noqa: E402
-from lowprec.autograd.tensor import _abs_range as _abs_range_fast  # noqa: E402
 from lowprec.formats import FloatFormat, get_format  # noqa: E402
 from lowprec.rounding import Rounding  # noqa: E402
 from lowprec.telemetry import Telemetry, _count, count_events  # noqa: E402
@@ -91,7 +95,7 @@ def _values(rng, shape):
 
 @pytest.mark.parametrize("fmt,mode", [(f, m) for f in ("fp16", "bf16", "fp8_e4m3fn", "int8") for m in Rounding]
                          + [(f, Rounding.NEAREST_EVEN) for f in FORMATS[4:]], ids=str)
-def test_kernel_round_equals_round_to(fmt, mode):
+def test_prepared_rounding_equals_round_to(fmt, mode):
     fmt = get_format(fmt)
     rng = np.random.default_rng(4)
     ctx = Precision("bf16-mixed", seed=9)
@@ -100,9 +104,27 @@ def test_kernel_round_equals_round_to(fmt, mode):
               np.float32(rng.random((0, 3))), np.asarray(np.float32(1.0 + 2.0 ** -9))):
         s1, s2 = RandomStream(9, 3, 17), RandomStream(9, 3, 17)
         want = round_to(x, fmt, mode, seed=s1)
-        got = ctx._kernel_round(x, fmt, mode, s2)
+        got = ctx.rounding_of(fmt, mode)(x, seed=s2)
         assert _same_bits(got, want)
         assert s2.offset == s1.offset
+        out = np.full_like(x, np.nan)
+        assert ctx.rounding_of(fmt, mode)(x, seed=RandomStream(9, 3, 17), out=out) is out
+        assert _same_bits(out, want)
+
+
+def test_prepared_rounding_checks_its_arguments():
+    from lowprec.core import prepare_rounding
+
+    r = prepare_rounding("bf16", "stochastic", np.float32)
+    assert prepare_rounding("bf16", "stochastic", np.float32) is r
+    with pytest.raises(TypeError, match="x must be a numpy ndarray of dtype float32, got float64"):
+        r(np.zeros(3))
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        prepare_rounding("bf16", "nearest_even", np.float16)
+    with pytest.raises(ValueError, match="float32 cannot hold"):
+        prepare_rounding("int32", "nearest_even", np.float32)
+    with pytest.raises(ValueError, match="out must have the result's shape"):
+        r(np.zeros(3, np.float32), seed=1, out=np.zeros(4, np.float32))
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)
@@ -234,7 +256,7 @@ def test_training_with_skips_equals_training_with_every_rounding(policy, kw, mon
         policy = _sr_policy().name
     fast = _run_summary(policy, **kw)
     monkeypatch.setattr(Precision, "_round", _forced_round)
-    monkeypatch.setattr(Precision, "_lean_matmul", lambda self, which: None)  # linalg.matmul, inputs rounded
+    monkeypatch.setattr(Precision, "matmul_of", lambda self, which: None)  # linalg.matmul, inputs rounded
     monkeypatch.setattr(SGD, "_fused_ok", lambda self: False)  # the numpy optimizer step
     slow = _run_summary(policy, **kw)
     for a, b in zip(fast[:2], slow[:2]):
@@ -279,71 +301,8 @@ def test_compiled_counts_equal_numpy_counts(fmt):
     assert sum(want) > 0
 
 
-def test_compiled_abs_range_equals_linalg():
-    rng = np.random.default_rng(8)
-    cases = [_values(rng, (64, 30)), _values(rng, (30, 64)).T, np.zeros(5, np.float32), np.zeros(0, np.float32),
-             np.float32([np.nan, 0, 2.0 ** -149]), np.float32([np.nan]), np.float32([np.inf, 0]),
-             np.float32([-np.inf, np.nan, 3]), np.float32([-0.0, 5.0])]
-    for x in cases:
-        got, want = _abs_range_fast(x), _abs_range(x)
-        assert np.array_equal(np.array(got), np.array(want), equal_nan=True), (x, got, want)
-
-
-@pytest.mark.parametrize("fmt,mode", [(f, m) for f in ("fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "int8")
-                                      for m in (Rounding.NEAREST_EVEN, Rounding.STOCHASTIC, Rounding.TOWARD_ZERO)]
-                         + [(f, Rounding.NEAREST_EVEN) for f in FORMATS[5:]], ids=str)
-def test_fused_round_and_count_equals_round_to_and_count_events(fmt, mode):
-    """Precision._kernel_round(..., lim): the rounding of round_to and the counts of count_events, from one
-    compiled call (serial and parallel loop sizes, overflow, underflow, NaN, saturation)."""
-    from lowprec.telemetry import _limits32
-
-    fmt = get_format(fmt)
-    rng = np.random.default_rng(12)
-    ctx = Precision("bf16-mixed", seed=3)
-    for x in (_values(rng, (5, 7)), _values(rng, (64, 40)).T, _values(rng, 40000), np.float32(rng.random((0, 3))),
-              np.float32([1e-30, 7e4, -7e4, 600.0, 2.0 ** -20, 1.0])):
-        lim = _limits32(fmt)
-        assert lim is not None
-        s1, s2 = RandomStream(9, 3, 17), RandomStream(9, 3, 17)
-        want = round_to(x, fmt, mode, seed=s1)
-        got, counts = ctx._kernel_round(x, fmt, mode, s2, lim)
-        assert _same_bits(got, want) and s2.offset == s1.offset
-        assert counts == tuple(count_events(x, want, fmt).values())
-        if x.size == 6 and fmt.name in ("fp16", "fp8_e4m3fn"):
-            assert counts[0] > 0 and counts[2] > 0  # the special values hit underflow and overflow
-
-
-@pytest.mark.parametrize("policy", ["bf16-mixed", "fp8-mixed", "fp16-mixed"])
-def test_telemetry_from_fused_counts_equals_recorded_counts(policy):
-    """A training step's telemetry is the same whether the counts come from the fused loop or record()."""
-    import lowprec.amp as amp_mod
-
-    def run(fused):
-        tel = Telemetry()
-        ctx = Precision(policy, seed=1, telemetry=tel)
-        if not fused:  # hide the limits from the fused path: every rounding is then counted by record()
-            ctx._backend = "cpu-unfused"
-        mlp = MLP([12, 33, 5], seed=2, ctx=ctx)
-        x = (np.random.default_rng(3).standard_normal((9, 12)) * 1e3).astype(np.float32)
-        tel.begin_step(0)
-        loss = softmax_cross_entropy(mlp(x), np.arange(9) % 5)
-        loss.backward(2.0 ** 20)
-        tel.end_step()
-        return tel.steps[0]["tensors"], [p.grad for p in mlp.parameters()]
-
-    orig = amp_mod.dispatch.round_array
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(amp_mod.dispatch, "round_array", lambda backend, *args: orig("cpu", *args))
-        t_unfused, g_unfused = run(False)
-    t_fused, g_fused = run(True)
-    assert t_fused == t_unfused
-    assert all(_same_bits(a, b) for a, b in zip(g_fused, g_unfused))
-    if policy != "bf16-mixed":  # (bf16 has fp32's range: nothing to count here)
-        assert sum(e["underflow"] + e["overflow"] for e in t_fused.values()) > 0
-
-
 def test_relu_compiled_equals_numpy():
-    from lowprec.autograd.tensor import _relu_f32, _relu_grad_f32
+    from lowprec.kernels.activations import relu_f32 as _relu_f32, relu_grad_f32 as _relu_grad_f32
 
     rng = np.random.default_rng(7)
     x = _values(rng, 3000)

@@ -92,3 +92,19 @@ def test_kernel_sources_use_no_numpy_ufuncs_on_scalars():
                 if fn not in allowed:
                     offenders.append(f"{name}:{lineno}: np.{fn}")
     assert not offenders, offenders
+
+
+def test_cuda_equals_the_cpu_specialised_loops_at_their_threshold():
+    """From dispatch.SPECIALISE_FROM elements the CPU runs its specialised loops (mode and flags compiled
+    in): the CUDA kernels (runtime arguments, one thread per element) give the same bits there too,
+    with counters that cross 2**32."""
+    from lowprec.kernels import dispatch
+
+    n = dispatch.SPECIALISE_FROM + 17
+    x = (np.random.default_rng(5).standard_normal(n) * 100).astype(np.float32)
+    x[:6] = [np.nan, np.inf, -0.0, 1e-40, 65520.0, -448.5]
+    for fmt, mode in (("bf16", "stochastic"), ("fp8_e4m3fn", "nearest_even"), ("int8", "down")):
+        kw = dict(seed=9, offset=2 ** 32 - 1000) if mode == "stochastic" else {}
+        cpu = lowprec.round_to(x, fmt, mode, backend="cpu", **kw)
+        gpu = lowprec.round_to(x, fmt, mode, backend="cuda", **kw)
+        np.testing.assert_array_equal(_bits(cpu), _bits(gpu), err_msg=f"{fmt} {mode}")

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from lowprec import FloatFormat, Rounding, round_to
 from lowprec.accumulation import PRESETS, Accumulation, get_accumulation
-from lowprec.kernels import cpu as _cpu_kernels
 from lowprec.linalg import dot, matmul
 from lowprec.linalg import sum as lp_sum
 from lowprec.rng import resolve_seed
+
+from reference import random_bits_array
 
 NSLOT = 8  # counters per (output element, k), docs/accumulation.md
 
@@ -127,8 +128,7 @@ def ref_matmul(a, b, acc, seed=None):
     out = np.empty((M, N))
     if acc.is_stochastic:
         k0, k1, off = resolve_seed(seed, M * N * K * NSLOT)
-        bits = np.empty(M * N * K * NSLOT, dtype=np.uint64)
-        _cpu_kernels._random_bits_cpu(bits, np.uint32(k0), np.uint32(k1), np.int64(off), acc.random_bits)
+        bits = random_bits_array(k0, k1, off, M * N * K * NSLOT, acc.random_bits)
     for i in range(M):
         for j in range(N):
             o = i * N + j

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 import lowprec.ops as ops
 from lowprec import FloatFormat, Rounding, get_format, round_to
-from lowprec.kernels import cpu as _cpu_kernels
 from lowprec.rng import resolve_seed
+
+from reference import random_bits_array
 
 OVERFLOW = object()
 
@@ -113,8 +114,7 @@ def test_ops_round_the_exact_result_once(op, fmt):
         R = None
         if mode is Rounding.STOCHASTIC:
             k0, k1, off = resolve_seed(seed, n)
-            R = np.empty(n, dtype=np.uint64)
-            _cpu_kernels._random_bits_cpu(R, np.uint32(k0), np.uint32(k1), np.int64(off), rbits)
+            R = random_bits_array(k0, k1, off, n, rbits)
         for i in range(n):
             Ri = int(R[i]) if R is not None else None
             if op == "sqrt":

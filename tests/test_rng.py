@@ -10,10 +10,9 @@ from hypothesis import given, strategies as st
 
 import lowprec
 from lowprec.formats import FixedFormat, get_format
-from lowprec.kernels import cpu
 from lowprec.rng import RandomStream, derive_key
 
-from reference import neighbours, round_fraction
+from reference import neighbours, random_bits_array, random_bits_ref, round_fraction
 
 
 def _draws(x, fmt, n, seed=0, **kw):
@@ -155,9 +154,8 @@ def test_streams_are_not_correlated_across_seeds():
 
 
 def test_random_bits_are_uniform_bytes():
-    out = np.empty(1 << 16, np.uint64)
     k0, k1 = derive_key(123, 0)
-    cpu._random_bits_cpu(out, np.uint32(k0), np.uint32(k1), np.int64(0), 8)
+    out = random_bits_array(k0, k1, 0, 1 << 16, 8)
     counts = np.bincount(out.astype(np.int64), minlength=256)
     assert counts.size == 256
     expected = out.size / 256
@@ -187,30 +185,6 @@ def test_neighbours_helper_is_consistent():
     assert (lo, hi, q) == (Fraction(9, 32), Fraction(10, 32), Fraction(1, 32))
 
 
-# The hash exactly as docs/rounding.md specifies it, written independently of the kernels.
-_M32 = 0xFFFFFFFF
-
-
-def _mix32_ref(x):
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
-
-def _hash32_ref(k0, k1, counter):
-    h = _mix32_ref((counter & _M32) ^ k0)
-    return _mix32_ref(h ^ k1 ^ _mix32_ref(counter >> 32))
-
-
-def _random_bits_ref(k0, k1, counter, r):
-    h = _hash32_ref(k0, k1, counter)
-    if r <= 32:
-        return h >> (32 - r)
-    return ((h << 32) | _hash32_ref(k0 ^ 0x9E3779B9, k1, counter)) >> (64 - r)
-
-
 @pytest.mark.parametrize("rbits", [32, 20, 40])
 @pytest.mark.parametrize("offset,n", [(2 ** 32 - 37, 100), (2 ** 32 - 20_000, 40_000), (5 * 2 ** 32 + 3, 40_000)],
                          ids=["small-crossing", "parallel-crossing", "parallel-high-word"])
@@ -227,6 +201,6 @@ def test_stochastic_rounding_follows_the_documented_hash(rbits, offset, n, fmt, 
     crossing = [i for i in range(n) if (offset + i) % 2 ** 32 < 3 or (offset + i) % 2 ** 32 > 2 ** 32 - 4]
     idx = sorted(set(rng.choice(n, min(n, 1500), replace=False).tolist()) | set(crossing) | {0, n - 1})
     for i in idx:
-        R = _random_bits_ref(k0, k1, offset + i, rbits)
+        R = random_bits_ref(k0, k1, offset + i, rbits)
         want = round_fraction(float(x[i]), f, "stochastic", u=Fraction(R, 2 ** rbits), rbits=rbits)
         assert float(got[i]) == want, (i, float(x[i]), float(got[i]), want)

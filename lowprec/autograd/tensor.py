@@ -46,18 +46,22 @@ import math
 from typing import Optional
 
 import numpy as np
-from numba import njit
-
 from ..formats import FP32
+from ..kernels import activations
 from ..rounding import Rounding
 
-__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "no_grad"]
+__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "no_grad", "is_grad_enabled"]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
 _GRAD_ENABLED = [True]
 _F32 = np.dtype(np.float32)
+
+
+def is_grad_enabled() -> bool:
+    """False inside :class:`no_grad` (ops then build no graph), else True."""
+    return _GRAD_ENABLED[0]
 
 
 class no_grad:
@@ -334,7 +338,7 @@ class Tensor:
         x = self.data
         if x.dtype == _F32 and x.flags.c_contiguous:
             r = np.empty_like(x)  # one compiled pass (same values as the numpy branch)
-            _relu_f32(x.reshape(-1), r.reshape(-1))
+            activations.relu_f32(x.reshape(-1), r.reshape(-1))
         else:
             r = np.where(x > 0, x, x.dtype.type(0))
         # r > 0 exactly where x > 0 (elsewhere r is +0), so r stands for the mask in the backward pass
@@ -346,7 +350,7 @@ class Tensor:
             g = out.grad
             if g.dtype == _F32 and g.flags.c_contiguous and r.dtype == _F32:
                 gx = np.empty_like(g)
-                _relu_grad_f32(r.reshape(-1), g.reshape(-1), gx.reshape(-1))
+                activations.relu_grad_f32(r.reshape(-1), g.reshape(-1), gx.reshape(-1))
             else:
                 gx = np.where(r > 0, g, g.dtype.type(0))
             self._add_grad(gx, exact_from=out)
@@ -430,29 +434,29 @@ def _mm(ctx, a: np.ndarray, b: np.ndarray, which: str, a_fmt=None, b_fmt=None, t
 
     ``a_fmt``/``b_fmt``: formats the operands are known to be exactly in (tags), or None. The result
     is ``linalg.matmul(a, b, accumulation, seed=stream)`` bit for bit; on the CPU it is computed by
-    the lean entry ``linalg._matmul_f32``: an operand is rounded to its input format only when it is
-    not already in it. With ``t`` and the float32 tile kernel, ``(a @ b).T`` is computed directly as
+    the runtime's prepared product (``linalg.prepare_matmul``): an operand is rounded to its input
+    format only when it is not already in it. With ``t`` and the float32 tile kernel, ``(a @ b).T`` is computed directly as
     ``b.T @ a.T``: every output has the same products (a product does not depend on the order of its
     factors) summed in the same k order, and the result comes out C-contiguous.
     """
     if ctx is None:
         return (a @ b).T if t else a @ b
-    from .. import linalg  # issue 3's module
+    from .. import linalg
 
     acc = ctx.accumulation(which)
     seed = ctx.streams["matmul_" + which]
-    lean = ctx._lean_matmul(which)
-    if lean is None or a.dtype != _F32 or b.dtype != _F32 or a.ndim != 2 or b.ndim != 2:
+    mm = ctx.matmul_of(which)
+    if mm is None or a.dtype != _F32 or b.dtype != _F32 or a.ndim != 2 or b.ndim != 2:
         out = linalg.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), acc, seed=seed)
         return out.T if t else out
-    fast = lean != "general"
+    fast = mm.kernel != "general"
     a = _operand(ctx, a, a_fmt, acc.a_format, fast)
     b = _operand(ctx, b, b_fmt, acc.b_format, fast)
     if not t:
-        return linalg._matmul_f32(a, b, acc, seed=seed)
+        return mm(a, b, seed=seed, inputs_rounded=True)
     if fast:
-        return linalg._matmul_f32(b.T, a.T, acc, seed=seed)
-    return linalg._matmul_f32(a, b, acc, seed=seed).T
+        return mm(b.T, a.T, seed=seed, inputs_rounded=True)
+    return mm(a, b, seed=seed, inputs_rounded=True).T
 
 
 def _operand(ctx, x: np.ndarray, tag, fmt, fast: bool = False) -> np.ndarray:
@@ -465,51 +469,7 @@ def _operand(ctx, x: np.ndarray, tag, fmt, fast: bool = False) -> np.ndarray:
         return x
     if fmt is FP32 and (fast or not np.isnan(x).any()):
         return x  # float32 numbers are fp32 numbers; only NaNs would change (to the canonical NaN)
-    return ctx._kernel_round(x, fmt, Rounding.NEAREST_EVEN, None)
-
-
-@njit(cache=True, nogil=True)
-def _relu_f32(x, out):  # pragma: no cover - compiled
-    """out = where(x > 0, x, +0) for flat float32 arrays."""
-    zero = np.float32(0.0)
-    for i in range(x.size):
-        v = x[i]
-        out[i] = v if v > zero else zero
-
-
-@njit(cache=True, nogil=True)
-def _relu_grad_f32(r, g, out):  # pragma: no cover - compiled
-    """out = where(r > 0, g, +0) for flat float32 arrays."""
-    zero = np.float32(0.0)
-    for i in range(r.size):
-        out[i] = g[i] if r[i] > zero else zero
-
-
-_EXP_ALL_ONES = 0x7F800000  # float32 bits of +Inf; larger magnitudes are NaNs
-
-
-def _abs_range(x: np.ndarray) -> tuple:
-    """linalg._abs_range of a float32 array, in one compiled pass over the bit patterns.
-
-    For non-negative floats the order of the values is the order of their bits.
-    """
-    lo, hi = _abs_bits_range(x.ravel(order="K").view(np.uint32))
-    lo, hi = int(lo), int(hi)
-    lo = float("inf") if lo >= _EXP_ALL_ONES else float(np.uint32(lo + 1).view(np.float32))
-    hi = float("nan") if hi > _EXP_ALL_ONES else float(np.uint32(hi).view(np.float32))
-    return lo, hi
-
-
-@njit(cache=True, nogil=True)
-def _abs_bits_range(u):  # pragma: no cover - compiled
-    """(smallest |bits| - 1 over non-zero values, wrapping 0 to 2**32-1; largest |bits|)."""
-    lo = np.uint32(0xFFFFFFFF)
-    hi = np.uint32(0)
-    for i in range(u.size):
-        v = np.uint32(u[i] & np.uint32(0x7FFFFFFF))
-        hi = max(hi, v)
-        lo = min(lo, np.uint32(v - np.uint32(1)))
-    return lo, hi
+    return ctx.rounding_of(fmt, Rounding.NEAREST_EVEN)(x)
 
 
 @_quiet

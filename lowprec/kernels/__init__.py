@@ -1,22 +1,14 @@
-"""Numba kernels: one scalar definition (scalar.py), thin CPU and CUDA loops around it.
+"""Numba kernels: the one definition of each rule, and the compiled loops built from it.
 
-numba's on-disk cache only notices edits to the file that defines a cached
-function, not to the functions it calls from other files. Every cached loop
-therefore closes over :data:`SOURCE_DIGEST`, a hash of all kernel sources:
-numba hashes closure variables into its cache key, so an edit to scalar.py
-recompiles the loops instead of silently running stale code.
+- ``scalar.py``: rounding, encoding and decoding of one value, the random bits (the definition);
+  ``rules.py``: the accumulation kernels' arithmetic rules, each implementation with its proof;
+  ``events.py``: what a rounding did (telemetry's events);
+- ``cpu.py`` (element loops), ``accum.py`` / ``accumulate_cpu.py`` (the general accumulation kernel),
+  ``narrow.py``, ``linalg_narrow.py``, ``linalg_fp32.py`` (fast matmul tiles), ``operands.py`` (packing,
+  operand statistics), ``optim_cpu.py``, ``activations.py``: loops built from those;
+- ``cuda.py`` / ``linalg_cuda.py``: the CUDA twins (cuda.py is the only module that imports numba.cuda);
+- ``dispatch.py`` and ``linalg_cpu.py``: which kernel runs; ``jit.py``: numba plumbing (the kernel
+  decorator, cache keys, source digests); ``vectors.py``: LLVM vector intrinsics of the tile kernels.
+
+docs/kernels.md is the map for maintainers.
 """
-
-import hashlib
-from pathlib import Path
-
-
-def _digest() -> str:
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-SOURCE_DIGEST = _digest()

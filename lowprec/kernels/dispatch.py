@@ -1,14 +1,64 @@
-"""Picks a backend: the only place that knows both the CPU and the CUDA loops exist."""
+"""Every backend and kernel choice for the element loops: the only place that knows both backends exist.
+
+Backends: ``resolve_backend`` turns "auto" into "cpu" or "cuda" (a real GPU, never the simulator).
+
+CPU element loops (kernels/cpu.py), chosen per call from the table :data:`ELEMENT_LOOPS`, first match:
+
+=========================  ================================================================
+loop                       runs when
+=========================  ================================================================
+specialised (serial below  ``n >= SPECIALISE_FROM``: an array this large pays for the
+``PARALLEL_FROM``, else    compilation within a few calls
+parallel)
+specialised, serial        its code is already compiled, in this process or in numba's cache
+                           on disk, or this process has rounded ``SPECIALISE_AFTER`` elements
+                           with the same specialisation through the runtime-argument loop
+runtime-argument           otherwise (first calls, small arrays, rarely used modes/formats)
+=========================  ================================================================
+
+All loops give the same bits (the same scalar definition; tests/test_kernels_cpu.py checks every
+specialisation against the runtime-argument loop). ``LOWPREC_SPECIALISE=always`` specialises at the
+first call, ``never`` only runs specialised loops that are compiled or for large arrays.
+"""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from . import cpu
+from .jit import is_cached
 
 BACKENDS = ("cpu", "cuda", "auto")
+ROUND, ENCODE, DECODE = cpu.ROUND, cpu.ENCODE, cpu.DECODE  # the loops' op codes
+
+#: Below this many elements a loop runs on the calling thread: waking the thread pool, and waiting for a
+#: descheduled worker on a busy machine, costs more than ~100 us of rounding. Same bits either way.
+PARALLEL_FROM = 1 << 18
+#: From this many elements the specialised loop runs at once (compiled on first use).
+SPECIALISE_FROM = 1 << 15
+#: Elements a process rounds through the runtime-argument loop before it compiles the specialised one
+#: (the runtime-argument loop is ~20-40x slower per element; a specialisation takes seconds to compile).
+SPECIALISE_AFTER = 1 << 25
+
+
+def _read_policy() -> str:
+    value = os.environ.get("LOWPREC_SPECIALISE", "adaptive").strip().lower()
+    if value not in ("adaptive", "always", "never"):
+        raise ValueError(f"LOWPREC_SPECIALISE must be 'adaptive', 'always' or 'never', got {value!r}")
+    return value
+
+
+_POLICY = _read_policy()
 
 
 def resolve_backend(backend: str) -> str:
     """'cpu' or 'cuda' for a requested backend; 'auto' takes a real GPU when there is one."""
+    if backend == "cpu":
+        return "cpu"
+    if backend == "auto" and _AUTO:
+        return _AUTO[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "cpu":
@@ -20,24 +70,95 @@ def resolve_backend(backend: str) -> str:
             raise RuntimeError("backend='cuda' but no CUDA device is available "
                                "(set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator)")
         return "cuda"
-    return "cuda" if cuda.is_available() and not cuda.is_simulator() else "cpu"
+    _AUTO.append("cuda" if cuda.is_available() and not cuda.is_simulator() else "cpu")
+    return _AUTO[0]
 
 
-def _impl(name: str, backend: str):
-    if backend == "cpu":
-        return getattr(cpu, f"_{name}_cpu")
-    from . import cuda
-
-    return getattr(cuda, f"_{name}_cuda")
+_AUTO: list = []  # what "auto" resolved to (a process does not gain or lose a GPU)
 
 
-def round_array(backend, *args):
-    _impl("round", resolve_backend(backend))(*args)
+class _Choice:
+    """One (op, specialisation, size class, carrier) in use: which loop runs, and the elements rounded
+    through the runtime-argument loop so far."""
+
+    __slots__ = ("loop", "generic", "parallel", "ready", "work", "probe")
+
+    def __init__(self, op, spec, parallel, probe):
+        self.loop = cpu.specialised(op, spec, parallel)
+        self.generic = cpu.element_any(cpu.OPS[op], spec[0])
+        self.parallel = parallel
+        self.ready = None  # None: not yet looked up; True: use the specialised loop; False: not on disk
+        self.work = 0
+        self.probe = probe  # argument values of the loop's signature, to look it up in the cache
+
+    def pick(self, n: int):
+        """The loop for ``n`` elements (the table in the module docstring)."""
+        if self.ready or n >= SPECIALISE_FROM:
+            return self.loop
+        policy = _POLICY
+        if policy == "always":
+            self.ready = True
+            return self.loop
+        if self.ready is None:
+            self.ready = is_cached(self.loop, *self.probe)
+            if self.ready:
+                return self.loop
+        self.work += n
+        if self.work >= SPECIALISE_AFTER and policy == "adaptive":
+            self.ready = True
+            return self.loop
+        return self.generic
 
 
-def encode_array(backend, *args):
-    _impl("encode", resolve_backend(backend))(*args)
+_CHOICES: dict = {}
 
 
-def decode_array(backend, *args):
-    _impl("decode", resolve_backend(backend))(*args)
+def element_choice(op: str, p, mode: int, rbits: int, parallel: bool, xdtype, outdtype) -> _Choice:
+    """The state of the CPU ``op`` ("round" or "encode") loops for one specialisation and size class
+    (memoised: one entry per combination in use)."""
+    spec = cpu.spec_of(p, mode, rbits)
+    key = (op, spec, bool(parallel), np.dtype(xdtype).num, np.dtype(outdtype).num)
+    c = _CHOICES.get(key)
+    if c is None:
+        probe = (cpu.OPS[op], np.empty(0, xdtype), np.empty(0, outdtype), 32, 23, 127, tuple(int(v) for v in p), int(mode),
+                 np.uint32(0), np.uint32(0), np.int64(0), int(rbits))
+        c = _CHOICES[key] = _Choice(op, spec, bool(parallel), probe)
+    return c
+
+
+def element_loop(op: str, x: np.ndarray, out: np.ndarray, p, mode: int, rbits: int):
+    """The CPU loop that rounds (``op`` "round" or "encode") the flat carrier view ``x`` into ``out``."""
+    n = x.size
+    return element_choice(op, p, mode, rbits, n >= PARALLEL_FROM, x.dtype, out.dtype).pick(n)
+
+
+def round_array(backend, x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
+    """Round the flat carrier view ``x`` into ``out`` (see kernels/cpu.py for the arguments)."""
+    if resolve_backend(backend) == "cpu":
+        element_loop("round", x, out, p, mode, rbits)(cpu.ROUND, x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits)
+    else:
+        from . import cuda
+
+        cuda._round_cuda(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits)
+
+
+def encode_array(backend, x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
+    """Encode the flat carrier view ``x`` into bit patterns ``out`` (int64)."""
+    if resolve_backend(backend) == "cpu":
+        element_loop("encode", x, out, p, mode, rbits)(cpu.ENCODE, x, out, CW, CM, CB, p, mode, key0, key1, offset,
+                                                       rbits)
+    else:
+        from . import cuda
+
+        cuda._encode_cuda(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits)
+
+
+def decode_array(backend, bits, out, CW, CM, CB, p):
+    """Decode the bit patterns ``bits`` (int64) into the carrier view ``out``."""
+    if resolve_backend(backend) == "cpu":
+        loop = cpu.decode_parallel if bits.size >= PARALLEL_FROM else cpu.element_any(cpu.DECODE, p[0])
+        loop(cpu.DECODE, bits, out, CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+    else:
+        from . import cuda
+
+        cuda._decode_cuda(bits, out, CW, CM, CB, p)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numba
 from numba.core.caching import FunctionCache, IndexDataCacheFile
 
-__all__ = ["kernel", "source_digest", "is_cached"]
+__all__ = ["kernel", "source_digest", "is_cached", "Definitions"]
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "lowprec.kernels"
 
@@ -132,3 +132,39 @@ def is_cached(dispatcher, *args) -> bool:
         return cache._index_key(sig, codegen) in cache._cache_file._load_index()
     except Exception:  # an unreadable index is a miss, not an error
         return False
+
+
+class Definitions:
+    """Scalar definitions compiled two ways from one source: inlined, or called.
+
+    Used as the decorator of a module's scalar functions (``_def = Definitions()``, ``@_def``): the
+    decorated name is numba's inlined version (``inline="always"``), which vector loops need: every
+    call site is expanded and specialised on its constant arguments. :meth:`called` returns the same
+    functions compiled as ordinary calls, each calling the others' called versions: runtime-argument
+    kernels built on those compile in a fraction of the time (each function is typed once, not once per
+    call site) and run at scalar speed. Both are the module's own source: the called copies are the
+    same code objects with a namespace in which the decorated names are bound to the called versions.
+    """
+
+    def __init__(self):
+        self._py = {}
+        self._called = None
+
+    def __call__(self, f):
+        self._py[f.__name__] = f
+        return numba.njit(nogil=True, inline="always")(f)
+
+    def called(self) -> _pytypes.ModuleType:
+        """A module object whose attributes are the called versions (built on first use)."""
+        if self._called is None:
+            first = next(iter(self._py.values()))
+            namespace = dict(first.__globals__)
+            mod = _pytypes.ModuleType(first.__module__ + "<called>")
+            for name, f in self._py.items():
+                copy = _pytypes.FunctionType(f.__code__, namespace, name, f.__defaults__, f.__closure__)
+                copy.__qualname__ = f.__qualname__ + "<called>"
+                copy.__module__ = f.__module__
+                namespace[name] = numba.njit(nogil=True)(copy)
+                setattr(mod, name, namespace[name])
+            self._called = mod
+        return self._called

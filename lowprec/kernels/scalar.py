@@ -37,8 +37,10 @@ caller (offset + flat index).
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
+
+from .jit import Definitions
 
 # Rounding mode codes (must equal lowprec.rounding.Rounding values).
 NEAREST_EVEN = 0
@@ -63,9 +65,11 @@ NAN_NONE = 3
 KIND_FLOAT = 0
 KIND_FIXED = 1
 
-# Not cached on their own: a cached callee is linked as object code and cannot be inlined
-# (measured 10x slower). The cached loops that call them compile them in.
-_jit = njit(nogil=True, inline="always")
+# Not cached on their own: the cached loops that use them compile them in. ``_jit(f)`` is the
+# inlined version (for vector loops); ``DEFINITIONS.called().f`` the same source as an ordinary call
+# (for runtime-argument loops, which compile several times faster).
+DEFINITIONS = Definitions()
+_jit = DEFINITIONS
 
 
 # --------------------------------------------------------------------------
@@ -616,9 +620,3 @@ def decode_bits(pattern, CW, CM, CB, p):
 def round_f64(x, p, mode, rnd, rbits):
     """Round a float64 register value to format ``p`` (a float64 result, exact)."""
     return i64_as_f64(round_bits(f64_as_i64(np.float64(x)), 64, 52, 1023, p, mode, rnd, rbits))
-
-
-@_jit
-def round_f32(x, p, mode, rnd, rbits):
-    """Round a float32 register value to format ``p`` (which must fit in float32)."""
-    return i32_as_f32(np.int32(round_bits(f32_as_i32(np.float32(x)), 32, 23, 127, p, mode, rnd, rbits)))

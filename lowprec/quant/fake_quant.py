@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from ..autograd.tensor import Tensor, is_grad_enabled
 from .affine import choose_qparams, fake_quantize, qrange
 from .calibration import EMAObserver
 from .companding import companding_fake_quant as _cfq
@@ -49,12 +49,6 @@ __all__ = ["fake_quant", "lsq_fake_quant", "companding_fake_quant", "LSQQuantize
            "CompandingFakeQuantizer"]
 
 _MIN_STEP = 1e-8  # a step pushed to <= 0 by the optimizer is used as this (its gradient still flows)
-
-
-def _grad_enabled() -> bool:
-    from ..autograd import tensor as _t
-
-    return bool(getattr(_t, "_GRAD_ENABLED", [True])[0])
 
 
 def _check_tensor(x, name="x") -> Tensor:
@@ -268,7 +262,7 @@ class MinMaxQuantizer:
             scale = np.where(amax > 0, amax / ((1 << (self.bits - 1)) - 1), 1.0)
             self._last_weight_scale = scale
             return fake_quant(x, scale, 0, bits=self.bits, narrow_range=True, axis=self.axis, name=self.name)
-        if self.training and _grad_enabled() or self.observer.lo is None:
+        if self.training and is_grad_enabled() or self.observer.lo is None:
             self.observer.update(x.data)
         s, z = self.qparams()[:2]
         return fake_quant(x, s, z, bits=self.bits, name=self.name)

@@ -1,0 +1,110 @@
+"""``lowprec warm``: compile the kernels that common calls use into numba's cache, in parallel processes.
+
+A new installation has an empty numba cache: the first calls of each kind of kernel compile it (seconds
+each, once; later processes load it from the cache). ``lowprec warm`` does that compiling up front,
+spreading the groups of kernels over ``--jobs`` processes (each process compiles on one core), so that
+a later test run, study or training run starts with everything it needs. CI runs it before the tests:
+the test workers then load kernels instead of each compiling the same ones.
+
+Each group runs public entry points on small data, so it compiles exactly what those calls use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["warm", "GROUPS"]
+
+
+def _elements() -> None:
+    """round_to / encode / decode of float32 and float64 arrays (the runtime-argument loops), and the
+    specialised parallel loops of the common formats at nearest-even."""
+    from . import core
+
+    for dtype in (np.float32, np.float64):
+        x = np.array([0.1, -2.5, 3e4], dtype=dtype)
+        core.round_to(x, "bf16")
+        core.encode(x, "fp8_e4m3fn")
+        core.decode(np.arange(4), "fp16", dtype=dtype)
+    big = np.linspace(-10, 10, 1 << 18, dtype=np.float32)
+    for fmt in ("fp16", "int8"):
+        core.round_to(big, fmt)
+
+
+def _training() -> None:
+    """A short training run per kind of policy (matmul tile kernels, optimizer steps, telemetry)."""
+    from .data import load_digits
+    from .train import TrainConfig, train
+
+    ds = load_digits()
+    for precision, optimizer in (("fp32", "sgd"), ("bf16-mixed", "sgd"), ("fp16-mixed", "adam")):
+        train(TrainConfig(precision=precision, epochs=1, hidden=(32,), optimizer=optimizer), dataset=ds)
+
+
+def _accumulation() -> None:
+    """sum / dot / matmul with the accumulation presets (general and fast kernels)."""
+    from . import accumulation, linalg
+
+    rng = np.random.default_rng(0)
+    small_a, small_b = rng.standard_normal((4, 8)), rng.standard_normal((8, 3))
+    big_a, big_b = rng.standard_normal((64, 64)), rng.standard_normal((64, 64))
+    for name in accumulation.preset_names():
+        linalg.matmul(small_a, small_b, name, seed=0)
+        linalg.matmul(big_a, big_b, name, seed=0)
+        linalg.sum(small_a, None, name, seed=0)
+
+
+#: the groups, longest first (a process takes the next group when it is free)
+GROUPS = {"accumulation": _accumulation, "training": _training, "elements": _elements}
+
+
+def warm(jobs: int = 2, groups=None, quiet: bool = True) -> dict:
+    """Compile the groups' kernels into numba's cache in up to ``jobs`` processes; returns seconds per group."""
+    names = list(GROUPS) if groups is None else list(groups)
+    unknown = [g for g in names if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown warm group(s) {unknown}; expected some of {list(GROUPS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    pending = list(names)
+    running: dict = {}
+    took: dict = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            g = pending.pop(0)
+            cmd = [sys.executable, "-c", f"from lowprec.warm import GROUPS; GROUPS[{g!r}]()"]
+            running[g] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None,
+                                           stderr=subprocess.PIPE, text=True), time.perf_counter())
+        for g, (p, t0) in list(running.items()):
+            if p.poll() is not None:
+                err = p.stderr.read()
+                del running[g]
+                if p.returncode != 0:
+                    raise RuntimeError(f"warm group {g!r} failed:\n{err[-2000:]}")
+                took[g] = time.perf_counter() - t0
+        time.sleep(0.05)
+    return took
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("warm", help="compile the common kernels into numba's cache, in parallel",
+                              description=__doc__.split("\n\n")[1])
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: the CPU count)")
+    p.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {', '.join(GROUPS)}")
+    p.set_defaults(func=_main)
+    return p
+
+
+def _main(args) -> int:
+    t = time.perf_counter()
+    took = warm(args.jobs, [g for g in args.groups.split(",") if g])
+    for g, s in took.items():
+        print(f"{g:<14} {s:6.1f} s")
+    print(f"{'all':<14} {time.perf_counter() - t:6.1f} s ({args.jobs} processes)")
+    return 0

@@ -1,0 +1,72 @@
+"""numba's on-disk cache hands every process the kernel it asked for, whatever order filled it.
+
+A fresh cache directory is filled in one order (small calls first, then large; one format, then
+another), then a new process loads every specialisation from it and checks that each loaded kernel
+is the one asked for: the bits of its results (against the runtime-argument loop, which shares no
+cache entry with them) and the parallel or serial code (the loaded code holds numba's parfor
+functions exactly when it is a parallel kernel). Then the same in the reverse order.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_SCRIPT = textwrap.dedent(r"""
+    import json, sys
+    import numpy as np
+    import lowprec
+    from lowprec.kernels import cpu, dispatch
+
+    calls = json.loads(sys.argv[1])
+    check = sys.argv[2] == "check"
+    report = []
+    for fmt, mode, n in calls:
+        x = (np.random.default_rng(n).standard_normal(n) * 100).astype(np.float32)
+        x[:4] = [0.1, -2.5, 1e-30, 7e4]
+        p = lowprec.get_format(fmt)._kernel_params()
+        m = int(lowprec.get_rounding(mode))
+        parallel = n >= dispatch.PARALLEL_FROM
+        loop = cpu.specialised("round", cpu.spec_of(p, m, 32), parallel)
+        args = (32, 23, 127, p, m, np.uint32(5), np.uint32(6), np.int64(7), 32)
+        out = np.empty_like(x)
+        loop(cpu.ROUND, x.view(np.int32), out.view(np.int32), *args)
+        entry = {"fmt": fmt, "mode": mode, "n": n, "parallel": parallel,
+                 "hits": sum(loop.stats.cache_hits.values()), "misses": sum(loop.stats.cache_misses.values())}
+        lib = loop.overloads[loop.signatures[0]].library
+        entry["parfor"] = "parfor" in str(lib._shared_module) + str(lib._final_module)
+        if check:
+            ref = np.empty_like(x)
+            cpu.element_any(cpu.ROUND, p[0])(cpu.ROUND, x.view(np.int32), ref.view(np.int32), *args)
+            entry["same_bits"] = bool(np.array_equal(out.view(np.int32), ref.view(np.int32)))
+        report.append(entry)
+    print("REPORT" + json.dumps(report))
+""")
+
+_CALLS = [["fp16", "nearest_even", 100], ["fp16", "nearest_even", 1 << 18],
+          ["int8", "nearest_even", 100], ["int8", "nearest_even", 1 << 18]]
+
+
+def _run(cache_dir, calls, what):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    p = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(calls), what], env=env, capture_output=True,
+                       text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("REPORT")][-1]
+    return json.loads(line[len("REPORT"):])
+
+
+@pytest.mark.parametrize("order", ["small-first", "large-first"])
+def test_cache_filled_in_any_order_hands_out_the_asked_specialisation(tmp_path, order):
+    calls = _CALLS if order == "small-first" else _CALLS[::-1]
+    filled = _run(tmp_path, calls, "fill")
+    assert all(e["misses"] == 1 and e["hits"] == 0 for e in filled), filled  # every specialisation compiled once
+    loaded = _run(tmp_path, _CALLS[::-1] if order == "small-first" else _CALLS, "check")
+    for e in loaded:
+        assert e["hits"] == 1 and e["misses"] == 0, e  # loaded from the cache, not compiled again
+        assert e["parfor"] == e["parallel"], e  # the parallel kernel for large arrays, the serial one for small
+        assert e["same_bits"], e

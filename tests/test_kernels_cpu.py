@@ -1,0 +1,106 @@
+"""The CPU element loops agree: every specialised loop gives the runtime-argument loop's bits.
+
+Both kinds of loop run the one scalar definition (kernels/scalar.py): the specialised loops inline it
+with the mode and the format's flags as constants, the runtime-argument loops call it. This file
+checks them against each other on edge data (ties at every position, subnormals, the overflow
+thresholds, Inf, NaN, signed zeros) and random data, for round and encode, float32 and float64
+carriers; tests/test_core.py checks round_to against ml_dtypes, numpy and Fractions. CI runs a bounded
+selection (each case compiles a specialised loop: seconds); the rest is marked ``slow``.
+"""
+
+import numpy as np
+import pytest
+
+import lowprec
+from lowprec import Rounding
+from lowprec.kernels import cpu, dispatch
+from lowprec.rng import derive_key
+
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
+
+
+def _edge(dtype, fmt) -> np.ndarray:
+    vals = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.5, 2.5, 3.0, 0.1, 1e-30, 2.0 ** -149]
+    if isinstance(fmt, lowprec.FloatFormat):
+        ulp_max = 2.0 ** (fmt.emax - fmt.man_bits)
+        for v in (float(fmt.max), float(fmt.tiny), float(fmt.max) + ulp_max / 2, float(fmt.tiny) / 2,
+                  2.0 ** (fmt.emin - fmt.man_bits), 1 + 2.0 ** -(fmt.man_bits + 1)):
+            vals += [v, -v, np.nextafter(v, 0), np.nextafter(v, np.inf)]
+    else:
+        vals += [fmt.max + 0.5, -fmt.max - 1.5, 0.5, -0.5, 1.5, 2 ** -fmt.frac_bits / 2]
+    with np.errstate(over="ignore"):
+        e = np.array(vals, dtype=np.float64).astype(dtype)
+    rng = np.random.default_rng(len(vals))
+    r = (rng.standard_normal(3000) * np.exp2(rng.integers(-20, 20, 3000))).astype(dtype)
+    return np.concatenate([e, r])
+
+
+def _cases():
+    """(name, mode, carriers, ops): CI checks the float32 carrier's round loop of a bounded selection
+    (every mode of fp16, nearest-even and stochastic of a NaN-only, a saturating and a fixed format);
+    ``slow`` runs everything (both carriers, encode too, every preset and mode)."""
+    out = []
+    for name in lowprec.preset_names():
+        fmt = lowprec.get_format(name)
+        for mode in Rounding:
+            ci = name == "fp16" or (name in ("fp8_e4m3fn", "int8") and mode in (Rounding.NEAREST_EVEN,
+                                                                               Rounding.STOCHASTIC)) or (
+                name == "fp4_e2m1fn" and mode is Rounding.NEAREST_EVEN)
+            if ci and fmt.fits_in(np.float32):
+                out.append(pytest.param(name, mode, (np.float32,), ("round",), id=f"{name}-{mode.name.lower()}"))
+            out.append(pytest.param(name, mode, (np.float32, np.float64), ("round", "encode"), marks=pytest.mark.slow,
+                                    id=f"{name}-{mode.name.lower()}-all"))
+    return out
+
+
+@pytest.mark.parametrize("name,mode,carriers,ops", _cases())
+def test_specialised_loops_equal_the_runtime_argument_loop(name, mode, carriers, ops):
+    fmt = lowprec.get_format(name)
+    p = fmt._kernel_params()
+    k0, k1 = derive_key(11, 2)
+    for dtype in carriers:
+        if not fmt.fits_in(dtype):
+            continue
+        x = _edge(dtype, fmt)
+        if not fmt.has_nan:
+            x = x[~np.isnan(x)]
+        CW, CM, CB, ity = lowprec.core.carrier_of(dtype)
+        for rbits in ((32, 7) if mode is Rounding.STOCHASTIC and name == "fp16" else (32,)):
+            spec = cpu.spec_of(p, int(mode), rbits)
+            for op in ops:
+                out_dtype = ity if op == "round" else np.int64
+                args = (CW, CM, CB, p, int(mode), np.uint32(k0), np.uint32(k1), np.int64(2 ** 32 - 1000), rbits)
+                want = np.empty(x.size, out_dtype)
+                cpu.element_any(cpu.OPS[op], p[0])(cpu.OPS[op], x.view(ity), want, *args)
+                got = np.empty(x.size, out_dtype)
+                cpu.specialised(op, spec, False)(cpu.OPS[op], x.view(ity), got, *args)
+                bad = np.flatnonzero(got != want)
+                assert bad.size == 0, (op, dtype.__name__, rbits, x[bad[:5]], got[bad[:5]], want[bad[:5]])
+
+
+def test_decode_loops_agree():
+    for name in ("fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2fnuz", "fp4_e2m1fn", "int8", "uint8"):
+        fmt = lowprec.get_format(name)
+        bits = np.arange(2 ** fmt.bits, dtype=np.int64)
+        p = fmt._kernel_params()
+        want = np.empty(bits.size, np.int64)
+        got = np.empty(bits.size, np.int64)
+        args = (64, 52, 1023, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+        cpu.element_any(cpu.DECODE, p[0])(cpu.DECODE, bits, want, *args)
+        cpu.decode_parallel(cpu.DECODE, bits, got, *args)
+        assert np.array_equal(got, want), name
+
+
+def test_dispatch_picks_the_runtime_argument_loop_first_then_the_specialised_one(monkeypatch):
+    """Small calls of a specialisation that is neither compiled nor cached run the runtime-argument
+    loop until SPECIALISE_AFTER elements; large arrays run the specialised loop at once."""
+    monkeypatch.setattr(dispatch, "SPECIALISE_AFTER", 50)
+    p = lowprec.get_format("fp6_e2m3fn")._kernel_params()
+    x = np.zeros(20, np.int32)
+    choice = dispatch.element_choice("round", p, int(Rounding.UP), 32, False, np.int32, np.int32)
+    choice.ready, choice.work = False, 0  # as in a process whose cache does not hold the specialisation
+    picks = [choice.pick(x.size) is choice.loop for _ in range(4)]
+    assert picks == [False, False, True, True]  # 20, 40 elements: runtime loop; 60 >= 50: specialised
+    big = dispatch.element_choice("round", p, int(Rounding.DOWN), 32, False, np.int32, np.int32)
+    big.ready, big.work = False, 0
+    assert big.pick(dispatch.SPECIALISE_FROM) is big.loop
