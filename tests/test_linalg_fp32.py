@@ -14,7 +14,7 @@ import pytest
 
 from lowprec.accumulation import Accumulation, get_accumulation
 from lowprec.kernels.linalg_fp32 import TILE_M, TILE_N, _matmul_fp32_cpu
-from lowprec.linalg import _matmul_f32, _run
+from lowprec.linalg import _run, prepare_matmul
 
 CANONICAL_NAN = 0x7FC00000
 
@@ -132,6 +132,9 @@ def _layouts(a, b):
     bt = np.full((N, 2 * K), np.nan, dtype=np.float32)
     bt[:, ::2] = b.T
     yield "bt-strided", a, bt[:, ::2].T
+    ro = a.copy()
+    ro.flags.writeable = False
+    yield "read-only", ro, np.broadcast_to(b, b.shape)  # not writeable: numba types them as readonly arrays
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -145,6 +148,21 @@ def test_layouts_read_in_place(shape, fused):
         np.testing.assert_array_equal(y, b)
         got = _matmul_fp32_cpu(x, y, fused)
         assert np.array_equal(_bits(got), _bits(want)), name
+
+
+def test_one_compiled_kernel_per_variant():
+    """Operands in any layout (C, F, strided, transposed views) run one compiled kernel per (fused,
+    parallel): numba does not compile one per layout."""
+    from lowprec.kernels.linalg_fp32 import _kernel
+
+    rng = np.random.default_rng(4)
+    a, b = _data(rng, 7, 33, 31)
+    for fused in (True, False):
+        for parallel in (False, True):
+            for _, x, y in _layouts(a, b):
+                _matmul_fp32_cpu(x, y, fused, parallel)
+                _matmul_fp32_cpu(y.T, x.T, fused, parallel)
+            assert len(_kernel(fused, parallel).signatures) == 1, (fused, parallel)
 
 
 def test_fused_and_unfused_differ_on_inexact_products():
@@ -189,8 +207,8 @@ def test_shapes_cover_the_tile_edges():
                                  Accumulation(a_format="bf16", out_format="bf16")],
                          ids=lambda a: a if isinstance(a, str) else repr(a)[:30])
 @pytest.mark.parametrize("shape", [(2, 3, 2), (6, 1, 19), (37, 45, 10)], ids=str)
-def test_matmul_f32_equals_general_kernel(acc, shape):
-    """linalg._matmul_f32 (the tile kernel at every size, operands in any layout) = the scalar kernel."""
+def test_prepared_matmul_equals_general_kernel(acc, shape):
+    """linalg.prepare_matmul (the tile kernel at every size, operands in any layout) = the scalar kernel."""
     from lowprec import round_to
 
     acc = get_accumulation(acc)
@@ -203,6 +221,6 @@ def test_matmul_f32_equals_general_kernel(acc, shape):
     want = _run(a.astype(np.float64), b.T.astype(np.float64).copy(), one, one, M, N, K, acc, None,
                 "cpu").reshape(M, N).astype(np.float32)
     for _, x, y in _layouts(a, b):
-        got = _matmul_f32(x, y, acc)
+        got = prepare_matmul(acc, "cpu")(x, y, inputs_rounded=True)
         assert got.flags.c_contiguous
         assert np.array_equal(_bits(got), _bits(want))

@@ -20,7 +20,17 @@ of a last, partial panel are read from a zero-padded copy of that panel
 (K x 16). When B's rows are not contiguous (``w.T``) every panel is read from
 such a packed copy, made panel by panel. 6 x 16 rather than 4 x 16: the short-K
 products of training (K = batch) spend less per tile outside the k loop.
+
+Compilation: each of the four kernels (fused or not, parallel or not) has one
+signature, every array typed with layout 'A' (strides read at run time), so C,
+F and strided operands run the same compiled code. The tiles are computed by
+:func:`_tiles`, a module-level function that the kernels call, not inline
+(numba's inliner copied and re-typed the unrolled tile at every call site, which
+dominated the compile time); one call computes a strip of row tiles of one panel,
+so that a call's cost (argument passing, reference counts) is not paid per tile.
 """
+
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -28,7 +38,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from . import SOURCE_DIGEST
+from .jit import kernel
 
 TILE_M = 6
 TILE_N = 16
@@ -39,6 +49,8 @@ TILE_N = 16
 K_BLOCK = 256
 K_BLOCK_FROM = 512
 GROUP = 8
+#: row tiles per call of _tiles in the one-pass loop (the parallel loop's unit of work)
+STRIP = 4
 #: below this many multiply-adds (~0.1 ms on one core) a call runs on the calling thread: waking the
 #: pool costs microseconds to tens of microseconds, and on a busy machine a descheduled worker stalls the
 #: call for ms. 2**22 is the size of bench_train's 64 x 256 x 256 products, which take ~90 us on one core
@@ -126,41 +138,41 @@ def v8_store(typingctx, arr, i, j, v):
 
 
 @intrinsic
-def v8_get(typingctx, v, c):
-    """Lane c of v."""
-    if v != f32x8:
+def v8_store_first(typingctx, arr, i, j, v, n):
+    """arr[i, j:j+n] = v[:n], lane by lane, for n < 8 (n <= 0: nothing; n >= 8: all 8): the edges of C."""
+    if not _is_f32_2d(arr) or v != f32x8 or not isinstance(n, types.Integer):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i_, j_, v_, n_ = args[1:]
+        for c in range(8):
+            with builder.if_then(builder.icmp_signed(">", n_, ir.Constant(n_.type, c))):
+                jc = builder.add(j_, ir.Constant(j_.type, c))
+                ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i_, jc], wraparound=False)
+                builder.store(builder.extract_element(v_, ir.Constant(_I32, c)), ptr)
+        return context.get_dummy_value()
 
-    return types.float32(f32x8, types.intp), codegen
+    return types.none(arr, types.intp, types.intp, f32x8, n), codegen
 
 
 @intrinsic
-def v8_fma(typingctx, a, b, c):
-    """a*b + c per lane, rounded once (llvm.fma.v8f32: vfmadd on hardware with FMA)."""
-    if not (a == f32x8 and b == f32x8 and c == f32x8):
+def v8_step(typingctx, a, b, c, fused):
+    """c + a*b per lane. ``fused`` (a compile-time constant): rounded once (llvm.fma.v8f32: vfmadd on
+    hardware with FMA); else the product rounded to float32, then the sum (no contraction)."""
+    if not (a == f32x8 and b == f32x8 and c == f32x8 and isinstance(fused, types.BooleanLiteral)):
         return None
+    fma = fused.literal_value
 
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
-        return builder.call(fn, args)
-
-    return f32x8(f32x8, f32x8, f32x8), codegen
-
-
-@intrinsic
-def v8_muladd(typingctx, a, b, c):
-    """c + a*b per lane: the product rounded to float32, then the sum (no contraction)."""
-    if not (a == f32x8 and b == f32x8 and c == f32x8):
-        return None
-
-    def codegen(context, builder, signature, args):
-        a_, b_, c_ = args
+        a_, b_, c_, _ = args
+        if fma:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
+            return builder.call(fn, [a_, b_, c_])
         return builder.fadd(c_, builder.fmul(a_, b_))
 
-    return f32x8(f32x8, f32x8, f32x8), codegen
+    return f32x8(f32x8, f32x8, f32x8, fused), codegen
 
 
 @intrinsic
@@ -183,192 +195,182 @@ def v8_canon(typingctx, v):
 # ----------------------------------------------------------------------------
 
 
-# Module-level functions, inlined (numba IR) into four cached entry points, one per (fused, parallel):
-# numba keys its on-disk cache on a closure's cell contents, and a closure over other compiled functions
-# pickles differently in every process, so such kernels were compiled anew (seconds) in every process.
+@njit
+def _tiles(A, B, jb, out, acc, it0, it1, j0, M, N, k0, k1, K, fused):
+    """The terms k0 <= k < k1 of the row tiles it0 <= it < it1 of out[:, j0:j0+16] (the part inside
+    M x N; tile it is out[6*it:6*it+6]) from A's rows and B[:, jb:jb+16]. The sums start from +0
+    (k0 == 0) or from the partial sums in ``acc``, a float32 array padded to whole tiles; they go to
+    ``out`` when k1 == K, else back to ``acc``. Partial sums are float32 values stored and loaded as they
+    are, so a split of k into blocks changes no bit. ``fused`` must be a constant (a literal).
+
+    Module-level and called, not inlined: numba compiles it once per argument types (twice per kernel: k0
+    is the literal 0 in the one-pass loop). Not a closure: two closures with one qualified name compile to
+    one symbol, and a cached kernel that calls one can be linked to the other's code."""
+    for it in range(it0, it1):
+        i0 = it * TILE_M
+        r1 = min(i0 + 1, M - 1)  # rows past M: row M-1 is read, nothing is stored
+        r2 = min(i0 + 2, M - 1)
+        r3 = min(i0 + 3, M - 1)
+        r4 = min(i0 + 4, M - 1)
+        r5 = min(i0 + 5, M - 1)
+        if k0 == 0:
+            c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = c4l = c4h = c5l = c5h = v8_zero()
+        else:
+            c0l, c0h = v8_load(acc, i0, j0), v8_load(acc, i0, j0 + 8)
+            c1l, c1h = v8_load(acc, i0 + 1, j0), v8_load(acc, i0 + 1, j0 + 8)
+            c2l, c2h = v8_load(acc, i0 + 2, j0), v8_load(acc, i0 + 2, j0 + 8)
+            c3l, c3h = v8_load(acc, i0 + 3, j0), v8_load(acc, i0 + 3, j0 + 8)
+            c4l, c4h = v8_load(acc, i0 + 4, j0), v8_load(acc, i0 + 4, j0 + 8)
+            c5l, c5h = v8_load(acc, i0 + 5, j0), v8_load(acc, i0 + 5, j0 + 8)
+        for k in range(k0, k1):
+            bl = v8_load(B, k, jb)
+            bh = v8_load(B, k, jb + 8)
+            a = v8_splat(A[i0, k])
+            c0l = v8_step(a, bl, c0l, fused)
+            c0h = v8_step(a, bh, c0h, fused)
+            a = v8_splat(A[r1, k])
+            c1l = v8_step(a, bl, c1l, fused)
+            c1h = v8_step(a, bh, c1h, fused)
+            a = v8_splat(A[r2, k])
+            c2l = v8_step(a, bl, c2l, fused)
+            c2h = v8_step(a, bh, c2h, fused)
+            a = v8_splat(A[r3, k])
+            c3l = v8_step(a, bl, c3l, fused)
+            c3h = v8_step(a, bh, c3h, fused)
+            a = v8_splat(A[r4, k])
+            c4l = v8_step(a, bl, c4l, fused)
+            c4h = v8_step(a, bh, c4h, fused)
+            a = v8_splat(A[r5, k])
+            c5l = v8_step(a, bl, c5l, fused)
+            c5h = v8_step(a, bh, c5h, fused)
+        if k1 < K:
+            v8_store(acc, i0, j0, c0l)
+            v8_store(acc, i0, j0 + 8, c0h)
+            v8_store(acc, i0 + 1, j0, c1l)
+            v8_store(acc, i0 + 1, j0 + 8, c1h)
+            v8_store(acc, i0 + 2, j0, c2l)
+            v8_store(acc, i0 + 2, j0 + 8, c2h)
+            v8_store(acc, i0 + 3, j0, c3l)
+            v8_store(acc, i0 + 3, j0 + 8, c3h)
+            v8_store(acc, i0 + 4, j0, c4l)
+            v8_store(acc, i0 + 4, j0 + 8, c4h)
+            v8_store(acc, i0 + 5, j0, c5l)
+            v8_store(acc, i0 + 5, j0 + 8, c5h)
+        elif i0 + TILE_M <= M and j0 + TILE_N <= N:
+            v8_store(out, i0, j0, v8_canon(c0l))
+            v8_store(out, i0, j0 + 8, v8_canon(c0h))
+            v8_store(out, i0 + 1, j0, v8_canon(c1l))
+            v8_store(out, i0 + 1, j0 + 8, v8_canon(c1h))
+            v8_store(out, i0 + 2, j0, v8_canon(c2l))
+            v8_store(out, i0 + 2, j0 + 8, v8_canon(c2h))
+            v8_store(out, i0 + 3, j0, v8_canon(c3l))
+            v8_store(out, i0 + 3, j0 + 8, v8_canon(c3h))
+            v8_store(out, i0 + 4, j0, v8_canon(c4l))
+            v8_store(out, i0 + 4, j0 + 8, v8_canon(c4h))
+            v8_store(out, i0 + 5, j0, v8_canon(c5l))
+            v8_store(out, i0 + 5, j0 + 8, v8_canon(c5h))
+        else:  # an edge tile: the rows below M (n = 0 for the others) and the columns below N
+            nl = min(N - j0, 8)
+            nh = N - j0 - 8
+            m = M - i0
+            v8_store_first(out, i0, j0, v8_canon(c0l), nl)
+            v8_store_first(out, i0, j0 + 8, v8_canon(c0h), nh)
+            v8_store_first(out, r1, j0, v8_canon(c1l), nl if m > 1 else 0)
+            v8_store_first(out, r1, j0 + 8, v8_canon(c1h), nh if m > 1 else 0)
+            v8_store_first(out, r2, j0, v8_canon(c2l), nl if m > 2 else 0)
+            v8_store_first(out, r2, j0 + 8, v8_canon(c2h), nh if m > 2 else 0)
+            v8_store_first(out, r3, j0, v8_canon(c3l), nl if m > 3 else 0)
+            v8_store_first(out, r3, j0 + 8, v8_canon(c3h), nh if m > 3 else 0)
+            v8_store_first(out, r4, j0, v8_canon(c4l), nl if m > 4 else 0)
+            v8_store_first(out, r4, j0 + 8, v8_canon(c4h), nh if m > 4 else 0)
+            v8_store_first(out, r5, j0, v8_canon(c5l), nl if m > 5 else 0)
+            v8_store_first(out, r5, j0 + 8, v8_canon(c5h), nh if m > 5 else 0)
 
 
-@njit(inline="always")
-def _step(a, b, c, fused):
-    if fused:
-        return v8_fma(a, b, c)
-    return v8_muladd(a, b, c)
-
-
-@njit(inline="always")
-def _store_row(out, i, j0, N, lo, hi):
-    if j0 + TILE_N <= N:
-        v8_store(out, i, j0, v8_canon(lo))
-        v8_store(out, i, j0 + 8, v8_canon(hi))
-    else:
-        lo = v8_canon(lo)
-        hi = v8_canon(hi)
-        for c in range(min(N - j0, 8)):
-            out[i, j0 + c] = v8_get(lo, c)
-        for c in range(8, N - j0):
-            out[i, j0 + c] = v8_get(hi, c - 8)
-
-
-@njit(inline="always")
-def _tile(A, B, jb, out, acc, i0, j0, M, N, k0, k1, K, fused):
-    """The terms k0 <= k < k1 of out[i0:i0+6, j0:j0+16] (the part inside M x N) from A's rows and
-    B[:, jb:jb+16]. The sums start from +0 (k0 == 0) or from the partial sums in ``acc``, a float32 array
-    padded to whole tiles; they go to ``out`` when k1 == K, else back to ``acc``. Partial sums are float32
-    values stored and loaded as they are, so a split of k into blocks changes no bit."""
-    r1 = min(i0 + 1, M - 1)  # rows past M: row M-1 is read, nothing is stored
-    r2 = min(i0 + 2, M - 1)
-    r3 = min(i0 + 3, M - 1)
-    r4 = min(i0 + 4, M - 1)
-    r5 = min(i0 + 5, M - 1)
-    if k0 == 0:
-        c0l = c0h = c1l = c1h = c2l = c2h = c3l = c3h = c4l = c4h = c5l = c5h = v8_zero()
-    else:
-        c0l, c0h = v8_load(acc, i0, j0), v8_load(acc, i0, j0 + 8)
-        c1l, c1h = v8_load(acc, i0 + 1, j0), v8_load(acc, i0 + 1, j0 + 8)
-        c2l, c2h = v8_load(acc, i0 + 2, j0), v8_load(acc, i0 + 2, j0 + 8)
-        c3l, c3h = v8_load(acc, i0 + 3, j0), v8_load(acc, i0 + 3, j0 + 8)
-        c4l, c4h = v8_load(acc, i0 + 4, j0), v8_load(acc, i0 + 4, j0 + 8)
-        c5l, c5h = v8_load(acc, i0 + 5, j0), v8_load(acc, i0 + 5, j0 + 8)
-    for k in range(k0, k1):
-        bl = v8_load(B, k, jb)
-        bh = v8_load(B, k, jb + 8)
-        a = v8_splat(A[i0, k])
-        c0l = _step(a, bl, c0l, fused)
-        c0h = _step(a, bh, c0h, fused)
-        a = v8_splat(A[r1, k])
-        c1l = _step(a, bl, c1l, fused)
-        c1h = _step(a, bh, c1h, fused)
-        a = v8_splat(A[r2, k])
-        c2l = _step(a, bl, c2l, fused)
-        c2h = _step(a, bh, c2h, fused)
-        a = v8_splat(A[r3, k])
-        c3l = _step(a, bl, c3l, fused)
-        c3h = _step(a, bh, c3h, fused)
-        a = v8_splat(A[r4, k])
-        c4l = _step(a, bl, c4l, fused)
-        c4h = _step(a, bh, c4h, fused)
-        a = v8_splat(A[r5, k])
-        c5l = _step(a, bl, c5l, fused)
-        c5h = _step(a, bh, c5h, fused)
-    if k1 < K:
-        v8_store(acc, i0, j0, c0l)
-        v8_store(acc, i0, j0 + 8, c0h)
-        v8_store(acc, i0 + 1, j0, c1l)
-        v8_store(acc, i0 + 1, j0 + 8, c1h)
-        v8_store(acc, i0 + 2, j0, c2l)
-        v8_store(acc, i0 + 2, j0 + 8, c2h)
-        v8_store(acc, i0 + 3, j0, c3l)
-        v8_store(acc, i0 + 3, j0 + 8, c3h)
-        v8_store(acc, i0 + 4, j0, c4l)
-        v8_store(acc, i0 + 4, j0 + 8, c4h)
-        v8_store(acc, i0 + 5, j0, c5l)
-        v8_store(acc, i0 + 5, j0 + 8, c5h)
-        return
-    _store_row(out, i0, j0, N, c0l, c0h)
-    if i0 + 1 < M:
-        _store_row(out, i0 + 1, j0, N, c1l, c1h)
-    if i0 + 2 < M:
-        _store_row(out, i0 + 2, j0, N, c2l, c2h)
-    if i0 + 3 < M:
-        _store_row(out, i0 + 3, j0, N, c3l, c3h)
-    if i0 + 4 < M:
-        _store_row(out, i0 + 4, j0, N, c4l, c4h)
-    if i0 + 5 < M:
-        _store_row(out, i0 + 5, j0, N, c5l, c5h)
-
-
-@njit(inline="always")
-def _kernel_body(A, B, bt, out, fused, kc):
-    """out = A @ B; with ``bt``, B holds the transpose: out = A @ B.T. prange runs as range in the serial entries.
+def _build(fused: bool, parallel: bool):
+    """The kernel out = A @ B (with ``bt``: B holds the transpose, out = A @ B.T), fused or not; prange runs
+    as range in the serial one. ``P``: room for the packed panels, (npanel - first, K, 16): every panel
+    when ``bt``, else only a last, partial one (first = N // 16).
 
     ``kc < K``: the k loop in blocks of kc terms, the partial sums kept in a padded float32 array (same
     bits): A's rows are then read from L2 once per panel instead of from memory."""
-    M, K = A.shape
-    N = B.shape[0] if bt else B.shape[1]
-    nrow = (M + TILE_M - 1) // TILE_M
-    nfull = N // TILE_N
-    npanel = (N + TILE_N - 1) // TILE_N
-    first = 0 if bt else nfull  # the panels from `first` on are read from packed copies
-    P = np.empty((npanel - first, K, TILE_N), dtype=np.float32)
-    for q in prange(npanel - first):
-        j0 = (first + q) * TILE_N
-        w = min(TILE_N, N - j0)
-        if bt:
-            for c in range(w):  # B's rows are read in order; the (K, 16) panel stays in L1
-                for k in range(K):
-                    P[q, k, c] = B[j0 + c, k]
-        else:
-            for k in range(K):
-                for c in range(w):
-                    P[q, k, c] = B[k, j0 + c]
-        for k in range(K):
-            for c in range(w, TILE_N):
-                P[q, k, c] = 0.0  # the columns past N: computed, never stored
-    if M == 0:
-        return
-    kc = max(kc, 1)
-    if kc >= K:  # one pass over k: tiles in panel order (a panel's B stays in cache for its row tiles)
-        acc0 = np.empty((0, 0), dtype=np.float32)
-        for t in prange(npanel * nrow):
-            jp = t // nrow
-            i0 = (t - jp * nrow) * TILE_M
-            j0 = jp * TILE_N
-            if jp < first:
-                _tile(A, B, j0, out, acc0, i0, j0, M, N, 0, K, K, fused)
+
+    @kernel(parallel=parallel, spec=(fused, parallel))
+    def tile_matmul(A, B, bt, P, out, kc):
+        M, K = A.shape
+        N = out.shape[1]
+        nrow = (M + TILE_M - 1) // TILE_M
+        npanel = (N + TILE_N - 1) // TILE_N
+        first = npanel - P.shape[0]  # the panels from `first` on are read from packed copies
+        for q in prange(npanel - first):
+            j0 = (first + q) * TILE_N
+            w = min(TILE_N, N - j0)
+            if bt:
+                for c in range(w):  # B's rows are read in order; the (K, 16) panel stays in L1
+                    for k in range(K):
+                        P[q, k, c] = B[j0 + c, k]
             else:
-                _tile(A, P[jp - first], 0, out, acc0, i0, j0, M, N, 0, K, K, fused)
-        return
-    # k in blocks: a group of GROUP row tiles (its A rows over one k block stay in L2) takes every panel in
-    # turn, each panel's k block (kc x 16, L1) serving the group's row tiles; the groups run in parallel
-    acc = np.empty((nrow * TILE_M, npanel * TILE_N), dtype=np.float32)
-    ngroup = (nrow + GROUP - 1) // GROUP
-    nk = (K + kc - 1) // kc
-    for g in prange(ngroup):
-        for kb in range(nk):
-            k0 = kb * kc
-            k1 = min(K, k0 + kc)
-            for jp in range(npanel):
+                for k in range(K):
+                    for c in range(w):
+                        P[q, k, c] = B[k, j0 + c]
+            for k in range(K):
+                for c in range(w, TILE_N):
+                    P[q, k, c] = 0.0  # the columns past N: computed, never stored
+        if M == 0:
+            return
+        kc = max(kc, 1)
+        if kc >= K:  # one pass over k: strips of row tiles in panel order (a panel's B stays in cache)
+            acc0 = np.empty((0, 0), dtype=np.float32)
+            nstrip = (nrow + STRIP - 1) // STRIP
+            for t in prange(npanel * nstrip):
+                jp = t // nstrip
+                s = t - jp * nstrip
                 j0 = jp * TILE_N
-                for it in range(g * GROUP, min(nrow, (g + 1) * GROUP)):
-                    if jp < first:
-                        _tile(A, B, j0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
-                    else:
-                        _tile(A, P[jp - first], 0, out, acc, it * TILE_M, j0, M, N, k0, k1, K, fused)
+                panel = B if jp < first else P[jp - first]
+                jb = j0 if jp < first else 0
+                _tiles(A, panel, jb, out, acc0, s * STRIP, min(nrow, (s + 1) * STRIP), j0, M, N, 0, K, K, fused)
+            return
+        # k in blocks: a group of GROUP row tiles (its A rows over one k block stay in L2) takes every panel
+        # in turn, each panel's k block (kc x 16, L1) serving the group's row tiles; the groups run in parallel
+        acc = np.empty((nrow * TILE_M, npanel * TILE_N), dtype=np.float32)
+        ngroup = (nrow + GROUP - 1) // GROUP
+        nk = (K + kc - 1) // kc
+        for g in prange(ngroup):
+            for kb in range(nk):
+                k0 = kb * kc
+                k1 = min(K, k0 + kc)
+                for jp in range(npanel):
+                    j0 = jp * TILE_N
+                    panel = B if jp < first else P[jp - first]
+                    jb = j0 if jp < first else 0
+                    _tiles(A, panel, jb, out, acc, g * GROUP, min(nrow, (g + 1) * GROUP), j0, M, N, k0, k1, K,
+                           fused)
+
+    return tile_matmul
 
 
-def _build(digest):
-    # each entry closes over the digest only (a string: the same cache key in every process; see
-    # kernels/__init__.py) and has its own name, so each has its own cache file
+_kernels = {(fused, parallel): _build(fused, parallel) for fused in (True, False) for parallel in (True, False)}
 
-    @njit(nogil=True, parallel=True, cache=True)
-    def kernel_fma_parallel(A, B, bt, out, kc):
-        digest  # noqa: B018
-        _kernel_body(A, B, bt, out, True, kc)
-
-    @njit(nogil=True, parallel=True, cache=True)
-    def kernel_muladd_parallel(A, B, bt, out, kc):
-        digest  # noqa: B018
-        _kernel_body(A, B, bt, out, False, kc)
-
-    @njit(nogil=True, cache=True)
-    def kernel_fma_serial(A, B, bt, out, kc):
-        digest  # noqa: B018
-        _kernel_body(A, B, bt, out, True, kc)
-
-    @njit(nogil=True, cache=True)
-    def kernel_muladd_serial(A, B, bt, out, kc):
-        digest  # noqa: B018
-        _kernel_body(A, B, bt, out, False, kc)
-
-    return {(True, True): kernel_fma_parallel, (False, True): kernel_muladd_parallel,
-            (True, False): kernel_fma_serial, (False, False): kernel_muladd_serial}
-
-
-_kernels = _build(SOURCE_DIGEST)
+_OPERAND = types.Array(types.float32, 2, "A", readonly=True)  # only read: numba converts any 2-D float32 array
+#: every kernel's one signature (A, B, bt, P, out, kc)
+_SIGNATURE = (_OPERAND, _OPERAND, types.boolean, types.Array(types.float32, 3, "A"),
+              types.Array(types.float32, 2, "C"), types.intp)
+_compiled = set()
+_compile_lock = threading.Lock()
 
 
 def _kernel(fused: bool, parallel: bool):
-    return _kernels[bool(fused), bool(parallel)]
+    """The kernel, compiled (or loaded from the cache) for _SIGNATURE on its first use only: with
+    compilation then disabled, numba converts other layouts to it instead of compiling one per layout."""
+    key = bool(fused), bool(parallel)
+    d = _kernels[key]
+    if key not in _compiled:
+        with _compile_lock:  # (a second thread must not call compile() once it is disabled)
+            if key not in _compiled:
+                d.compile(_SIGNATURE)
+                d.disable_compile()
+                _compiled.add(key)
+    return d
 
 
 def _matmul_fp32_cpu(a, b, fused, parallel=None, kc=None):
@@ -389,9 +391,11 @@ def _matmul_fp32_cpu(a, b, fused, parallel=None, kc=None):
     bt = b.strides[1] != 4 and N >= TILE_N  # rows not contiguous (e.g. w.T): all panels packed from b.T
     if bt:
         b = b.T
+    npanel = (N + TILE_N - 1) // TILE_N
+    packed = np.empty((npanel if bt else npanel - N // TILE_N, K, TILE_N), dtype=np.float32)
     out = np.empty((M, N), dtype=np.float32)
     if parallel is None:
         parallel = M * N * K >= PARALLEL_MIN_WORK
     kc = (K if K <= K_BLOCK_FROM else K_BLOCK) if kc is None else int(kc)
-    _kernel(fused, parallel)(a, b, bt, out, kc)
+    _kernel(fused, parallel)(a, b, bt, packed, out, kc)
     return out

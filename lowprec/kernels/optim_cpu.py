@@ -14,7 +14,7 @@ carries the NaN numpy's would (see ``_add``):
 
 It also returns telemetry's counts for the two identity roundings to fp32
 that follow (state and master: only subnormal and NaN results can occur, as
-``telemetry._count_bits(x, x, ..., same=True)`` counts them), so that the
+``events.count_bits(x, x, ..., same=True)`` counts them), so that the
 optimizer makes one compiled call per parameter instead of several numpy
 passes and two counting calls.
 """
@@ -22,47 +22,13 @@ passes and two counting calls.
 import numpy as np
 from numba import njit
 
-from . import SOURCE_DIGEST, scalar
-from .cpu import _events
+from . import scalar
+from .events import events as _events
+from .jit import kernel
 
 _F32_TINY = np.uint32(0x00800000)  # fp32's smallest normal
 _F32_MAX = np.uint32(0x7F7FFFFF)
 _F32_INF = np.uint32(0x7F800000)
-
-
-def _build(digest):
-    @njit(cache=True, nogil=True)
-    def sgd_f32(g, w, buf, new, mu, lr, wd, decay, momentum, first):
-        """One SGD step on flat float32 arrays (see the module docstring); ``decay``: weight decay is on
-        (``wd`` is added even where float32(wd) is 0, as numpy adds it); ``buf`` is updated in place
-        (ignored without momentum), ``new`` receives the new weights. Returns (subnormal, NaN) counts of
-        the state and of the new weights."""
-        digest  # noqa: B018
-        s_sub = 0
-        s_nan = 0
-        w_sub = 0
-        w_nan = 0
-        for i in range(g.size):
-            gi = g[i]
-            wi = w[i]
-            if decay:
-                gi = _add(gi, wd * wi)
-            if momentum:
-                b = gi if first else _add(mu * buf[i], gi)
-                buf[i] = b
-                e_nan, e_sub, _, _ = _events(_bits(b), _bits(b), _F32_TINY, _F32_MAX, _F32_INF)
-                s_nan += e_nan
-                s_sub += e_sub
-            else:
-                b = gi
-            nw = wi - lr * b
-            new[i] = nw
-            e_nan, e_sub, _, _ = _events(_bits(nw), _bits(nw), _F32_TINY, _F32_MAX, _F32_INF)
-            w_nan += e_nan
-            w_sub += e_sub
-        return s_sub, s_nan, w_sub, w_nan
-
-    return sgd_f32
 
 
 @njit(inline="always")
@@ -76,8 +42,36 @@ def _add(a, b):
 
 @njit(inline="always")
 def _bits(x):
-    """The bits of a float32 value as uint32 (the form cpu._events compares)."""
+    """The bits of a float32 value as uint32 (the form events.events compares)."""
     return np.uint32(scalar.f32_as_i32(x))
 
 
-sgd_f32 = _build(SOURCE_DIGEST)
+@kernel
+def sgd_f32(g, w, buf, new, mu, lr, wd, decay, momentum, first):
+    """One SGD step on flat float32 arrays (see the module docstring); ``decay``: weight decay is on
+    (``wd`` is added even where float32(wd) is 0, as numpy adds it); ``buf`` is updated in place
+    (ignored without momentum), ``new`` receives the new weights. Returns (subnormal, NaN) counts of
+    the state and of the new weights."""
+    s_sub = 0
+    s_nan = 0
+    w_sub = 0
+    w_nan = 0
+    for i in range(g.size):
+        gi = g[i]
+        wi = w[i]
+        if decay:
+            gi = _add(gi, wd * wi)
+        if momentum:
+            b = gi if first else _add(mu * buf[i], gi)
+            buf[i] = b
+            e_nan, e_sub, _, _ = _events(_bits(b), _bits(b), _F32_TINY, _F32_MAX, _F32_INF)
+            s_nan += e_nan
+            s_sub += e_sub
+        else:
+            b = gi
+        nw = wi - lr * b
+        new[i] = nw
+        e_nan, e_sub, _, _ = _events(_bits(nw), _bits(nw), _F32_TINY, _F32_MAX, _F32_INF)
+        w_nan += e_nan
+        w_sub += e_sub
+    return s_sub, s_nan, w_sub, w_nan
