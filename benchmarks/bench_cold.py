@@ -79,9 +79,9 @@ def run_case(kind, payload, cache_dir: str, work: str) -> tuple:
     if kind == "python":
         cmd = [sys.executable, "-c", payload, os.path.join(work, "out")]
     else:
-        cmd = [sys.executable, "-m", "lowprec.cli", *payload, "--out" if payload[0] == "study" else None,
-               os.path.join(work, "out")]
-        cmd = [c for c in cmd if c is not None]
+        cmd = [sys.executable, "-m", "lowprec.cli", *payload]
+        if payload[0] == "study":
+            cmd += ["--out", os.path.join(work, "out")]
     t = time.perf_counter()
     p = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - t
