@@ -25,6 +25,9 @@ _CARRIER = {
 }
 
 
+_F64 = np.dtype(np.float64)
+
+
 def carrier_of(dtype) -> tuple:
     """(CW, CM, CB, int view dtype) of a float32/float64 carrier."""
     return _CARRIER[np.dtype(dtype).newbyteorder("=")]
@@ -158,8 +161,10 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     >>> float(lowprec.round_to(-431.99999999999994, "fp8_e4m3fn"))
     -416.0
     """
-    if type(x) is np.ndarray and x.dtype in _CARRIER:  # the common case, checked cheaply
+    if type(x) is np.ndarray and x.dtype in _CARRIER:  # the common cases, checked cheaply
         arr, out_dtype, is_scalar = x, x.dtype, False
+    elif type(x) is float:
+        arr, out_dtype, is_scalar = np.array(x), _F64, True
     else:
         arr, out_dtype, is_scalar = _as_float_array(x)
     try:

@@ -26,12 +26,15 @@ def _elements() -> None:
     """round_to / encode / decode of float32 and float64 arrays (the runtime-argument loops), and the
     specialised parallel loops of the common formats at nearest-even."""
     from . import core
+    from .kernels import dispatch
 
+    n = dispatch.INTERPRET_UPTO + 1  # a few values would run interpreted: compile the loops
     for dtype in (np.float32, np.float64):
-        x = np.array([0.1, -2.5, 3e4], dtype=dtype)
+        x = np.resize(np.array([0.1, -2.5, 3e4], dtype=dtype), n)
         core.round_to(x, "bf16")
+        core.round_to(x, "int8")
         core.encode(x, "fp8_e4m3fn")
-        core.decode(np.arange(4), "fp16", dtype=dtype)
+        core.decode(np.arange(n), "fp16", dtype=dtype)
     big = np.linspace(-10, 10, 1 << 18, dtype=np.float32)
     for fmt in ("fp16", "int8"):
         core.round_to(big, fmt)

@@ -104,3 +104,59 @@ def test_dispatch_picks_the_runtime_argument_loop_first_then_the_specialised_one
     big = dispatch.element_choice("round", p, int(Rounding.DOWN), 32, False, np.int32, np.int32)
     big.ready, big.work = False, 0
     assert big.pick(dispatch.SPECIALISE_FROM) is big.loop
+
+
+_CUSTOM = (lowprec.FloatFormat(4, 0, has_inf=False, nan="all_ones", name="e4m0"),
+           lowprec.FloatFormat(5, 3, has_subnormals=False, name="e5m3-ftz"),
+           lowprec.FloatFormat(3, 2, bias=1, has_inf=False, nan="none", name="e3m2-bias1"),
+           lowprec.FixedFormat(8, 3, overflow="wrap", name="q4.3-wrap"),
+           lowprec.FixedFormat(12, 4, signed=False, name="uq8.4"))
+
+
+@pytest.mark.parametrize("fmt", [lowprec.get_format(n) for n in lowprec.preset_names()] + list(_CUSTOM),
+                         ids=lambda f: f.name)
+def test_interpreted_loops_equal_the_compiled_ones(fmt):
+    """The runtime-argument loops run by the Python interpreter (kernels/plain.py: the same source, numba's
+    intrinsics replaced by Python twins) give the compiled loops' bits: every mode, both carriers, round,
+    encode and decode, stochastic with counters crossing 2**32 and r = 7, 32, 64."""
+    from lowprec.kernels import plain
+
+    p = fmt._kernel_params()
+    k0, k1 = derive_key(5, 1)
+    for dtype in (np.float32, np.float64):
+        if not fmt.fits_in(dtype):
+            continue
+        x = _edge(dtype, fmt)[:160]
+        CW, CM, CB, ity = lowprec.core.carrier_of(dtype)
+        for mode in Rounding:
+            for rbits in ((7, 32, 64) if mode is Rounding.STOCHASTIC else (32,)):
+                for op in ("round", "encode"):
+                    out_dtype = ity if op == "round" else np.int64
+                    args = (CW, CM, CB, p, int(mode), np.uint32(k0), np.uint32(k1), np.int64(2 ** 32 - 80), rbits)
+                    want = np.empty(x.size, out_dtype)
+                    cpu.element_any(cpu.OPS[op], p[0])(cpu.OPS[op], x.view(ity), want, *args)
+                    got = np.empty(x.size, out_dtype)
+                    plain.element_loop(cpu.OPS[op], p[0])(cpu.OPS[op], x.view(ity), got, *args)
+                    bad = np.flatnonzero(got != want)
+                    assert bad.size == 0, (op, dtype.__name__, mode.name, rbits, x[bad[:5]], got[bad[:5]], want[bad[:5]])
+        if fmt.bits <= 12:
+            bits = np.arange(2 ** fmt.bits, dtype=np.int64)
+            want = np.empty(bits.size, ity)
+            got = np.empty(bits.size, ity)
+            args = (CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+            cpu.element_any(cpu.DECODE, p[0])(cpu.DECODE, bits, want, *args)
+            plain.element_loop(cpu.DECODE, p[0])(cpu.DECODE, bits, got, *args)
+            assert np.array_equal(got, want), ("decode", dtype.__name__)
+
+
+def test_dispatch_interprets_first_calls_until_the_runtime_argument_loop_is_available(monkeypatch):
+    """A few values of a loop that is neither compiled nor cached run interpreted (no compiler), up to
+    INTERPRET_BUDGET elements per process; a larger array, or the budget spent, runs the compiled loop."""
+    monkeypatch.setattr(dispatch, "INTERPRET_BUDGET", 100)
+    r = dispatch._Runtime(cpu.ROUND, 0, np.int32, np.int32)
+    r.ready = False  # as in a process that has not compiled it and whose cache does not hold it
+    assert [r.pick(40) is r.interpreted for _ in range(3)] == [True, True, False]  # 40, 80; 120 > 100
+    assert r.pick(1) is r.compiled  # from then on
+    r2 = dispatch._Runtime(cpu.ROUND, 0, np.int32, np.int32)
+    r2.ready = False
+    assert r2.pick(dispatch.INTERPRET_UPTO + 1) is r2.compiled

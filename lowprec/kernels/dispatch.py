@@ -13,7 +13,13 @@ parallel)
 specialised, serial        its code is already compiled, in this process or in numba's cache
                            on disk, or this process has rounded ``SPECIALISE_AFTER`` elements
                            with the same specialisation through the runtime-argument loop
-runtime-argument           otherwise (first calls, small arrays, rarely used modes/formats)
+runtime-argument           otherwise (first calls, small arrays, rarely used modes/formats),
+                           when it is compiled or in the on-disk cache, or the array is larger
+                           than ``INTERPRET_UPTO``, or this process has interpreted
+                           ``INTERPRET_BUDGET`` elements of this loop already
+runtime-argument,          otherwise: the same loop and scalar definitions run by the Python
+interpreted                interpreter (kernels/plain.py), so that a first call on a few values
+                           (``explain``, a scalar) waits for no compiler
 =========================  ================================================================
 
 All loops give the same bits (the same scalar definition; tests/test_kernels_cpu.py checks every
@@ -27,7 +33,7 @@ import os
 
 import numpy as np
 
-from . import cpu
+from . import cpu, plain
 from .jit import is_cached
 
 BACKENDS = ("cpu", "cuda", "auto")
@@ -41,6 +47,10 @@ SPECIALISE_FROM = 1 << 15
 #: Elements a process rounds through the runtime-argument loop before it compiles the specialised one
 #: (the runtime-argument loop is ~20-40x slower per element; a specialisation takes seconds to compile).
 SPECIALISE_AFTER = 1 << 25
+#: Arrays up to this size may run interpreted while the runtime-argument loop is not compiled (~50 us per element).
+INTERPRET_UPTO = 256
+#: Elements a process interprets per runtime-argument loop before it compiles (or loads) the loop.
+INTERPRET_BUDGET = 8192
 
 
 def _read_policy() -> str:
@@ -77,6 +87,45 @@ def resolve_backend(backend: str) -> str:
 _AUTO: list = []  # what "auto" resolved to (a process does not gain or lose a GPU)
 
 
+class _Runtime:
+    """The runtime-argument loop of one (op, format kind, carrier types): compiled, or interpreted until then."""
+
+    __slots__ = ("compiled", "interpreted", "ready", "work", "probe")
+
+    def __init__(self, op: int, kind: int, xdtype, outdtype):
+        self.compiled = cpu.element_any(op, kind)
+        self.interpreted = plain.element_loop(op, kind)
+        self.ready = None  # None: not looked up; True: compiled or cached; False: neither (yet)
+        self.work = 0  # elements interpreted so far
+        self.probe = (op, np.empty(0, xdtype), np.empty(0, outdtype), 32, 23, 127, (0,) * 9, 0,
+                      np.uint32(0), np.uint32(0), np.int64(0), 32)
+
+    def pick(self, n: int):
+        if self.ready:
+            return self.compiled
+        if n <= INTERPRET_UPTO and self.work + n <= INTERPRET_BUDGET and _POLICY != "always":
+            if self.ready is None:
+                self.ready = is_cached(self.compiled, *self.probe)
+                if self.ready:
+                    return self.compiled
+            self.work += n
+            return self.interpreted
+        self.ready = True
+        return self.compiled
+
+
+_RUNTIME: dict = {}
+
+
+def runtime_loop(op: int, kind: int, xdtype, outdtype) -> _Runtime:
+    """The state of the runtime-argument loop of (op, format kind, carrier types) (memoised)."""
+    key = (op, kind, np.dtype(xdtype).num, np.dtype(outdtype).num)
+    r = _RUNTIME.get(key)
+    if r is None:
+        r = _RUNTIME[key] = _Runtime(op, kind, xdtype, outdtype)
+    return r
+
+
 class _Choice:
     """One (op, specialisation, size class, carrier) in use: which loop runs, and the elements rounded
     through the runtime-argument loop so far."""
@@ -85,7 +134,7 @@ class _Choice:
 
     def __init__(self, op, spec, parallel, probe):
         self.loop = cpu.specialised(op, spec, parallel)
-        self.generic = cpu.element_any(cpu.OPS[op], spec[0])
+        self.generic = runtime_loop(cpu.OPS[op], spec[0], probe[1].dtype, probe[2].dtype)
         self.parallel = parallel
         self.ready = None  # None: not yet looked up; True: use the specialised loop; False: not on disk
         self.work = 0
@@ -107,7 +156,7 @@ class _Choice:
         if self.work >= SPECIALISE_AFTER and policy == "adaptive":
             self.ready = True
             return self.loop
-        return self.generic
+        return self.generic.pick(n)
 
 
 _CHOICES: dict = {}
@@ -156,7 +205,8 @@ def encode_array(backend, x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits
 def decode_array(backend, bits, out, CW, CM, CB, p):
     """Decode the bit patterns ``bits`` (int64) into the carrier view ``out``."""
     if resolve_backend(backend) == "cpu":
-        loop = cpu.decode_parallel if bits.size >= PARALLEL_FROM else cpu.element_any(cpu.DECODE, p[0])
+        n = bits.size
+        loop = cpu.decode_parallel if n >= PARALLEL_FROM else runtime_loop(cpu.DECODE, p[0], bits.dtype, out.dtype).pick(n)
         loop(cpu.DECODE, bits, out, CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
     else:
         from . import cuda

@@ -36,7 +36,7 @@ from pathlib import Path
 import numba
 from numba.core.caching import FunctionCache, IndexDataCacheFile
 
-__all__ = ["kernel", "source_digest", "is_cached", "Definitions"]
+__all__ = ["kernel", "source_digest", "is_cached", "Definitions", "interpreted"]
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "lowprec.kernels"
 
@@ -149,6 +149,7 @@ class Definitions:
     def __init__(self):
         self._py = {}
         self._called = None
+        self._python = None
 
     def __call__(self, f):
         self._py[f.__name__] = f
@@ -168,3 +169,29 @@ class Definitions:
                 setattr(mod, name, namespace[name])
             self._called = mod
         return self._called
+
+    def python(self, twins: dict) -> _pytypes.ModuleType:
+        """The same functions run by the Python interpreter, no compiler involved (built on first use).
+
+        ``twins`` maps the names the source uses that only numba can run (intrinsics, numpy's
+        fixed-width integer conversions) to plain-Python equivalents; everything else is the module's
+        own source, as in :meth:`called`."""
+        if self._python is None:
+            mod = _pytypes.ModuleType(next(iter(self._py.values())).__module__ + "<python>")
+            namespace = dict(next(iter(self._py.values())).__globals__)
+            namespace.update(twins)
+            for name, f in self._py.items():
+                namespace[name] = interpreted(f, namespace)
+                setattr(mod, name, namespace[name])
+            self._python = mod
+        return self._python
+
+
+def interpreted(fn, namespace: dict):
+    """A plain-Python copy of ``fn`` (a function or a numba dispatcher's ``py_func``) whose global names
+    are looked up in ``namespace`` (the same code object and closure cells)."""
+    f = getattr(fn, "py_func", fn)
+    copy = _pytypes.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
+    copy.__qualname__ = f.__qualname__ + "<python>"
+    copy.__module__ = f.__module__
+    return copy
