@@ -23,11 +23,10 @@ import numpy as np
 
 from .accumulation import ORDERS, Accumulation, get_accumulation
 from .core import round_to
-from .formats import FloatFormat, get_format
+from .formats import get_format
 from .kernels import accum as _accum
 from .kernels import dispatch
 from .rng import resolve_seed
-from .rounding import Rounding
 
 __all__ = ["matmul", "dot", "sum", "prepare_matmul", "PreparedMatmul"]
 
@@ -75,42 +74,16 @@ def _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend) -> np.ndarray:
         k0, k1, off = resolve_seed(seed, n_out * K * _accum.NSLOT)
     else:
         k0 = k1 = off = 0
-    ops = (a2, bt2) if backend == "cpu" else (np.ascontiguousarray(a2), np.ascontiguousarray(bt2))
-    args = (*ops, np.ascontiguousarray(ia, dtype=np.int64),
-            np.ascontiguousarray(ib, dtype=np.int64), out, np.int64(M), np.int64(N), np.int64(K),
-            *_kernel_args(acc), np.uint32(k0), np.uint32(k1), np.int64(off), np.int64(acc.random_bits))
     if n_out == 0:
         return out
-    if backend == "cuda":
-        from .kernels import linalg_cuda
-
-        linalg_cuda._matmul_cuda(*args)
-    else:  # (_matmul_cpu makes contiguous copies where its kernel needs them: the fast ones pack bt2 as it lies)
-        from .kernels import linalg_cpu
-
-        linalg_cpu._matmul_cpu(*args)
+    dispatch.matmul_array(backend, a2, bt2, np.ascontiguousarray(ia, dtype=np.int64),
+                          np.ascontiguousarray(ib, dtype=np.int64), out, np.int64(M), np.int64(N), np.int64(K),
+                          *_kernel_args(acc), np.uint32(k0), np.uint32(k1), np.int64(off), np.int64(acc.random_bits))
     return out
 
 
 _FP32 = get_format("fp32")
 _F32 = np.dtype(np.float32)
-_FAST_MIN_WORK = 1 << 15  # below this many multiply-adds the general kernel is as fast
-
-
-@lru_cache(maxsize=256)
-def _fast_kind(acc: Accumulation, backend: str):
-    """'fma' / 'muladd' when IEEE float32 arithmetic *is* this accumulation (the float32 tile kernel
-    computes it), else None."""
-    if (backend != "cpu" or acc.acc_format != _FP32 or acc.acc_rounding is not Rounding.NEAREST_EVEN
-            or acc.order != "sequential" or acc.compensated
-            or not isinstance(acc.a_format, FloatFormat) or not isinstance(acc.b_format, FloatFormat)
-            or not (acc.a_format.fits_in(np.float32) and acc.b_format.fits_in(np.float32))):
-        return None
-    if acc.product_format is None and acc.fused:
-        return "fma"  # one rounding of s + a*b
-    if acc.product_format in (None, _FP32):
-        return "muladd"  # the product rounded to fp32, then the sum
-    return None
 
 
 def _rounded32(x: np.ndarray, fmt, backend: str) -> np.ndarray:
@@ -170,7 +143,7 @@ class PreparedMatmul:
         if not acc.out_format.fits_in(np.float32):
             raise ValueError(f"out_format {acc.out_format.name} has values that float32 cannot hold; "
                              "use matmul with float64 operands")
-        self._fast = _fast_kind(acc, self.backend)
+        self._fast = dispatch.fp32_tile(acc, self.backend)
         self.kernel = f"fp32-{self._fast}" if self._fast else "general"
 
     def __repr__(self) -> str:
@@ -286,7 +259,7 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
         raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
                          f"{b_in.shape}") from None
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
-    fast = _fast_kind(acc, backend) if M * N * K >= _FAST_MIN_WORK else None
+    fast = dispatch.fp32_tile(acc, backend) if M * N * K >= dispatch.FP32_TILE_MIN_WORK else None
     if fast is not None:
         out = _matmul_fp32(A, B, ia, ib, M, N, K, acc, fast, backend).reshape(batch + (M, N))
     else:

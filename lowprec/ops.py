@@ -96,14 +96,7 @@ def _apply(op: int, operands: tuple, fmt, rounding, seed, stream, offset, random
     args = (*flat, out, np.int64(op), fmt._kernel_params(), np.int64(int(mode)), np.uint32(k0), np.uint32(k1),
             np.int64(off), np.int64(rbits))
     if n:
-        if dispatch.resolve_backend(backend) == "cuda":
-            from .kernels import linalg_cuda
-
-            linalg_cuda._ops_cuda(*args)
-        else:
-            from .kernels import linalg_cpu
-
-            linalg_cpu._ops_cpu(*args)
+        dispatch.ops_array(backend, *args)
     out = out.reshape(shape).astype(out_dtype)
     return out[()] if all(scalars) else out
 

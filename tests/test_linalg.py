@@ -404,11 +404,12 @@ def test_bad_input_messages():
                                  Accumulation(a_format="fp16", product_format="fp32")],
                          ids=lambda a: a if isinstance(a, str) else "custom")
 def test_tiled_fp32_kernel_equals_scalar_kernel(acc):
-    from lowprec.linalg import _FAST_MIN_WORK, _run
+    from lowprec.kernels import dispatch
+    from lowprec.linalg import _run
 
     rng = np.random.default_rng(8)
     M, K, N = 37, 45, 41  # not multiples of the 4 x 16 tile
-    assert M * N * K >= _FAST_MIN_WORK
+    assert M * N * K >= dispatch.FP32_TILE_MIN_WORK and dispatch.fp32_tile(get_accumulation(acc), "cpu")
     a = (rng.standard_normal((2, M, K)) * 2.0 ** rng.integers(-20, 20, (2, M, K))).astype(np.float32)
     b = (rng.standard_normal((K, N)) * 2.0 ** rng.integers(-30, 10, (K, N))).astype(np.float32)
     a[0, 0, 3], a[0, 1, 4], b[5, 2] = np.inf, np.nan, -np.inf

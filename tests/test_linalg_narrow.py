@@ -18,7 +18,7 @@ from lowprec.accumulation import get_accumulation
 from lowprec.formats import FP16
 from lowprec.kernels import linalg_cpu as L
 from lowprec.kernels import linalg_narrow as LN
-from lowprec.kernels import operands, rules
+from lowprec.kernels import dispatch, operands, rules
 from lowprec.linalg import _kernel_args
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
@@ -51,7 +51,7 @@ def no_overflow(a, bt, acc):
 
 def kind_applies(a, bt, acc, kind):
     """linalg_cpu's own dispatch picks this kind for these operands (its preconditions hold)."""
-    return L.narrow_kind(a, bt, np.zeros(1), 64, 64, 64, *_kernel_args(acc), 32) == kind
+    return dispatch.narrow_kind(a, bt, np.zeros(1), 64, 64, 64, *_kernel_args(acc), 32) == kind
 
 
 def bounded(rng, acc, case, M, N, K):

@@ -17,7 +17,7 @@ from test_linalg import bits_equal, ref_matmul
 
 from lowprec import round_to
 from lowprec.accumulation import Accumulation, get_accumulation
-from lowprec.kernels import accumulate_cpu, operands
+from lowprec.kernels import accumulate_cpu, dispatch, operands
 from lowprec.kernels import linalg_cpu as L
 from lowprec.linalg import _kernel_args, matmul
 from lowprec.rng import resolve_seed
@@ -37,7 +37,7 @@ def _args(a2, bt2, ia, ib, M, N, K, acc, key0=0, key1=0, offset=0):
 
 def _kind(args):
     a, bt, ia, _, _, M, N, K, *rest = args
-    return L.narrow_kind(a, bt, ia, M, N, K, *rest[:-4], rest[-1])
+    return dispatch.narrow_kind(a, bt, ia, M, N, K, *rest[:-4], rest[-1])
 
 
 def general(args):
@@ -48,7 +48,7 @@ def general(args):
 
 def dispatched(args):
     out = np.empty_like(args[4])
-    L._matmul_cpu(*args[:4], out, *args[5:])
+    dispatch.matmul_array("cpu", *args[:4], out, *args[5:])
     return out
 
 
@@ -113,9 +113,9 @@ _KINDS = [("fp16", "direct"), ("fp16", "twosum"), ("bf16", "twosum"), ("bf16", "
 def _check_preconditions(a, bt, acc, kind):
     """The test data meet the conditions under which narrow_kind would pick this kernel."""
     if kind == "direct":
-        assert L.narrow_kind(a, bt, np.zeros(1), 64, 64, 64, *_kernel_args(acc), 32) == "direct"
+        assert dispatch.narrow_kind(a, bt, np.zeros(1), 64, 64, 64, *_kernel_args(acc), 32) == "direct"
     if kind == "twosum32":
-        assert L._float32_exact(a, bt)
+        assert L.float32_exact(a, bt)
     if kind == "sr32":
         assert L.sr32_exponent_floor(a, bt, *fields(acc.acc_format)) is not None
 
@@ -132,7 +132,7 @@ def test_fast_kernel_equals_general_kernel_on_edge_data(name, kind, case):
     _check_preconditions(a, bt, acc, kind)
     k0, k1, off = (0x1234, 0xBEEF, (1 << 32) - 40000) if acc.is_stochastic else (0, 0, 0)  # crosses 2**32
     ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, k0, k1, off)).reshape(M, N)
-    fast = L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
+    fast = L.matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
     assert bits_equal(fast, ref)
     if case == "overflow":
         assert np.isinf(ref).any() and np.isfinite(ref).any()
@@ -143,12 +143,12 @@ def test_edge_data_reach_the_edges():
     acc = get_accumulation("fp16")
     rng = np.random.default_rng(0)
     a, bt = _case(rng, acc, "tiny", 9, 70, 41)
-    r = L._matmul_narrow(a, bt.T, "direct", *fields(acc.acc_format))
+    r = L.matmul_narrow(a, bt.T, "direct", *fields(acc.acc_format))
     assert ((r != 0) & (np.abs(r) < 2.0 ** -14)).any()
-    r = L._matmul_narrow(a[:, :1], bt[:, :1].T, "direct", *fields(acc.acc_format))
+    r = L.matmul_narrow(a[:, :1], bt[:, :1].T, "direct", *fields(acc.acc_format))
     assert (np.signbit(r) & (r == 0)).any()  # negative sums that underflow to -0
     a, bt = _case(rng, acc, "cancel", 9, 70, 40)
-    r = L._matmul_narrow(a[:, :20], bt[:, :20].T, "direct", *fields(acc.acc_format))
+    r = L.matmul_narrow(a[:, :20], bt[:, :20].T, "direct", *fields(acc.acc_format))
     assert ((r == 0) | np.isinf(r)).all() and (r == 0).mean() > 0.9  # (an overflow to Inf stays Inf)
 
 
@@ -160,7 +160,7 @@ def test_fast_kernel_shapes(name, kind, M, N, K):
     a, bt = _case(rng, acc, "mixed", M, N, K, kind)
     _check_preconditions(a, bt, acc, kind)
     ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 3, 4, 5)).reshape(M, N)
-    assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 3, 4, 5, 0), ref)
+    assert bits_equal(L.matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 3, 4, 5, 0), ref)
 
 
 @settings(max_examples=60, deadline=None)
@@ -174,7 +174,7 @@ def test_fast_kernel_equals_general_kernel_hypothesis(seed, M, N, K, case, which
     _check_preconditions(a, bt, acc, kind)
     k0, k1 = seed & 0xFFFFFFFF, (seed * 2654435761) & 0xFFFFFFFF
     ref = general(_args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, k0, k1, offset)).reshape(M, N)
-    assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, offset, 0), ref)
+    assert bits_equal(L.matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, offset, 0), ref)
 
 
 @pytest.mark.parametrize("name,kind", _KINDS)
@@ -192,7 +192,7 @@ def test_fast_kernel_matches_fraction_reference(name, kind):
         _check_preconditions(a, bt, acc, kind)
         ref = ref_matmul(a, bt.T, acc, seed=11)
         k0, k1, off = resolve_seed(11, M * N * K * NSLOT) if acc.is_stochastic else (0, 0, 0)
-        fast = L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
+        fast = L.matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), k0, k1, off, 0)
         assert bits_equal(fast, ref), case
 
 
@@ -290,7 +290,7 @@ def test_fast_kernel_equals_cuda_simulator(name, kind):
     a, bt = _case(rng, acc, "mixed", M, N, K, kind)
     args = _args(a, bt, np.zeros(1), np.zeros(1), M, N, K, acc, 1, 2, 3)
     linalg_cuda._matmul_cuda(*args)
-    assert bits_equal(L._matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 1, 2, 3, 0).ravel(), args[4])
+    assert bits_equal(L.matmul_narrow(a, bt.T, kind, *fields(acc.acc_format), 1, 2, 3, 0).ravel(), args[4])
 
 
 @settings(max_examples=200, deadline=None)
@@ -327,7 +327,7 @@ def test_operand_stats_against_fractions(values):
         if v != 0:
             e = math.frexp(v)[1] - 1
             assert (Fraction(v) * Fraction(2) ** (st_.bits - 1 - e)).denominator == 1
-    if L._float32_exact(x, x):  # a sufficient condition
+    if L.float32_exact(x, x):  # a sufficient condition
         assert all(float(np.float32(a * b)) == Fraction(a) * Fraction(b) for a in values for b in values)
     assert not operands.stats(np.array([1.0, np.inf])).finite and not operands.stats(np.array([np.nan])).finite
 

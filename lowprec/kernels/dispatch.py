@@ -1,8 +1,8 @@
-"""Every backend and kernel choice for the element loops: the only place that knows both backends exist.
+"""Every backend and kernel choice: the only place that knows both backends and all the kernels exist.
 
 Backends: ``resolve_backend`` turns "auto" into "cpu" or "cuda" (a real GPU, never the simulator).
 
-CPU element loops (kernels/cpu.py), chosen per call from the table :data:`ELEMENT_LOOPS`, first match:
+CPU element loops (kernels/cpu.py), chosen per call by this table (first match; :class:`_Choice` and :class:`_Runtime`):
 
 =========================  ================================================================
 loop                       runs when
@@ -23,16 +23,27 @@ interpreted                interpreter (kernels/plain.py), so that a first call 
 =========================  ================================================================
 
 All loops give the same bits (the same scalar definition; tests/test_kernels_cpu.py checks every
-specialisation against the runtime-argument loop). ``LOWPREC_SPECIALISE=always`` specialises at the
-first call, ``never`` only runs specialised loops that are compiled or for large arrays.
+specialisation, and the interpreted loops, against the runtime-argument loop).
+``LOWPREC_SPECIALISE=always`` specialises at the first call, ``never`` only runs specialised loops that are
+compiled or for large arrays.
+
+sum / dot / matmul and lowprec.ops: CUDA runs the general kernels; on the CPU the tables
+:data:`FP32_TILE_KERNELS` (per accumulation) and :data:`NARROW_KERNELS` (per call: their preconditions read
+the operands) list the fast kernels, each with its precondition; the first that holds runs, else the
+general kernel. The proofs are in docs/kernels.md, one section per kernel.
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..formats import FP32 as _FP32
+from ..formats import FloatFormat
+from ..rounding import Rounding
 from . import cpu, plain
 from .jit import is_cached
 
@@ -212,3 +223,217 @@ def decode_array(backend, bits, out, CW, CM, CB, p):
         from . import cuda
 
         cuda._decode_cuda(bits, out, CW, CM, CB, p)
+
+
+# ---------------------------------------------------------------------------------------------------
+# matmul / dot / sum and the elementwise ops: the accumulation kernels
+# ---------------------------------------------------------------------------------------------------
+class FastKernel(NamedTuple):
+    """One accelerated accumulation kernel: the general kernel's bits wherever its precondition holds.
+
+    ``needs`` states the precondition; its proof is in docs/kernels.md, in the section named after the
+    kernel. ``plan`` decides: None when the precondition does not hold, else the tuple of parameters the
+    kernel needs (the facts its proof derived from the operands)."""
+
+    name: str
+    needs: str
+    plan: Callable
+
+
+def _fp32_fma(acc):
+    return () if acc.product_format is None and acc.fused else None
+
+
+def _fp32_muladd(acc):
+    return () if acc.product_format is None or acc.product_format == _FP32 else None
+
+
+#: Kernels that compute a whole accumulation in IEEE float32 arithmetic (kernels/linalg_fp32.py), any operands,
+#: on top of the common precondition :func:`_fp32_common`. Chosen per accumulation (:func:`fp32_tile`).
+FP32_TILE_KERNELS = (
+    FastKernel("fp32-fma", "exact products, fused: one float32 FMA per step", _fp32_fma),
+    FastKernel("fp32-muladd", "products rounded to fp32 (or unfused): a float32 multiply, then an add", _fp32_muladd),
+)
+
+
+def _fp32_common(acc) -> bool:
+    """fp32 accumulator, nearest-even, sequential, not compensated, float input formats that float32 holds."""
+    return (acc.acc_format == _FP32 and acc.acc_rounding is Rounding.NEAREST_EVEN and acc.order == "sequential"
+            and not acc.compensated and isinstance(acc.a_format, FloatFormat) and isinstance(acc.b_format, FloatFormat)
+            and acc.a_format.fits_in(np.float32) and acc.b_format.fits_in(np.float32))
+
+
+@lru_cache(maxsize=256)
+def fp32_tile(acc, backend: str):
+    """"fma" or "muladd" when a kernel of :data:`FP32_TILE_KERNELS` computes ``acc`` on ``backend``, else None."""
+    if backend != "cpu" or not _fp32_common(acc):
+        return None
+    for k in FP32_TILE_KERNELS:
+        if k.plan(acc) is not None:
+            return k.name[len("fp32-"):]
+    return None
+
+
+class NarrowFacts(NamedTuple):
+    """What the narrow kernels' preconditions read: the step, the accumulator (m, emin, emax), K and the
+    operands' statistics (kernels/operands.stats)."""
+
+    fused: bool
+    mode: int
+    m: int
+    emin: int
+    emax: int
+    K: int
+    sa: object
+    sb: object
+
+
+def _unfused(f):
+    from . import scalar
+
+    if f.fused or f.mode != scalar.NEAREST_EVEN:
+        return None
+    sa, sb = f.sa, f.sb
+    exact = (sa.bits + sb.bits <= 53 and sa.hi * sb.hi < 2.0 ** 1000
+             and (sa.lo == np.inf or sb.lo == np.inf or sa.lowexp + sb.lowexp >= -1074))
+    return () if exact else None
+
+
+def _sr32(f):
+    from . import linalg_cpu, scalar
+
+    if not f.fused or f.mode != scalar.STOCHASTIC:
+        return None
+    elo = linalg_cpu.sr32_floor(f.sa, f.sb, f.K, f.m, f.emin, f.emax)
+    return None if elo is None else (elo,)
+
+
+def _sr(f):
+    from . import scalar
+
+    return () if f.fused and f.mode == scalar.STOCHASTIC else None
+
+
+def _direct(f):
+    from . import linalg_narrow, scalar
+
+    if not f.fused or f.mode != scalar.NEAREST_EVEN:
+        return None
+    if f.m + 1 + f.sa.bits + f.sb.bits <= 50 and f.emax - (f.emin - f.m) <= 50:
+        return (linalg_narrow.direct_no_overflow(f.sa, f.sb, f.K, f.m, f.emin, f.emax),)
+    return None
+
+
+def _twosum32(f):
+    from . import linalg_cpu, scalar
+
+    ok = f.fused and f.mode == scalar.NEAREST_EVEN and f.emin == -126 and f.emax == 127
+    return () if ok and linalg_cpu.f32_exact(f.sa, f.sb) else None
+
+
+def _twosum(f):
+    from . import scalar
+
+    return () if f.fused and f.mode == scalar.NEAREST_EVEN else None
+
+
+#: Narrow-accumulator kernels (kernels/narrow.py, kernels/linalg_narrow.py), first whose precondition holds,
+#: on top of the common precondition of :func:`narrow_plan`. Chosen per call (they read the operands).
+NARROW_KERNELS = (
+    FastKernel("unfused", "unfused, nearest-even; float64 holds every product exactly", _unfused),
+    FastKernel("sr32", "fused, stochastic; float32 holds every value and product, and the exponent floor of "
+                       "rules.sum_stochastic32_floor exists for the operands' range", _sr32),
+    FastKernel("sr", "fused, stochastic", _sr),
+    FastKernel("direct", "fused, nearest-even; m + 1 + bits(a) + bits(b) <= 50 and emax - (emin - m) <= 50", _direct),
+    FastKernel("twosum32", "fused, nearest-even; float32's exponent range; float32 holds every value and product",
+               _twosum32),
+    FastKernel("twosum", "fused, nearest-even", _twosum),
+)
+
+#: Multiply-adds below which the general kernel is as fast as any narrow one.
+NARROW_MIN_WORK = 1 << 15
+#: The fp32 tile kernel runs from this many multiply-adds in lowprec.linalg.matmul (any size when prepared).
+FP32_TILE_MIN_WORK = 1 << 15
+
+
+def narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits):
+    """(name, parameters) of the first kernel of :data:`NARROW_KERNELS` that gives this accumulation's bits on
+    these operands (``a`` (.., K), ``bt`` (.., K) as the kernels take them), or (None, None).
+
+    Common precondition: exact products (no product format), sequential order, no compensation, at least
+    NARROW_MIN_WORK multiply-adds and an output at least a quarter tile wide; an IEEE accumulator with
+    subnormals, no saturation, m <= 20, 0 <= emax <= 1000, emin - m >= -1000; nearest-even, or stochastic
+    with 32 random bits; an output format that holds every accumulator value; finite operands."""
+    from . import accum, linalg_cpu, scalar
+    from .operands import stats
+
+    if (has_prod or order != accum.SEQUENTIAL or compensated
+            or ia.size * M * N * K < NARROW_MIN_WORK or N < linalg_cpu.NARROW_N // 4):
+        return None, None
+    fields = linalg_cpu.float_fields(pacc)
+    if fields is None:
+        return None, None
+    m, emin, emax = fields
+    if not (mode == scalar.NEAREST_EVEN or (mode == scalar.STOCHASTIC and rbits == 32)):
+        return None, None
+    if tuple(pout) != tuple(pacc) and not linalg_cpu.holds(pout, m, emin, emax):
+        return None, None  # the final rounding must change nothing
+    sa, sb = stats(a), stats(bt)
+    if not (sa.finite and sb.finite):
+        return None, None  # NaN/Inf inputs: the general kernel
+    facts = NarrowFacts(bool(fused), int(mode), m, emin, emax, int(K), sa, sb)
+    for k in NARROW_KERNELS:
+        params = k.plan(facts)
+        if params is not None:
+            return k.name, params
+    return None, None
+
+
+def matmul_array(backend, a, bt, ia, ib, out, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
+                 compensated, pout, key0, key1, offset, rbits):
+    """The (batched) product of the row blocks ``a`` and ``bt`` into the flat float64 ``out`` (arguments as
+    kernels/accumulate_cpu.matmul_general): on CUDA the general kernel; on the CPU the first narrow kernel whose
+    precondition holds (:func:`narrow_plan`), else the general kernel."""
+    if resolve_backend(backend) == "cuda":
+        from . import linalg_cuda
+
+        linalg_cuda._matmul_cuda(np.ascontiguousarray(a), np.ascontiguousarray(bt), ia, ib, out, M, N, K, has_prod,
+                                 pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout, key0, key1, offset,
+                                 rbits)
+        return
+    from . import accumulate_cpu, linalg_cpu
+
+    kind, params = narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout,
+                               rbits)
+    if kind is None:
+        accumulate_cpu.matmul_general(np.ascontiguousarray(a), np.ascontiguousarray(bt), ia, ib, out, M, N, K,
+                                      has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout,
+                                      key0, key1, offset, rbits)
+        return
+    M, N, K = int(M), int(N), int(K)
+    fields = linalg_cpu.float_fields(pacc)
+    elo = params[0] if params else None
+    res = out.reshape(-1, M, N)
+    for bi in range(ia.size):  # (the narrow kernels pack the operands as they lie: no contiguous copies)
+        ra, rb = int(ia[bi]) * M, int(ib[bi]) * N
+        res[bi] = linalg_cpu.matmul_narrow(a[ra:ra + M], bt[rb:rb + N].T, kind, *fields, key0, key1, offset,
+                                            bi * M * N, elo)
+
+
+def ops_array(backend, *args) -> None:
+    """lowprec.ops' elementwise loop (arguments as kernels/accumulate_cpu.ops_elementwise) on ``backend``."""
+    if resolve_backend(backend) == "cuda":
+        from . import linalg_cuda
+
+        linalg_cuda._ops_cuda(*args)
+    else:
+        from . import accumulate_cpu
+
+        accumulate_cpu.ops_elementwise(*args)
+
+
+def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk, compensated, pout,
+                rbits):
+    """The name of the narrow kernel :func:`matmul_array` runs for these arguments (those of
+    accumulate_cpu.matmul_general less the output and the counters), or None for the general kernel."""
+    return narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits)[0]

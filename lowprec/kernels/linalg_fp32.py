@@ -1,14 +1,11 @@
 """The fp32-accumulator matmul kernel: register-tiled float32, fixed k order (lowprec.linalg's fast path).
 
-Split from linalg_cpu.py so that the float32 tile (training's matmuls) and the
-narrow-accumulator kernels can be worked on separately.
-
-IEEE float32 arithmetic *is* this accumulation: ``fma(a, b, s)`` rounds the exact
-``a*b + s`` once (fused), ``s + a*b`` rounds the product and then the sum
-(unfused). Every output ``C[i, j]`` starts from +0 and takes its terms in the
-order k = 0, 1, ..., K-1, so its bits equal the scalar path's on any thread
-count and tiling; a NaN result is stored as the one NaN the scalar kernels give
-(``np.float32(np.nan)``, bits 0x7FC00000).
+IEEE float32 arithmetic *is* this accumulation (``fma(a, b, s)`` fused, ``s + a*b``
+unfused; the precondition is kernels/dispatch.py's FP32_TILE_KERNELS, the proof in
+docs/kernels.md, "fp32-fma, fp32-muladd"). Every output ``C[i, j]`` starts from +0 and
+takes its terms in the order k = 0, 1, ..., K-1, so its bits equal the general kernel's
+on any thread count and tiling; a NaN result is stored as the one NaN the scalar kernels
+give (``np.float32(np.nan)``, bits 0x7FC00000).
 
 The kernel computes a 6 x 16 tile of C at a time in twelve 8-lane float32
 vectors (explicit LLVM ``<8 x float>`` values, so that the fused and the unfused

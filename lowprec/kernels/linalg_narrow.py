@@ -296,19 +296,8 @@ def direct_no_overflow(sa, sb, K: int, m: int, emin: int, emax: int) -> bool:
     ``sa``, ``sb``: the operands' ``operands.stats`` (only ``hi``, the largest |value|, is read; the
     caller has checked that every value is finite and that "direct" applies).
 
-    Proof. Let H = max|a| * max|b| >= |t_k| for every product, u = 2**-(m+1), d = 2**(emin-m-1) and
-    T = 2**emax * (2 - 2**-(m+1)) the overflow threshold (nearest rounding gives Inf from T up, a
-    finite value of at most max below it). Below T, |RNE(y)| <= |y| (1 + u) + d (relative error u for a
-    normal result, absolute d for a subnormal one). With s_0 = 0 and s_k = RNE(s_{k-1} + t_k), by
-    induction, while no sum reached T, |s_k| <= (S_k + k d)(1 + u)**k with S_k = |t_1| + ... + |t_k|:
-    (|s_{k-1}| + |t_k|)(1 + u) + d <= (S_{k-1} + (k-1) d + |t_k|)(1 + u)**k + d (1 + u)**k. So every sum
-    |s_{k-1} + t_k| <= (S_k + K d)(1 + u)**K <= K (H + d)(1 + u)**K =: B, and B < T means that no sum
-    reaches T: every f of the "direct" step (the exact sum or one that rounds like it) rounds to a
-    finite r with |r| <= max < 2**(emax+1), where (r * 2**(1023-emax)) * 2**(emax-1023) = r exactly (no
-    float64 overflow; r is a multiple of 2**(emin-m) >= 2**-1000: no underflow). Every f is finite
-    (|f| <= T) and below 2**(emax+1), so nearest_even_fma_noovf_f64x8's c = 1.5 * 2**(E(f) + 52 - m) is finite when
-    emax + 53 - m <= 1023, also required. B is evaluated in float64 with a relative margin of 2**-20,
-    far above its rounding errors (a few units of 2**-53 for K < 2**30).
+    Proof: docs/kernels.md, section "direct" (the growth bound K (H + d)(1 + u)**K below the overflow
+    threshold, evaluated in float64 with a relative margin of 2**-20).
     """
     if emax + 53 - m > 1023 or K >= 1 << 30:
         return False

@@ -4,8 +4,8 @@ A float accumulator narrower than fp32 (fp16, bf16, ...), sequential k order: ea
 tile of NARROW_R rows x NARROW_N columns of accumulators per pair of panels (kernels/operands.py:
 ``Ap`` (ceil(M/4), K, 4), ``Bp`` (ceil(N/64), K, 64)) and writes the padded output (ceil(M/4)*4,
 ceil(N/64)*64) float64. The steps, the preconditions under which each kernel gives the bits of the
-general kernel (accum.accumulate) and why, are the comment below. The register-tiled "direct" and
-"twosum32" kernels are in linalg_narrow.py; which kernel runs is linalg_cpu.py's choice.
+general kernel (accum.accumulate) and why: docs/kernels.md. The register-tiled "direct" and
+"twosum32" kernels are in linalg_narrow.py; which kernel runs is kernels/dispatch.py's choice.
 
 The format constants are runtime arguments (a new format does not recompile). The prange loop of each
 kernel calls a module-level tile function once per tile (compiled once, not inlined into the parallel
@@ -26,41 +26,10 @@ from .rules import nearest_even, random_bits_hi_lo, sum_nearest_even, sum_stocha
 # NARROW_N columns of accumulators and update a whole row of the tile per k with a loop over its columns
 # that has no branches (selects only), so LLVM's loop vectoriser runs it on 4 or 8 float64 lanes. Every
 # output still adds its terms in the order k = 0, 1, ..., K-1 and every addition is the exact sum rounded
-# once, as in accum.accumulate; tests/test_linalg_tile.py checks the bits against that kernel and against
-# an exact Fraction reference. Preconditions (checked by linalg_cpu.narrow_kind): fused (or "unfused", below),
-# exact products, sequential order, no compensation, finite inputs, an output format that holds every
-# accumulator value,
-# nearest-even or stochastic with 32 random bits, and an IEEE accumulator format with subnormals, Inf,
-# no saturation, 0 <= emax <= 1000, emin - m >= -1000 and m <= 20 mantissa bits (linalg_cpu._float_fields).
-#
-# Step, for the accumulator value s and the exact float64 product t = a*b:
-#   "direct" : f = fl64(s + t) (one FMA). Exact, or harmless: when the exact sum needs more than 53 bits,
-#              either t is below a quarter of the accumulator's spacing around s (p + pa + pb <= 50, pa
-#              and pb bounds on the inputs' significant bits: the result is s both ways) or |s + t| >
-#              2**(51 + q_min) is beyond the overflow threshold (emax - q_min <= 50, q_min the exponent
-#              of the accumulator's smallest quantum: both give Inf). Used when both bounds hold (fp16).
-#   "twosum" : f = round-to-odd at 53 bits of the exact s + t (TwoSum, then the last bit forced odd toward
-#              the error), exactly as accum.round_sum does; then rounded once (Boldo-Melquiond):
-#              rules.sum_nearest_even.
-#   "twosum32": the same in float32 lanes (16 per AVX-512 vector) for accumulators with float32's exponent
-#              range (bf16), when float32 holds every input value and every product exactly
-#              (linalg_cpu._float32_exact): round-to-odd at 24 bits >= p + 2, then nearest-even on the float32 bit
-#              pattern, which covers the format's subnormals (float32's own) and carries into Inf above
-#              max. A float32 sum that overflows is beyond bf16's overflow threshold too: Inf either way
-#              (rules.sum_nearest_even_f32x16).
-#   "unfused": fused=False (nearest-even): the exact float64 product (checked: pa + pb <= 53, no under- or
-#              overflow) rounded to the accumulator by rules.nearest_even, then the sum as in "twosum", or the plain
-#              float64 sum when it is exact: two values of the format sum to a multiple of 2**(emin - m)
-#              below 2**(emax + 2), which fits in 53 bits when emax - (emin - m) <= 51 (fp16: 39).
-# Rounding f to nearest-even: the float64 magic constant (rules.nearest_even, with its proof).
-# Stochastic ("sr", 32 random bits): the round-to-odd value is rounded by the rule of
-# scalar.round_float_carrier (round up iff R < the 32 bits below the kept ones), written for vectors
-# (rules.sum_stochastic), with R = scalar.random_bits of the counter accum.counter_of gives; "sr32": the same
-# in float32 lanes (rules.sum_stochastic32, preconditions in rules.sum_stochastic32_floor).
-# The "direct" and "twosum32" kernels are register-tiled, in linalg_narrow.py (same steps, fewer instructions).
-# The dispatcher linalg_cpu._matmul_cpu (what lowprec.linalg calls) picks a fast kernel where one applies
-# (narrow_kind) and runs the general kernel accumulate_cpu.matmul_general otherwise; CUDA always runs the general
-# per-element code, so CPU == CUDA holds through tests/test_linalg_tile.py's fast == general checks.
+# once, as in accum.accumulate. The steps ("twosum", "unfused", "sr", "sr32"; "direct" and "twosum32" are
+# register-tiled in linalg_narrow.py), their preconditions (kernels/dispatch.py's NARROW_KERNELS table)
+# and the proofs that they give the general kernel's bits: docs/kernels.md, "The fast accumulation
+# kernels". tests/test_linalg_tile.py checks the bits against the general kernel and a Fraction reference.
 NARROW_R = operands.PANEL_R
 NARROW_N = operands.PANEL_N
 
@@ -214,5 +183,5 @@ def narrow_sr32(Ap, Bp, out, K, N, eqlo, cinv, m, fmax, key0, key1, offset, obas
 #: the kernels by step kind: "twosum" (Ap, Bp, out, K, *rules.nearest_even_params), "unfused" (the same and
 #: exact_sums), "sr" (Ap, Bp, out, K, N, *rules.stochastic_params, key0, key1, offset, obase), "sr32" (Ap, Bp,
 #: out, K, N, eqlo, cinv, m, fmax, key0, key1, offset, obase; see rules.sum_stochastic32 and
-#: linalg_cpu._matmul_narrow)
+#: linalg_cpu.matmul_narrow)
 KERNELS = {"twosum": narrow_twosum, "unfused": narrow_unfused, "sr": narrow_sr, "sr32": narrow_sr32}
