@@ -30,12 +30,10 @@ so that a call's cost (argument passing, reference counts) is not paid per tile.
 import threading
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
 
 from .jit import kernel
+from .vectors import v8_canon, v8_load, v8_splat, v8_step, v8_store, v8_store_first, v8_zero
 
 TILE_M = 6
 TILE_N = 16
@@ -53,139 +51,6 @@ STRIP = 4
 #: call for ms. 2**22 is the size of bench_train's 64 x 256 x 256 products, which take ~90 us on one core
 #: and ~60 us on two: on two threads its epoch took ~3-4 ms (10-15%) less than with the threshold at 2**24.
 PARALLEL_MIN_WORK = 1 << 22
-
-# ----------------------------------------------------------------------------
-# an 8-lane float32 vector type for numba, and the few operations the tile needs
-# ----------------------------------------------------------------------------
-_V8 = ir.VectorType(ir.FloatType(), 8)
-_I32 = ir.IntType(32)
-
-
-class F32x8(types.Type):
-    """LLVM ``<8 x float>`` as a numba value (kept in registers: one AVX register)."""
-
-    def __init__(self):
-        super().__init__(name="f32x8")
-
-
-f32x8 = F32x8()
-
-
-@register_model(F32x8)
-class _F32x8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _V8)
-
-
-def _is_f32_2d(arr) -> bool:
-    return isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.float32
-
-
-@intrinsic
-def v8_zero(typingctx):
-    """(+0, ..., +0)."""
-    def codegen(context, builder, signature, args):
-        return ir.Constant(_V8, [0.0] * 8)
-
-    return f32x8(), codegen
-
-
-@intrinsic
-def v8_splat(typingctx, x):
-    """(x, ..., x) for a float32 x."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), args[0], ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
-
-    return f32x8(types.float32), codegen
-
-
-@intrinsic
-def v8_load(typingctx, arr, i, j):
-    """arr[i, j:j+8] of a 2-D float32 array whose last axis is contiguous (not checked)."""
-    if not _is_f32_2d(arr):
-        return None
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
-        return builder.load(builder.bitcast(ptr, _V8.as_pointer()), align=4)
-
-    return f32x8(arr, types.intp, types.intp), codegen
-
-
-@intrinsic
-def v8_store(typingctx, arr, i, j, v):
-    """arr[i, j:j+8] = v (last axis contiguous, not checked)."""
-    if not _is_f32_2d(arr) or v != f32x8:
-        return None
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
-        builder.store(args[3], builder.bitcast(ptr, _V8.as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    return types.none(arr, types.intp, types.intp, f32x8), codegen
-
-
-@intrinsic
-def v8_store_first(typingctx, arr, i, j, v, n):
-    """arr[i, j:j+n] = v[:n], lane by lane, for n < 8 (n <= 0: nothing; n >= 8: all 8): the edges of C."""
-    if not _is_f32_2d(arr) or v != f32x8 or not isinstance(n, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        i_, j_, v_, n_ = args[1:]
-        for c in range(8):
-            with builder.if_then(builder.icmp_signed(">", n_, ir.Constant(n_.type, c))):
-                jc = builder.add(j_, ir.Constant(j_.type, c))
-                ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i_, jc], wraparound=False)
-                builder.store(builder.extract_element(v_, ir.Constant(_I32, c)), ptr)
-        return context.get_dummy_value()
-
-    return types.none(arr, types.intp, types.intp, f32x8, n), codegen
-
-
-@intrinsic
-def v8_step(typingctx, a, b, c, fused):
-    """c + a*b per lane. ``fused`` (a compile-time constant): rounded once (llvm.fma.v8f32: vfmadd on
-    hardware with FMA); else the product rounded to float32, then the sum (no contraction)."""
-    if not (a == f32x8 and b == f32x8 and c == f32x8 and isinstance(fused, types.BooleanLiteral)):
-        return None
-    fma = fused.literal_value
-
-    def codegen(context, builder, signature, args):
-        a_, b_, c_, _ = args
-        if fma:
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
-            return builder.call(fn, [a_, b_, c_])
-        return builder.fadd(c_, builder.fmul(a_, b_))
-
-    return f32x8(f32x8, f32x8, f32x8, fused), codegen
-
-
-@intrinsic
-def v8_canon(typingctx, v):
-    """v with every NaN lane replaced by the canonical NaN (0x7FC00000)."""
-    if v != f32x8:
-        return None
-
-    def codegen(context, builder, signature, args):
-        x = args[0]
-        isnan = builder.fcmp_unordered("uno", x, x)
-        nan = ir.Constant(_V8, [float("nan")] * 8)  # float32 NaN with the quiet bit only: 0x7FC00000
-        return builder.select(isnan, nan, x)
-
-    return f32x8(f32x8), codegen
-
 
 # ----------------------------------------------------------------------------
 # the kernels
