@@ -75,3 +75,48 @@ def test_ops_cpu_equals_cuda(op):
     for mode in ("nearest_even", "toward_zero", "stochastic"):
         assert _bits_equal(fn(*args, "bf16", mode, seed=4, backend="cpu"),
                            fn(*args, "bf16", mode, seed=4, backend="cuda"))
+
+
+def _fast_case(kernel):
+    """(accumulation, a, b) that the CPU dispatch runs with ``kernel`` (a fast path), 4 x 128 x 64."""
+    rng = np.random.default_rng(sum(map(ord, kernel)))
+    a = (rng.standard_normal((4, 128)) * 2.0 ** rng.integers(-4, 4, (4, 128))).astype(np.float32)
+    b = (rng.standard_normal((128, 64)) * 2.0 ** rng.integers(-4, 4, (128, 64))).astype(np.float32)
+    acc = {
+        "fp32-fma": Accumulation(a_format="fp16"),
+        "fp32-muladd": Accumulation(a_format="fp16", product_format="fp32"),
+        "direct": Accumulation(a_format="fp16", acc_format="fp16"),
+        "twosum32": Accumulation(a_format="bf16", acc_format="bf16"),
+        "twosum": Accumulation(a_format="fp32", acc_format="fp16"),
+        "unfused": Accumulation(a_format="fp16", acc_format="fp16", fused=False),
+        "sr32": Accumulation(a_format="bf16", acc_format="bf16", acc_rounding="stochastic"),
+        "sr": Accumulation(a_format="fp32", acc_format="bf16", acc_rounding="stochastic"),
+    }[kernel]
+    return acc, a, b
+
+
+_FAST = ["fp32-fma", "fp32-muladd", "direct", "twosum32", "twosum", "unfused", "sr32", "sr"]
+
+
+@pytest.mark.parametrize("kernel", [k if k in ("fp32-fma", "direct", "sr32") else
+                                    pytest.param(k, marks=pytest.mark.slow) for k in _FAST])
+def test_fast_path_sizes_cpu_equals_cuda(kernel):
+    """At sizes where the CPU runs each fast kernel (checked through the dispatch tables), CUDA (the general
+    kernel) gives the same bits: 4 x 128 x 64, the CPU's fast-path thresholds (2**15 multiply-adds, 16 columns)."""
+    from lowprec import round_to
+    from lowprec.kernels import dispatch
+    from lowprec.linalg import _kernel_args
+
+    acc, a, b = _fast_case(kernel)
+    M, K = a.shape
+    N = b.shape[1]
+    if kernel.startswith("fp32-"):
+        assert M * N * K >= dispatch.FP32_TILE_MIN_WORK and dispatch.fp32_tile(acc, "cpu") == kernel[5:]
+    else:
+        a2 = round_to(a, acc.a_format).astype(np.float64)
+        bt2 = np.ascontiguousarray(round_to(b, acc.b_format).astype(np.float64).T)
+        assert dispatch.narrow_kind(a2, bt2, np.zeros(1, np.int64), M, N, K, *_kernel_args(acc),
+                                    acc.random_bits) == kernel
+    cpu = matmul(a, b, acc, seed=5, backend="cpu")
+    gpu = matmul(a, b, acc, seed=5, backend="cuda")
+    assert _bits_equal(cpu, gpu)
