@@ -33,11 +33,34 @@ def carrier_of(dtype) -> tuple:
     return _CARRIER[np.dtype(dtype).newbyteorder("=")]
 
 
-def _as_float_array(x, name: str = "x") -> tuple:
-    """Return (array with native float32/float64 dtype, output dtype, is_python_scalar)."""
-    is_scalar = np.isscalar(x) and not isinstance(x, (str, bytes))
+def _python_ints(arr: np.ndarray, name: str) -> np.ndarray:
+    """An object array of Python ints and floats (ints beyond int64) as float64, refusing inexact ints."""
+    flat = arr.reshape(-1)
+    out = np.empty(flat.size, dtype=np.float64)
+    for i, v in enumerate(flat.tolist()):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real float array or numbers, got an element of type {type(v).__name__}")
+        try:
+            f = float(v)
+        except OverflowError:
+            raise ValueError(f"{name} holds the integer {v}, beyond float64's range (about 1.8e308)") from None
+        if isinstance(v, (int, np.integer)) and int(f) != int(v):
+            raise ValueError(f"{name} holds the integer {v}, which float64 cannot represent exactly "
+                             f"(nearest float64: {f!r}); convert to float64 first to round that value")
+        out[i] = f
+    return out.reshape(arr.shape)
+
+
+def as_float_input(x, name: str = "x") -> tuple:
+    """The public API's one input policy: (native float32/float64 array, result dtype, is a scalar).
+
+    float32 and float64 arrays are taken as they are (any layout; byte order made native); Python numbers,
+    lists, bool/integer arrays and Python ints of any size become float64, exactly (an integer float64
+    cannot hold raises ValueError naming ``name``); anything else (complex, strings, float16, objects)
+    raises TypeError naming ``name``."""
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be a float array or number, got {type(x).__name__}")
+    is_scalar = np.isscalar(x)
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
@@ -50,13 +73,18 @@ def _as_float_array(x, name: str = "x") -> tuple:
         return arr, out_dtype, is_scalar
     if kind in "biu":
         conv = arr.astype(np.float64)
-        if arr.size and kind != "b" and np.any(np.abs(conv) > 2.0 ** 53):
-            if not np.array_equal(conv.astype(arr.dtype), arr):
-                raise ValueError(f"{name} holds integers that float64 cannot represent exactly")
+        if arr.size and kind != "b" and np.any(np.abs(conv) >= 2.0 ** 53):  # (2**53 + 1 converts to 2**53)
+            bad = conv.astype(arr.dtype) != arr
+            if bad.any():
+                v = arr[bad].flat[0]
+                raise ValueError(f"{name} holds the integer {v}, which float64 cannot represent exactly "
+                                 f"(nearest float64: {float(v)!r}); convert to float64 first to round that value")
         return conv, np.dtype(np.float64), is_scalar
+    if kind == "O" and (isinstance(x, int) or (isinstance(x, (list, tuple)) and arr.size)):
+        return _python_ints(arr, name), np.dtype(np.float64), is_scalar
     if kind == "f":
         raise TypeError(f"{name} must be float32 or float64 (or Python numbers), got {arr.dtype}; "
-                        "convert with x.astype(np.float32)")
+                        f"convert with {name}.astype(np.float32)")
     raise TypeError(f"{name} must be a real float array (float32/float64), Python numbers or a list of them, "
                     f"got an array of dtype {arr.dtype}")
 
@@ -88,21 +116,15 @@ def _params(fmt, saturate):
     return fmt.replace(saturate=bool(saturate), name=fmt.name)._kernel_params()
 
 
-def _prepare(x, fmt, rounding, seed, stream, offset, random_bits, saturate):
+def _prepare(x, fmt, rounding, random_bits, saturate):
     fmt = get_format(fmt)
     mode = get_rounding(rounding)
     rbits = _check_rbits(random_bits)
-    arr, out_dtype, is_scalar = _as_float_array(x)
+    arr, out_dtype, is_scalar = as_float_input(x)
     _check_fmt_for_dtype(fmt, arr.dtype)
     p = _params(fmt, saturate)
     flat = np.ascontiguousarray(arr).reshape(-1)
-    if mode is Rounding.STOCHASTIC:
-        k0, k1, off = resolve_seed(seed, flat.size, stream, offset)
-    else:
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            pass  # allowed and ignored: deterministic modes draw nothing
-        k0 = k1 = off = 0
-    return fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, (k0, k1, off)
+    return fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat
 
 
 def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, offset: int = 0,
@@ -114,7 +136,8 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     x : array_like
         float32 or float64 values of any shape and layout (0-d, empty,
         strided, Fortran order, big-endian). Python numbers, lists and
-        integer arrays are taken as float64.
+        integer arrays are taken as float64 (an integer that float64 cannot
+        hold exactly raises ValueError).
     fmt : FloatFormat, FixedFormat or str
         Target format or a preset name (``lowprec.preset_names()``).
     rounding : Rounding or str
@@ -122,7 +145,8 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
         ``down``, ``odd`` or ``stochastic``.
     seed : None, int, RandomStream or numpy Generator
         Random source for ``stochastic`` (ignored otherwise); see
-        :mod:`lowprec.rng` for reproducible and fresh streams.
+        :mod:`lowprec.rng` for reproducible and fresh streams. A call that
+        raises draws nothing (a RandomStream stays where it was).
     stream, offset : int
         Select the random stream and the first counter for an int seed.
     random_bits : int
@@ -133,7 +157,8 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     backend : {"auto", "cpu", "cuda"}
     out : ndarray, optional
         Where to write the result (then returned): a writable array of the
-        result's shape and dtype. It may be ``x`` itself (rounding in place).
+        result's shape and dtype. It may be ``x`` itself (rounding in place); any other overlap with
+        ``x`` is safe too (``x`` is then read from a copy).
         Saves allocating, and first touching, a new array for large inputs.
 
     Returns
@@ -166,7 +191,7 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     elif type(x) is float:
         arr, out_dtype, is_scalar = np.array(x), _F64, True
     else:
-        arr, out_dtype, is_scalar = _as_float_array(x)
+        arr, out_dtype, is_scalar = as_float_input(x)
     try:
         r = _prepared(fmt, rounding, arr.dtype, random_bits, saturate, backend)
     except TypeError as exc:  # an unhashable argument: prepare_rounding raises the error that names it
@@ -174,9 +199,10 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
             raise
         r = prepare_rounding(fmt, rounding, arr.dtype, random_bits=random_bits, saturate=saturate, backend=backend)
     flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
-    k0, k1, off = resolve_seed(seed, flat.size, stream, offset) if r._stochastic else (0, 0, 0)
     if out is not None:
         _check_out(out, arr.shape, out_dtype)
+        flat = _unshared(flat, out)
+    k0, k1, off = resolve_seed(seed, flat.size, stream, offset) if r._stochastic else (0, 0, 0)  # after every check
     direct = out is not None and out.dtype == arr.dtype and out.flags.c_contiguous
     res = out.reshape(-1) if direct else np.empty(flat.size, dtype=arr.dtype)
     r._run(flat, res, k0, k1, off)
@@ -258,6 +284,7 @@ class PreparedRounding:
         n = flat.size
         if out is not None:
             _check_out(out, x.shape, self.dtype)
+            flat = _unshared(flat, out)
         direct = out is not None and out.flags.c_contiguous
         res = out.reshape(-1) if direct else np.empty(n, dtype=self.dtype)
         if self._stochastic:
@@ -318,6 +345,19 @@ def _check_out(out, shape, dtype) -> None:
         raise ValueError("out is read-only")
 
 
+def _unshared(flat: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``flat`` (the input, flattened), copied when it overlaps ``out`` other than element for element.
+
+    Rounding in place (``out`` is the input itself) reads each element before writing it. Any other
+    overlap (``out=buf[1:]`` for ``x=buf[:-1]``) would read elements the loop has already overwritten."""
+    if np.may_share_memory(flat, out):
+        same = (flat.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+                and out.flags.c_contiguous and out.dtype == flat.dtype)
+        if not same:
+            return flat.copy()
+    return flat
+
+
 def _pattern_dtype(bits: int):
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if bits <= np.dtype(dt).itemsize * 8:
@@ -344,11 +384,13 @@ def encode(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, offse
     >>> hex(int(lowprec.encode(1.0, "fp16"))), hex(int(lowprec.encode(-1.0, "int8")))
     ('0x3c00', '0xff')
     """
-    fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat, key = _prepare(
-        x, fmt, rounding, seed, stream, offset, random_bits, saturate)
+    fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat = _prepare(x, fmt, rounding, random_bits, saturate)
     if not fmt.has_nan and flat.size and np.isnan(flat).any():
         raise ValueError(f"x contains NaN but {fmt.name} has no NaN encoding; "
                          f"{int(np.isnan(flat).sum())} NaN value(s) cannot be encoded")
+    dispatch.resolve_backend(backend)  # (a bad name raises here, before the random stream moves)
+    # the random stream moves only once every check has passed
+    key = resolve_seed(seed, flat.size, stream, offset) if mode is Rounding.STOCHASTIC else (0, 0, 0)
     CW, CM, CB, ity = carrier_of(arr.dtype)
     codes = np.empty(flat.size, dtype=np.int64)
     dispatch.encode_array(backend, flat.view(ity), codes, CW, CM, CB, p, int(mode),

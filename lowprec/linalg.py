@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from .accumulation import ORDERS, Accumulation, get_accumulation
-from .core import round_to
+from .core import as_float_input, round_to
 from .formats import get_format
 from .kernels import accum as _accum
 from .kernels import dispatch
@@ -32,18 +32,9 @@ __all__ = ["matmul", "dot", "sum", "prepare_matmul", "PreparedMatmul"]
 
 
 def _as_input(x, name: str) -> np.ndarray:
-    if isinstance(x, (str, bytes)):
-        raise TypeError(f"{name} must be a float32/float64 array, got {type(x).__name__}")
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be a float32/float64 array: {exc}") from None
-    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "
-                        f"convert with {name}.astype(np.float32)")
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    return arr
+    """The public API's input policy (core.as_float_input): float32/float64 arrays as they are, numbers,
+    lists and integers as float64."""
+    return as_float_input(x, name)[0]
 
 
 def _rounded(x: np.ndarray, fmt, backend: str) -> np.ndarray:

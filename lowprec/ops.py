@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import _as_float_array
+from .core import as_float_input
 from .formats import FixedFormat, get_format
 from .kernels import accum as _accum
 from .kernels import dispatch
@@ -72,7 +72,7 @@ def _apply(op: int, operands: tuple, fmt, rounding, seed, stream, offset, random
     rbits = _random_bits(fmt, random_bits)
     arrs, dtypes, scalars = [], [], []
     for name, v in zip(names, operands):
-        arr, dt, is_scalar = _as_float_array(v, name)
+        arr, dt, is_scalar = as_float_input(v, name)
         arrs.append(arr)
         dtypes.append(dt)
         scalars.append(is_scalar)
@@ -88,6 +88,7 @@ def _apply(op: int, operands: tuple, fmt, rounding, seed, stream, offset, random
     while len(flat) < 3:
         flat.append(flat[0])
     n = int(np.prod(shape, dtype=np.int64))
+    dispatch.resolve_backend(backend)  # (a bad name raises here, before the random stream moves)
     if mode is Rounding.STOCHASTIC:
         k0, k1, off = resolve_seed(seed, n, stream, offset)
     else:

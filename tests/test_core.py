@@ -436,3 +436,63 @@ def test_round_to_out_rejects_bad_arrays():
         lowprec.round_to(x, "bf16", out=ro)
     with pytest.raises(TypeError, match="out must be a numpy ndarray, got list"):
         lowprec.round_to(x, "bf16", out=[0.0] * 12)
+
+
+# ----------------------------------------------------------------------------
+# edges: overlapping out=, failed calls leave the random stream, Python ints
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [10, 1 << 20])
+def test_out_overlapping_the_input_gives_the_values_of_a_separate_output(n):
+    """out=buf[1:] for x=buf[:-1] (and the reverse): the result is what a separate output receives, for the
+    runtime-argument, interpreted and parallel loops alike."""
+    rng = np.random.default_rng(n)
+    for lo, hi in ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))):
+        buf = (rng.standard_normal(n + 1) * 1000).astype(np.float32)
+        want = lowprec.round_to(buf[lo].copy(), "bf16")
+        got = lowprec.round_to(buf[lo], "bf16", out=buf[hi])
+        assert got is not None and np.array_equal(buf[hi], want)
+        buf = (rng.standard_normal(n + 1) * 1000).astype(np.float32)
+        want = lowprec.prepare_rounding("fp8_e4m3fn")(buf[lo].copy())
+        lowprec.prepare_rounding("fp8_e4m3fn")(buf[lo], out=buf[hi])
+        assert np.array_equal(buf[hi], want, equal_nan=True)
+    x = (rng.standard_normal(n) * 1000).astype(np.float32)
+    want = lowprec.round_to(x, "fp16")
+    assert lowprec.round_to(x, "fp16", out=x) is x and np.array_equal(x, want)  # in place still works
+
+
+def test_a_failed_call_leaves_the_random_stream_where_it_was():
+    from lowprec import linalg, ops
+    from lowprec.rng import RandomStream
+
+    x = np.linspace(-3, 3, 10, dtype=np.float32)
+    s = RandomStream(7)
+    with pytest.raises(ValueError, match="shape"):
+        lowprec.round_to(x, "fp16", "stochastic", seed=s, out=np.empty(9, np.float32))
+    with pytest.raises(TypeError, match="out must have"):
+        lowprec.round_to(x, "fp16", "stochastic", seed=s, out=np.empty(10, np.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        lowprec.encode(np.float32([1.0, np.nan]), "fp4_e2m1fn", "stochastic", seed=s)
+    with pytest.raises(ValueError, match="backend"):
+        lowprec.encode(x, "fp16", "stochastic", seed=s, backend="tpu")
+    with pytest.raises(ValueError, match="backend"):
+        ops.add(x, x, "fp16", "stochastic", seed=s, backend="tpu")
+    with pytest.raises(ValueError, match="broadcast"):
+        ops.add(x, x[:3], "fp16", "stochastic", seed=s)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        linalg.matmul(np.ones((2, 3)), np.ones((2, 3)), "bf16-sr", seed=s)
+    assert s.offset == 0
+    lowprec.round_to(x, "fp16", "stochastic", seed=s)
+    assert s.offset == 10  # and a call that succeeds moves it by its size
+
+
+def test_python_ints_of_any_size():
+    assert float(lowprec.round_to(2 ** 70, "fp16")) == np.inf
+    assert float(lowprec.round_to(2 ** 70, "fp32")) == 2.0 ** 70
+    assert lowprec.round_to([2 ** 64, 3], "bf16").tolist() == [2.0 ** 64, 3.0]
+    assert int(lowprec.encode(2 ** 70, "bf16")) == int(lowprec.encode(2.0 ** 70, "bf16"))
+    with pytest.raises(ValueError, match=r"x holds the integer 1180591620717411303425, which float64 cannot"):
+        lowprec.round_to(2 ** 70 + 1, "fp32")
+    with pytest.raises(ValueError, match="x holds the integer 1000.*beyond float64's range"):
+        lowprec.round_to(10 ** 400, "fp32")
+    with pytest.raises(TypeError, match="x must be .* type str"):
+        lowprec.round_to([2 ** 70, "a"], "fp32")
