@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import time
 from pathlib import Path
 
@@ -63,19 +64,34 @@ def run_study(name: str, out_dir=None, quick: bool = False, scheduler=None, data
     Raises
     ------
     ValueError
-        Unknown study name, or ``data`` given to a study that takes none.
+        Unknown study name, ``out_dir`` is a file, ``data`` given to a study
+        that takes none or neither ``"digits"`` nor a directory of MNIST IDX files.
+    FileNotFoundError
+        ``data`` is a directory without the MNIST IDX files.
     """
     import inspect
+
+    from .train.report import check_out_dir
 
     mod = _module(name)
     if out_dir is None:
         out_dir = Path("study_out") / name
+    check_out_dir(out_dir)
     kwargs = {}
     if data is not None:
         if "data" not in inspect.signature(mod.run).parameters:
             raise ValueError(f"study {name!r} does not take --data (only precision-table does)")
+        _check_data(data)
         kwargs["data"] = str(data)
     return mod.run(out_dir, quick=bool(quick), scheduler=scheduler, **kwargs)
+
+
+def _check_data(data) -> None:
+    """Load ``--data`` once here, so that a bad path fails in one line before any task runs (as in
+    ``lowprec train``), not inside every task of the sweep."""
+    from .train.loop import load_dataset
+
+    load_dataset(str(data))
 
 
 def _main(args) -> int:
@@ -86,8 +102,15 @@ def _main(args) -> int:
             except ImportError as exc:  # a study whose dependencies are not in this build
                 print(f"{n:16s} (unavailable: {exc})")
         return 0 if args.list else 2
+    from .sweep import SweepError
+
     t0 = time.perf_counter()
-    res = run_study(args.name, args.out, quick=args.quick, scheduler=args.scheduler, data=args.data)
+    try:
+        res = run_study(args.name, args.out, quick=args.quick, scheduler=args.scheduler, data=args.data)
+    except SweepError as exc:  # one line: which task failed and why; the finished ones are kept
+        text = " ".join(str(exc).split())
+        print(f"lowprec study: error: {text}; the finished tasks are kept and a rerun skips them", file=sys.stderr)
+        return 2
     dt = time.perf_counter() - t0
     print(f"study {args.name} ({'quick' if args.quick else 'full'} run) finished in {dt:.1f} s")
     for fig in res.get("figures", []):

@@ -143,3 +143,35 @@ def test_export_bad_input():
         qat.export_qat_mlp(res4.model, ds.x_train)
     with pytest.raises(ValueError, match="method must be"):
         qat.qat_policy("x", method="kl")
+
+
+def test_quantizer_state_round_trips_what_parameters_do_not_hold():
+    """state_dict/load_state_dict: an EMA observer's range and count, LSQ signedness, companding x_max."""
+    from lowprec.quant.fake_quant import LSQQuantizer
+
+    a = MinMaxQuantizer(8, "activation", averaging_constant=0.5)
+    for batch in ([-1.0, 3.0], [0.0, 5.0]):
+        a(Tensor(np.array(batch)))
+    b = MinMaxQuantizer(8, "activation", averaging_constant=0.5)
+    b.load_state_dict(a.state_dict())
+    assert b.qparams() == a.qparams() and b.observer.count == 2
+    x = Tensor(np.array([-0.3, 4.0]))
+    np.testing.assert_array_equal(a(x).data, b(x).data)  # the next EMA update starts from the same range
+    assert a.observer.lo == b.observer.lo and a.observer.hi == b.observer.hi
+    w = MinMaxQuantizer(8, "weight")
+    w(Tensor(np.array([[1.0, -2.0]])))
+    w2 = MinMaxQuantizer(8, "weight")
+    w2.load_state_dict(w.state_dict())
+    np.testing.assert_array_equal(w2.qparams()[0], w.qparams()[0])
+    with pytest.raises(ValueError, match="quantizes weights"):
+        w2.load_state_dict(a.state_dict())
+    lsq = LSQQuantizer(4, "auto")
+    lsq(Tensor(np.array([0.0, 1.0])))
+    fresh = LSQQuantizer(4, "auto")
+    fresh.load_state_dict(lsq.state_dict())
+    assert fresh.signed is False
+    c = CompandingFakeQuantizer(4)
+    c(Tensor(np.array([0.5, -2.0])))
+    c2 = CompandingFakeQuantizer(4)
+    c2.load_state_dict(c.state_dict())
+    assert c2.x_max == 2.0

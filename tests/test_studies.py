@@ -438,3 +438,30 @@ def test_precision_table_task_reads_mnist_idx_files(tmp_path):
     r = train_task("fp32", 0, 1, [16], str(tmp_path), 0, 0, 50)
     assert 0.0 <= r["test_accuracy"] <= 1.0
     assert r["bytes_per_role"]["weight"] == 4 * (784 * 16 + 16 + 16 * 10 + 10)
+
+
+def test_bad_data_is_one_clean_line_before_any_task_runs(tmp_path, capsys):
+    """As `lowprec train --data BAD`: one line naming --data, no SweepError traceback, nothing written."""
+    out = tmp_path / "out"
+    assert main(["study", "precision-table", "--quick", "--data", str(tmp_path / "missing"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data must be 'digits' or a directory" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["study", "precision-table", "--quick", "--data", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(empty) in err and "SweepError" not in err
+    assert not out.exists()
+
+
+def test_a_failed_sweep_task_is_one_line(tmp_path, capsys, monkeypatch):
+    import studies.formats
+    from lowprec.sweep import SweepError
+
+    def failing(out_dir, quick=False, scheduler=None):
+        raise SweepError("task {'a': 1} of studies.formats:task failed: ValueError('bad\\nthing')")
+    monkeypatch.setattr(studies.formats, "run", failing)
+    assert main(["study", "formats", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "task {'a': 1}" in err and "rerun skips them" in err

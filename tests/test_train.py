@@ -279,3 +279,239 @@ def test_mixed_precision_matches_fp32_on_digits_full(digits):
     assert acc["fp32"] >= 0.95
     assert abs(acc["fp16-mixed"] - acc["fp32"]) <= 0.01
     assert abs(acc["bf16-mixed"] - acc["fp32"]) <= 0.01
+
+
+# ----------------------------------------------------------------------------- issue 16: the edges
+def _tiny(digits, n_train=512, n_test=128):
+    return Dataset(digits.x_train[:n_train], digits.y_train[:n_train], digits.x_test[:n_test],
+                   digits.y_test[:n_test], name="digits-tiny")
+
+
+def _all_policy_names():
+    from lowprec.amp import policy_names
+
+    _sr_policy()
+    return policy_names()
+
+
+@pytest.mark.parametrize("precision", _all_policy_names())
+def test_every_registered_policy_resumes_bit_for_bit(tmp_path, digits, precision):
+    """Every stateful part of a policy (EMA observers, LSQ steps and signedness, ...) is in the checkpoint.
+    (The uninterrupted run also warms up its kernels first: that changes no bit either.)"""
+    ds = _tiny(digits, n_train=500)
+    cfg = dict(precision=precision, seed=1, hidden=(8,), batch_size=256)
+    kw = dict(dataset=ds, warm_up=False)
+    full = T.train(T.TrainConfig(epochs=3, **cfg), str(tmp_path / "full"), dataset=ds, warm_up=True)
+    T.train(T.TrainConfig(epochs=1, **cfg), str(tmp_path / "part"), **kw)
+    resumed = T.train(T.TrainConfig(epochs=3, **cfg), resume=str(tmp_path / "part"), **kw)
+    pa, pb = full.model.parameters(), resumed.model.parameters()
+    assert len(pa) == len(pb)
+    for a, b in zip(full.weights(), resumed.weights()):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    for sa, sb in zip(full.optimizer.state, resumed.optimizer.state):
+        for a, b in zip(sa, sb):
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    from lowprec.train.loop import _policy_state
+
+    sa, sb = _policy_state(full.model), _policy_state(resumed.model)
+    assert repr(sa) == repr(sb)
+    assert full.scaler.state_dict() == resumed.scaler.state_dict()
+    assert full.step_rows == resumed.step_rows
+    assert full.record["epochs"] == resumed.record["epochs"]
+
+
+def test_minmax_observer_state_goes_into_the_checkpoint(tmp_path, digits):
+    T.train(T.TrainConfig(precision="int8-qat-minmax", epochs=1, hidden=(8,), batch_size=256), str(tmp_path),
+            dataset=_tiny(digits), warm_up=False)
+    state = T.load_checkpoint(tmp_path)
+    observers = [q["observer"] for q in state["policy_state"] if q is not None and q.get("observer")]
+    assert len(observers) == 2 and all(o["count"] == 2 for o in observers)  # one activation quantizer per layer
+
+
+def test_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    f = tmp_path / "existing.txt"
+    f.write_text("keep me")
+    for argv in (["train", "--epochs", "1", "--out", str(f), "--quiet"],
+                 ["train", "--compare", "fp32", "--epochs", "1", "--out", str(f), "--quiet"],
+                 ["train", "--epochs", "1", "--out", str(f / "sub"), "--quiet"],
+                 ["study", "formats", "--quick", "--out", str(f)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--out" in err and str(f) in err and "Traceback" not in err, err
+    assert f.read_text() == "keep me"
+    with pytest.raises(ValueError, match="is an existing file"):
+        T.train(T.TrainConfig(epochs=1), str(f))
+
+
+def test_checkpoint_missing_keys_and_appended_bytes(tmp_path, capsys):
+    path = tmp_path / "checkpoint.ckpt"
+    T.save_checkpoint(path, {"epoch": 3, "w": [np.float32([1.0])]})
+    with pytest.raises(T.CheckpointError, match="not a training checkpoint.*lacks 'config'"):
+        T.train(T.TrainConfig(epochs=5), resume=str(path))
+    assert cli.main(["train", "--resume", str(tmp_path), "--epochs", "5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks 'config'" in err and "KeyError" not in err
+    T.train(T.TrainConfig(epochs=1, hidden=(8,), batch_size=512), str(tmp_path), warm_up=False)
+    state = T.load_checkpoint(path)
+    del state["optimizer"]["steps"]
+    T.save_checkpoint(path, state)
+    with pytest.raises(T.CheckpointError, match="does not hold the training state.*KeyError: 'steps'"):
+        T.train(T.TrainConfig(epochs=2), resume=str(path), warm_up=False)
+    T.save_checkpoint(path, {"epoch": 3})
+    with open(path, "ab") as f:
+        f.write(b"garbage")
+    with pytest.raises(T.CheckpointError, match="has 7 extra bytes appended") as info:
+        T.load_checkpoint(path)
+    assert "truncated" not in str(info.value)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_at_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".checkpoint.ckpt.tmp{dead.pid}"
+        alive = tmp_path / f".checkpoint.ckpt.tmp{live.pid}"
+        other = tmp_path / f".other.ckpt.tmp{dead.pid}"
+        for p in (stale, alive, other):
+            p.write_bytes(b"x" * 100)
+        T.save_checkpoint(tmp_path / "checkpoint.ckpt", {"epoch": 1})
+        assert not stale.exists()
+        assert alive.exists() and other.exists()  # a live writer's file, and another checkpoint's
+        assert T.load_checkpoint(tmp_path)["epoch"] == 1
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
+    def crash(src, dst):
+        raise OSError("simulated failure")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        T.save_checkpoint(tmp_path / "c.ckpt", {"a": 1})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_resume_refuses_differing_flags_and_says_what_epochs_do(tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["train", "--hidden", "8", "--batch-size", "512", "--quiet", "--seed", "2"]
+    assert cli.main(base + ["--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = {p: (out / p).read_bytes() for p in sorted(os.listdir(out))}
+    assert cli.main(["train", "--resume", str(out), "--precision", "bf16-mixed", "--lr", "0.1", "--epochs", "3",
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--precision bf16-mixed (saved: fp32)" in err and "--lr 0.1 (saved: 0.05)" in err and "--epochs" in err
+    assert cli.main(["train", "--resume", str(out), "--quiet"]) == 2  # the saved total (1) is done
+    err = capsys.readouterr().err
+    assert "already trained 1 epochs" in err and "--epochs above 1" in err
+    assert cli.main(["train", "--resume", str(out), "--epochs", "1", "--quiet"]) == 2
+    assert "--epochs 1 leaves nothing to train" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(out), "--compare", "fp32,bf16-mixed", "--quiet"]) == 2
+    assert "cannot be combined with --compare" in capsys.readouterr().err
+    assert {p: (out / p).read_bytes() for p in sorted(os.listdir(out))} == before  # refusals touch nothing
+    # flags equal to the saved ones are fine; --epochs may change, and the run says so
+    assert cli.main(["train", "--resume", str(out), "--seed", "2", "--hidden", "8", "--epochs", "2", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "--epochs 2 replaces the saved total of 1" in text
+    assert len(json.loads((out / "run.json").read_text())["epochs"]) == 2
+
+
+def test_a_run_of_skipped_steps_is_diagnosed_during_the_run(tmp_path, digits, capsys):
+    """pure-fp16 with Adam at lr 1e-3: the first update overflows the fp16 weights' products, every later
+    step is skipped; the run says so while it runs, naming the tensor and what to try."""
+    rc = cli.main(["train", "--precision", "pure-fp16", "--optimizer", "adam", "--lr", "0.001", "--epochs", "1",
+                   "--hidden", "16", "--batch-size", "128"])
+    assert rc == 0
+    cap = capsys.readouterr()
+    warning = [line for line in cap.err.splitlines() if "consecutive steps skipped" in line]
+    assert warning, cap.err
+    assert "layer1.matmul (fp16, activation)" in warning[0] and "overflowed" in warning[0]
+    assert "--lr" in warning[0] and "fp16-mixed" in warning[0]
+    assert "consecutive steps skipped" in cap.out  # and the summary repeats it
+    res = T.train(T.TrainConfig(precision="pure-fp16", optimizer="adam", lr=0.001, epochs=1, hidden=(16,),
+                                batch_size=128), dataset=digits, warm_up=False)
+    assert len(res.record["summary"]["diagnosis"]) == 1
+    ok = T.train(T.TrainConfig(precision="fp16-mixed", epochs=1, **SMALL), dataset=digits, warm_up=False)
+    assert ok.record["summary"]["diagnosis"] == []
+    grads = T.train(T.TrainConfig(precision="fp16-mixed", loss_scale="static:1e30", epochs=1, **SMALL),
+                    dataset=digits, warm_up=False).record["summary"]["diagnosis"]
+    assert len(grads) == 1 and ".grad (fp16, activation_grad)" in grads[0] and "--loss-scale static" in grads[0]
+    assert "forward pass" not in grads[0]
+
+
+def test_every_train_option_has_help_and_its_default():
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    for action in sub._actions:
+        if "-h" in action.option_strings:
+            continue
+        assert action.help, action.option_strings
+        assert "(default:" in action.help, action.option_strings
+    text = sub.format_help().split("options:", 1)[1]
+    for flag, default in (("--lr", "0.05"), ("--batch-size", "64"), ("--seed", "0"), ("--momentum", "0.9"),
+                          ("--weight-decay", "0.0"), ("--epochs", "30")):
+        block = text.split("\n  " + flag, 1)[1].split("\n  --", 1)[0]
+        assert f"(default: {default}" in " ".join(block.split()), flag
+
+
+def test_warm_up_is_timed_apart_and_changes_no_bit(digits, capsys):
+    ds = _tiny(digits)
+    cfg = T.TrainConfig(precision="bf16-mixed", epochs=1, hidden=(8,), batch_size=256)
+    a = T.train(cfg, dataset=ds, warm_up=True, quiet=False)
+    err = capsys.readouterr().err
+    assert "compiling kernels (first run only" in err
+    assert err.index("compiling kernels") < err.index("training")  # its own phase, before the progress bar
+    b = T.train(cfg, dataset=ds, warm_up=False)
+    for x, y in zip(a.weights(), b.weights()):
+        np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+    assert a.step_rows == b.step_rows
+    s = a.record["summary"]
+    assert s["compile_time_s"] > 0 and s["wall_time_s"] > 0
+    assert b.record["summary"]["compile_time_s"] == 0.0
+
+
+def test_compare_reports_compile_time_apart_and_writes_a_figure(tmp_path, digits, capsys):
+    rows = T.compare(["fp32", "fp16-mixed"], T.TrainConfig(epochs=2, hidden=(8,), batch_size=256),
+                     out=str(tmp_path), dataset=_tiny(digits))
+    assert all(r["compile_time_s"] >= 0 and r["wall_time_s"] > 0 for r in rows)
+    table = T.format_table(rows)
+    assert "| compile s | train s |" in table
+    png = tmp_path / "compare.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)
+    assert img.shape[0] > 500 and img.shape[1] > 800 and img[..., :3].std() > 0.05
+
+
+def test_compare_figure_shows_every_policy_on_shared_axes(tmp_path, digits):
+    from lowprec.train.report import _end_labels, plot_compare
+
+    ds = _tiny(digits)
+    cfg = dict(epochs=2, hidden=(8,), batch_size=256)
+    runs = [T.train(T.TrainConfig(precision=p, **cfg), dataset=ds, warm_up=False)
+            for p in ("fp32", "fp16-mixed", "bf16-mixed")]
+    fig = plot_compare(str(tmp_path / "c.png"), runs)
+    acc, loss, scale, under = fig.axes
+    for ax in (acc, loss, scale, under):
+        assert len(ax.get_lines()) >= 3
+    assert [t.get_text().split(":")[0] for t in acc.get_legend().get_texts()] == ["fp32", "fp16-mixed", "bf16-mixed"]
+    ys = np.concatenate([line.get_ydata() for line in acc.get_lines()])
+    assert np.all((ys > 0) & (ys <= 100)) and acc.get_ylim()[0] < ys.min() <= ys.max() < acc.get_ylim()[1]
+    assert scale.get_yscale() == "log"
+    labels = [t.get_text() for t in scale.texts]  # dynamic scaling at 65536, none at 1: two labels
+    assert any(t.startswith("65536: fp16-mixed") for t in labels) and any(t.startswith("1: fp32, bf16") for t in labels)
+    assert any("fp16-mixed" in t.get_text() for t in under.texts)
+    # end labels of close values share one label (they would overlap)
+    assert _end_labels({257: ["a"], 253: ["b"], 0: ["c"]}, "{:,d}", False) == [(0, "0: c"), (257, "a 257, b 253")]

@@ -69,7 +69,10 @@ class Policy:
         ``"dynamic"``); ``lowprec train --loss-scale`` overrides it.
     weight_fake_quant, act_fake_quant : callable, optional
         Factories ``f(layer_index, out_features) -> callable(Tensor) -> Tensor``
-        (or None); see :mod:`lowprec.amp`.
+        (or None); see :mod:`lowprec.amp`. A returned callable with
+        ``parameters()`` has them trained; one with ``state_dict()`` and
+        ``load_state_dict()`` has that state (observer ranges, ...) saved in
+        ``lowprec train``'s checkpoints, so that a resumed run is bit-exact.
     description : str
         One line shown by ``lowprec train --help``.
 

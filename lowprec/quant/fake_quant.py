@@ -26,6 +26,11 @@ policy factories of :mod:`lowprec.amp` return):
 ``signed="auto"`` (activations) picks unsigned codes when the first batch
 is non-negative (after a ReLU) and signed codes otherwise.
 
+State: each module's ``state_dict()`` holds what its parameters do not (the
+signedness an LSQ quantizer chose, an EMA observer's range and count, a
+companding ``x_max``) and ``load_state_dict()`` restores it, so that
+``lowprec train`` checkpoints them and a resumed run continues bit for bit.
+
 Numeric model: forward values are computed by the numpy quantizers in
 float64 from the tensor's values (float32 under a precision runtime) and
 stored in the tensor's dtype; gradients are computed in float64 and handed
@@ -219,6 +224,17 @@ class LSQQuantizer:
         return lsq_fake_quant(x, self.step, bits=self.bits, signed=True if self.narrow_range else self.signed,
                               narrow_range=self.narrow_range, axis=self.axis, name=self.name)
 
+    def state_dict(self) -> dict:
+        """What the parameters do not hold: the signedness chosen on the first batch."""
+        return {"signed": self.signed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (the step is restored with the parameters)."""
+        signed = state["signed"]
+        if signed not in (True, False, "auto"):
+            raise ValueError(f"LSQ quantizer state: signed must be True, False or 'auto', got {signed!r}")
+        self.signed = signed
+
     def qparams(self):
         """(scale, zero point, signed) for integer export.
 
@@ -267,6 +283,30 @@ class MinMaxQuantizer:
         s, z = self.qparams()[:2]
         return fake_quant(x, s, z, bits=self.bits, name=self.name)
 
+    def state_dict(self) -> dict:
+        """The EMA observer's range and count, the training flag and the last weight scale."""
+        obs = self.observer
+        return {"training": bool(self.training),
+                "observer": None if obs is None or obs.lo is None else
+                {"lo": np.array(obs.lo), "hi": np.array(obs.hi), "count": int(obs.count)},
+                "last_weight_scale": None if self._last_weight_scale is None else np.array(self._last_weight_scale)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.training = bool(state["training"])
+        o = state["observer"]
+        if o is not None:
+            if self.observer is None:
+                raise ValueError(f"min-max quantizer state holds an activation range, but {self.name} "
+                                 "quantizes weights")
+            self.observer.lo, self.observer.hi = np.array(o["lo"]), np.array(o["hi"])
+            self.observer.count = int(o["count"])
+        elif self.observer is not None:
+            self.observer.lo = self.observer.hi = None
+            self.observer.count = 0
+        w = state["last_weight_scale"]
+        self._last_weight_scale = None if w is None else np.array(w)
+
     def qparams(self):
         """(scale, zero point, signed=True) of the activation range (int8 codes)."""
         if self.kind == "weight":
@@ -298,6 +338,14 @@ class CompandingFakeQuantizer:
 
     def parameters(self) -> list:
         return [self.alpha, self.beta]
+
+    def state_dict(self) -> dict:
+        """``x_max`` (set from the first batch unless given); alpha and beta are parameters."""
+        return {"x_max": self.x_max}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.x_max = None if state["x_max"] is None else float(state["x_max"])
 
     def __call__(self, x: Tensor) -> Tensor:
         _check_tensor(x)

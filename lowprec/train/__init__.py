@@ -14,7 +14,12 @@ summary, per-epoch metrics, telemetry totals per tensor), ``steps.csv``
 counts per role and event), ``telemetry.csv`` (one row per tensor and step
 with a non-zero count), ``loss.png``, ``accuracy.png``,
 ``loss_scale.png``, ``underflow.png`` and ``checkpoint.ckpt`` (written
-atomically at the end of every epoch).
+atomically at the end of every epoch). ``--compare`` also writes
+``compare.json`` and ``compare.png`` (every policy on shared axes).
+
+Before training, the kernels are compiled (or loaded from numba's cache) on a
+throwaway copy of the model, timed apart (``compile_time_s``); a run of
+skipped steps is diagnosed while it runs (:mod:`lowprec.train.diagnose`).
 
 Determinism: the initial weights come from ``seed``; epoch ``e`` is shuffled
 by ``numpy.random.default_rng([seed, e])``; stochastic rounding draws from

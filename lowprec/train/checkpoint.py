@@ -80,6 +80,9 @@ def save_checkpoint(path, state: dict) -> None:
     The bytes go to a temporary file in the same directory, which is
     flushed, fsync'ed and then renamed over ``path`` with ``os.replace``:
     a crash leaves either the old checkpoint or the new one, never a torn file.
+    The temporary is ``.NAME.tmp<pid>``; one left by a writer that was killed
+    (its process no longer runs on this machine) is removed by the next save
+    in that directory, and a write that fails removes its own.
     """
     path = os.fspath(path)
     arrays: dict = {}
@@ -89,13 +92,61 @@ def save_checkpoint(path, state: dict) -> None:
     payload = buf.getvalue()
     blob = _MAGIC + len(payload).to_bytes(8, "big") + hashlib.sha256(payload).digest() + payload
     directory = os.path.dirname(os.path.abspath(path))
+    _remove_stale_temporaries(directory, os.path.basename(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # a failed write leaves no temporary behind (a killed one does: the next save removes it)
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     _fsync_dir(directory)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine); unknown counts as alive."""
+    if pid == os.getpid():
+        return False  # our own temporary: a write of this process that failed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists under another user, or cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> list:
+    """Remove ``.NAME.tmp<pid>`` files in ``directory`` left by writers that are no longer running.
+
+    A writer killed between writing and renaming leaves its temporary file
+    (as large as a checkpoint). A live writer's file is never touched. Returns
+    the removed paths.
+    """
+    prefix = f".{name}.tmp"
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(prefix) or not entry[len(prefix):].isdigit():
+            continue
+        if _pid_alive(int(entry[len(prefix):])):
+            continue
+        full = os.path.join(directory, entry)
+        try:
+            os.remove(full)
+            removed.append(full)
+        except OSError:
+            pass
+    return removed
 
 
 def load_checkpoint(path) -> dict:
@@ -108,7 +159,7 @@ def load_checkpoint(path) -> dict:
     FileNotFoundError
         No such file.
     CheckpointError
-        Not a lowprec checkpoint, truncated, or the checksum does not match.
+        Not a lowprec checkpoint, truncated, bytes appended, or the checksum does not match.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -127,9 +178,12 @@ def load_checkpoint(path) -> dict:
                               f"{head}-byte header")
     n = int.from_bytes(blob[len(_MAGIC):len(_MAGIC) + 8], "big")
     payload = blob[head:]
-    if len(payload) != n:
+    if len(payload) < n:
         raise CheckpointError(f"checkpoint {path} is truncated: header announces {n} bytes of data, "
                               f"the file holds {len(payload)}")
+    if len(payload) > n:
+        raise CheckpointError(f"checkpoint {path} has {len(payload) - n} extra bytes appended after its "
+                              f"{n} bytes of data (the file was written to after the checkpoint was saved)")
     if hashlib.sha256(payload).digest() != blob[len(_MAGIC) + 8:head]:
         raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:

@@ -27,8 +27,9 @@ from ..amp import LossScaler, Precision, get_policy, parse_loss_scale
 from ..autograd import MLP, SGD, Adam, clip_grad_norm, no_grad, softmax_cross_entropy
 from ..data import Dataset, load_digits, load_mnist
 from ..telemetry import Telemetry
-from .checkpoint import load_checkpoint, save_checkpoint
-from .report import run_record, step_row, write_run
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .diagnose import diagnose_skips
+from .report import check_out_dir, plot_compare, run_record, step_row, write_run
 
 __all__ = ["TrainConfig", "RunResult", "train", "evaluate", "compare"]
 
@@ -123,12 +124,127 @@ class RunResult:
         return out
 
 
-def _load_data(spec: str) -> Dataset:
+def load_dataset(spec: str) -> Dataset:
+    """The dataset that ``--data SPEC`` names: ``"digits"`` (bundled) or a directory of MNIST IDX files.
+
+    Raises
+    ------
+    ValueError
+        ``spec`` is neither (the message names ``--data``).
+    FileNotFoundError
+        The directory lacks one of the IDX files.
+    """
     if spec == "digits":
         return load_digits(seed=0)
-    if os.path.isdir(spec):
+    if isinstance(spec, (str, os.PathLike)) and os.path.isdir(spec):
         return load_mnist(spec)
     raise ValueError(f"--data must be 'digits' or a directory with MNIST IDX files, got {spec!r}")
+
+
+#: What a checkpoint of :func:`train` holds (``policy_state`` and ``compile_time`` came later: optional).
+_STATE_KEYS = ("config", "epoch", "step", "params", "optimizer", "scaler", "streams", "telemetry", "epochs",
+               "steps", "wall_time")
+
+
+def read_resume_state(resume) -> dict:
+    """Load the checkpoint that ``resume`` (a file or run directory) names and check that it is one of
+    :func:`train`'s; its ``config`` comes back as a :class:`TrainConfig`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such checkpoint.
+    CheckpointError
+        Truncated, corrupt, not a training checkpoint (keys missing) or
+        settings this version does not know.
+    """
+    state = load_checkpoint(resume)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {resume} is not a training checkpoint of lowprec train: it holds a "
+                              f"{type(state).__name__}, not the training state")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {resume} is not a training checkpoint of lowprec train: it lacks "
+                              f"{', '.join(repr(k) for k in missing)} (resume from the checkpoint.ckpt that "
+                              "lowprec train wrote)")
+    saved = state["config"]
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(saved, dict) or set(saved) - names:
+        extra = sorted(set(saved) - names) if isinstance(saved, dict) else saved
+        raise CheckpointError(f"checkpoint {resume} holds settings this version of lowprec does not know: "
+                              f"{extra}; resume it with the version that wrote it")
+    saved = dict(saved)
+    if "hidden" in saved:
+        saved["hidden"] = tuple(saved["hidden"])
+    state = dict(state)
+    state["config"] = TrainConfig(**saved)
+    return state
+
+
+def _quantizers(model) -> list:
+    """The fake quantizers of every layer, in a fixed order (None where a layer has none)."""
+    return [q for layer in model.layers for q in (layer.weight_quant, layer.act_quant)]
+
+
+def _policy_state(model) -> list:
+    """The state of every stateful part of the policy that the parameters do not hold (EMA observers, the
+    signedness of LSQ steps, companding ranges): ``state_dict()`` of each fake quantizer that has one."""
+    return [q.state_dict() if q is not None and hasattr(q, "state_dict") else None for q in _quantizers(model)]
+
+
+def _load_policy_state(model, states, resume) -> None:
+    qs = _quantizers(model)
+    if states is None:
+        if any(q is not None and hasattr(q, "state_dict") for q in qs):
+            raise CheckpointError(f"checkpoint {resume} lacks the state of the policy's quantizers (written by "
+                                  "an older lowprec): it cannot be resumed bit-exactly; train the run again")
+        return
+    if len(states) != len(qs):
+        raise CheckpointError(f"checkpoint {resume} holds the state of {len(states)} quantizers, the model has "
+                              f"{len(qs)}")
+    for q, st in zip(qs, states):
+        if st is None:
+            continue
+        if q is None or not hasattr(q, "load_state_dict"):
+            raise CheckpointError(f"checkpoint {resume} holds quantizer state for a layer whose policy has no "
+                                  "stateful quantizer there")
+        q.load_state_dict(st)
+
+
+def _train_step(config, model, opt, scaler, params, xb, yb, scale):
+    """Forward, scaled backward, unscale, clip and (unless the scaler skips it) the update."""
+    logits = model(xb)
+    loss = softmax_cross_entropy(logits, yb)
+    opt.zero_grad()
+    loss.backward(scale * config.loss_weight)  # the gradient of loss_weight * loss, scaled
+    scaler.unscale_(opt)
+    if config.clip_norm is not None:
+        clip_grad_norm(params, config.clip_norm)
+    return logits, loss, scaler.step(opt)
+
+
+def _warm_up(config: TrainConfig, ds: Dataset) -> float:
+    """Compile (or load from numba's cache) every kernel a step and an evaluation use; return the seconds.
+
+    Runs one training step and one evaluation on a throwaway model, optimizer,
+    scaler, runtime and telemetry built from ``config`` (so nothing of the run
+    itself changes: it starts from the same bits as without the warm-up). The
+    loss is not scaled (scale 1), so that the update is not skipped and its
+    kernels compile too.
+    """
+    t0 = time.perf_counter()
+    _, tel, model, opt, scaler = _build(config, ds.n_features, ds.n_classes)
+    n, rest = len(ds.y_train), len(ds.y_train) % config.batch_size
+    with np.errstate(all="ignore"):
+        # a full batch and the epoch's last, shorter one (a smaller product may take another kernel)
+        for size in (min(n, config.batch_size), rest) if 0 < rest < n else (min(n, config.batch_size),):
+            tel.begin_step(0)
+            _train_step(config, model, opt, scaler, model.parameters(), ds.x_train[:size], ds.y_train[:size], 1.0)
+            scaler.update()
+            tel.end_step(loss_scale=1.0)
+        m = len(ds.y_test)
+        evaluate(model, ds.x_test[:min(m, 512 + m % 512)], ds.y_test[:min(m, 512 + m % 512)])
+    return time.perf_counter() - t0
 
 
 def _check_dataset(ds: Dataset) -> None:
@@ -171,17 +287,29 @@ def evaluate(model: MLP, x: np.ndarray, y: np.ndarray, batch_size: int = 512) ->
     return total_loss / max(len(y), 1), correct / max(len(y), 1)
 
 
-def _state(config, epoch, step, model, opt, scaler, ctx, tel, epochs_rows, step_rows, wall) -> dict:
+def _state(config, epoch, step, model, opt, scaler, ctx, tel, epochs_rows, step_rows, wall, compile_time,
+           diagnoses) -> dict:
     return {
         "version": 1, "config": dataclasses.asdict(config), "epoch": epoch, "step": step,
         "params": [p.data for p in model.parameters()], "optimizer": opt.state_dict(),
         "scaler": scaler.state_dict(), "streams": ctx.stream_state(), "telemetry": tel.state_dict(),
-        "epochs": epochs_rows, "steps": step_rows, "wall_time": wall,
+        "policy_state": _policy_state(model),
+        "epochs": epochs_rows, "steps": step_rows, "wall_time": wall, "compile_time": compile_time,
+        "diagnoses": diagnoses,
     }
 
 
+def _say(bar, text: str) -> None:
+    """Print a line to stderr without breaking the progress bar."""
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
 def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[str] = None, quiet: bool = True,
-          dataset: Optional[Dataset] = None, checkpoint_every: int = 1) -> RunResult:
+          dataset: Optional[Dataset] = None, checkpoint_every: int = 1, warm_up: bool = True,
+          skip_alert: int = 10) -> RunResult:
     """Train an MLP on ``config.data`` under ``config.precision``.
 
     Parameters
@@ -191,14 +319,24 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
         Directory for the run record, CSV, plots and checkpoint (None: nothing written).
     resume : str, optional
         A checkpoint file or a run directory: continue from it until
-        ``config.epochs`` epochs in total (all other settings come from the
-        checkpoint; the result equals an uninterrupted run bit for bit).
+        ``config.epochs`` epochs in total, which must be more than it has
+        done (all other settings come from the checkpoint; the result equals
+        an uninterrupted run bit for bit).
     quiet : bool
-        No progress bar.
+        No progress bar and no messages during the run.
     dataset : Dataset, optional
         Use these arrays instead of loading ``config.data``.
     checkpoint_every : int
         Write ``out/checkpoint.ckpt`` every this many epochs (and at the end).
+    warm_up : bool
+        First compile the kernels (or load them from numba's cache) on a
+        throwaway copy of the model, timed apart: the summary's
+        ``compile_time_s``; ``wall_time_s`` is the training alone. The run's
+        bits are the same either way.
+    skip_alert : int
+        After this many consecutive skipped steps (or steps with a
+        non-finite loss), diagnose why (:mod:`lowprec.train.diagnose`): said
+        during the run and kept in the summary's ``diagnosis``.
 
     Returns
     -------
@@ -207,26 +345,31 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
     Raises
     ------
     ValueError
-        Bad configuration, unknown policy, NaN in the data, a checkpoint
-        that does not match.
+        Bad configuration, unknown policy, NaN in the data, ``out`` is a
+        file, ``config.epochs`` not above the epochs a checkpoint has done,
+        a checkpoint that does not match.
     CheckpointError
-        A truncated or corrupt checkpoint.
+        A truncated, corrupt or foreign checkpoint.
     """
     state = None
+    if out is not None:
+        check_out_dir(out)
     if resume is not None:
-        state = load_checkpoint(resume)
-        saved = dict(state["config"])
-        saved["epochs"] = config.epochs
-        saved["hidden"] = tuple(saved["hidden"])
-        config = TrainConfig(**saved)
+        state = read_resume_state(resume)
+        config = dataclasses.replace(state["config"], epochs=config.epochs)
+        done = int(state["epoch"])
+        if isinstance(config.epochs, int) and not isinstance(config.epochs, bool) and config.epochs <= done:
+            raise ValueError(f"epochs ({config.epochs}) must be above the {done} epochs the run in {resume} "
+                             f"has already trained: pass --epochs above {done} to continue it")
     config.validate()
-    ds = dataset if dataset is not None else _load_data(config.data)
+    ds = dataset if dataset is not None else load_dataset(config.data)
     _check_dataset(ds)
     ctx, tel, model, opt, scaler = _build(config, ds.n_features, ds.n_classes)
     params = model.parameters()
     epochs_rows: list = []
     step_rows: list = []
-    start_epoch, step, wall_before = 0, 0, 0.0
+    diagnoses: list = []
+    start_epoch, step, wall_before, compile_before = 0, 0, 0.0, 0.0
     if state is not None:
         if len(state["params"]) != len(params):
             raise ValueError(f"checkpoint {resume} holds {len(state['params'])} parameters, the model "
@@ -235,23 +378,41 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
             if p.data.shape != a.shape:
                 raise ValueError(f"checkpoint parameter shape {a.shape} does not match the model's {p.data.shape}")
             p.data = np.array(a, dtype=np.float32)
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        ctx.load_stream_state(state["streams"])
-        tel.load_state_dict(state["telemetry"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            ctx.load_stream_state(state["streams"])
+            tel.load_state_dict(state["telemetry"])
+            _load_policy_state(model, state.get("policy_state"), resume)
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {resume} does not hold the training state this version of lowprec "
+                                  f"expects ({type(exc).__name__}: {exc}); resume it with the version that "
+                                  "wrote it") from exc
         epochs_rows, step_rows = list(state["epochs"]), list(state["steps"])
+        diagnoses = list(state.get("diagnoses") or [])
         start_epoch, step, wall_before = int(state["epoch"]), int(state["step"]), float(state["wall_time"])
+        compile_before = float(state.get("compile_time") or 0.0)
     if out is not None:
         os.makedirs(out, exist_ok=True)
     n = len(ds.y_train)
     steps_per_epoch = -(-n // config.batch_size)
+    compile_time = 0.0
+    if warm_up:
+        if not quiet:
+            print(f"{config.precision}: compiling kernels (first run only; later runs load them from numba's "
+                  "cache)...", end="", file=sys.stderr, flush=True)
+        compile_time = _warm_up(config, ds)
+        if not quiet:
+            print(f" {compile_time:.1f} s", file=sys.stderr, flush=True)
+    compile_time += compile_before
     t0 = time.perf_counter()
     bar = None
     if not quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=(config.epochs - start_epoch) * steps_per_epoch, desc=config.precision, unit="step",
-                   leave=False, file=sys.stderr)
+        bar = tqdm(total=(config.epochs - start_epoch) * steps_per_epoch, desc=f"{config.precision} training",
+                   unit="step", leave=False, file=sys.stderr)
+    run_length = 0  # consecutive skipped steps (or steps with a non-finite loss)
     try:
         for epoch in range(start_epoch, config.epochs):
             perm = np.random.default_rng([config.seed, epoch]).permutation(n)
@@ -260,15 +421,8 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
                 idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
                 xb, yb = ds.x_train[idx], ds.y_train[idx]
                 tel.begin_step(step)
-                logits = model(xb)
-                loss = softmax_cross_entropy(logits, yb)
-                opt.zero_grad()
                 scale = scaler.scale
-                loss.backward(scale * config.loss_weight)  # the gradient of loss_weight * loss, scaled
-                scaler.unscale_(opt)
-                if config.clip_norm is not None:
-                    clip_grad_norm(params, config.clip_norm)
-                stepped = scaler.step(opt)
+                logits, loss, stepped = _train_step(config, model, opt, scaler, params, xb, yb, scale)
                 scaler.update()
                 tel.end_step(loss_scale=scale, skipped=not stepped)
                 lval = float(loss.data)
@@ -276,6 +430,13 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
                 ep_loss += lval * len(yb)
                 ep_correct += acc * len(yb)
                 step_rows.append(step_row(step, epoch, lval, acc, scale, not stepped, tel))
+                run_length = run_length + 1 if (not stepped or not np.isfinite(lval)) else 0
+                if run_length == skip_alert:
+                    text = diagnose_skips(model, tel, lval, scale, run_length, not stepped, ctx.policy,
+                                          scaler.mode)
+                    diagnoses.append({"step": step, "text": text})
+                    if not quiet:
+                        _say(bar, f"warning: {text}")
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -291,12 +452,14 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
                 wall = wall_before + time.perf_counter() - t0
                 save_checkpoint(os.path.join(out, "checkpoint.ckpt"),
                                 _state(config, epoch + 1, step, model, opt, scaler, ctx, tel, epochs_rows,
-                                       step_rows, wall))
+                                       step_rows, wall, compile_time, diagnoses))
     finally:
         if bar is not None:
             bar.close()
     wall = wall_before + time.perf_counter() - t0
     rec = run_record(config, model, opt, scaler, tel, epochs_rows, step_rows, wall, ds)
+    rec["summary"]["compile_time_s"] = compile_time
+    rec["summary"]["diagnosis"] = [d["text"] for d in diagnoses]
     result = RunResult(config, model, opt, scaler, rec, step_rows, tel)
     if out is not None:
         write_run(out, result)
@@ -304,23 +467,38 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
 
 
 def compare(names, base: TrainConfig, out: Optional[str] = None, quiet: bool = True,
-            dataset: Optional[Dataset] = None) -> list:
-    """Train ``base`` under each policy in ``names``; return the summary rows (dicts)."""
+            dataset: Optional[Dataset] = None, warm_up: bool = True) -> list:
+    """Train ``base`` under each policy in ``names``; return the summary rows (dicts).
+
+    With ``out``, each run's record goes to ``out/NAME``, the rows to
+    ``out/compare.json`` and a figure of all runs on shared axes to
+    ``out/compare.png`` (test accuracy and train loss per epoch; loss scale
+    and gradient underflow per step, side by side).
+    """
     rows = []
     for name in names:
         get_policy(name)
+    if out is not None:
+        check_out_dir(out)
+        for name in names:
+            check_out_dir(os.path.join(out, name))
+    results = []
     for name in names:
         cfg = dataclasses.replace(base, precision=name)
-        res = train(cfg, None if out is None else os.path.join(out, name), quiet=quiet, dataset=dataset)
+        res = train(cfg, None if out is None else os.path.join(out, name), quiet=quiet, dataset=dataset,
+                    warm_up=warm_up)
+        results.append(res)
         s = res.record["summary"]
         b = s["bytes_per_role"]
         rows.append({"policy": name, "loss_scale": cfg.loss_scale_spec, "test_accuracy": s["test_accuracy"],
                      "train_loss": s["train_loss"], "skipped_steps": s["skipped_steps"],
                      "final_loss_scale": s["final_loss_scale"], "grad_underflow": s["grad_underflow"],
-                     "grad_subnormal": s["grad_subnormal"], "wall_time_s": s["wall_time_s"],
+                     "grad_subnormal": s["grad_subnormal"], "compile_time_s": s["compile_time_s"],
+                     "wall_time_s": s["wall_time_s"],
                      "param_bytes": b["weight"] + b["master"] + b["optimizer_state"] + b["weight_grad"]})
     if out is not None:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "compare.json"), "w") as f:
             json.dump(rows, f, indent=1)
+        plot_compare(os.path.join(out, "compare.png"), results)
     return rows

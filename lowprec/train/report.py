@@ -23,10 +23,40 @@ from ..telemetry import EVENTS, Telemetry
 if TYPE_CHECKING:
     from .loop import RunResult
 
-__all__ = ["write_run", "format_table"]
+__all__ = ["write_run", "format_table", "plot_compare", "check_out_dir"]
 
 #: The roles whose rounding counts steps.csv has columns for, in column order.
 _CSV_ROLES = ("activation", "activation_grad", "weight_grad", "weight_used", "weight", "master", "optimizer_state")
+
+
+def check_out_dir(out, flag: str = "--out") -> None:
+    """Refuse an output directory that cannot be one (before anything runs or is written).
+
+    ``out`` may exist as a directory or not exist yet (it is created); an
+    existing file there, or a file in place of one of its parent folders, is
+    refused with a ValueError naming ``flag``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     check_out_dir(f.name)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --out ... is an existing file, not a directory: pass a directory (it is created if missing)
+    """
+    path = os.path.abspath(os.fspath(out))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {os.fspath(out)} is an existing file, not a directory: pass a directory "
+                         "(it is created if missing)")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"{flag} {os.fspath(out)} lies under {parent}, which is a file: pass a directory path")
 
 
 def step_row(step, epoch, loss, acc, scale, skipped, tel: Telemetry) -> dict:
@@ -146,34 +176,167 @@ def _plots(out: str, result: RunResult) -> None:
 def format_table(rows: list) -> str:
     """The rows of :func:`lowprec.train.compare` as a Markdown table.
 
+    ``compile s`` is the time spent compiling the kernels (or loading them
+    from numba's cache) before training; ``train s`` is the training alone.
+
     Examples
     --------
     >>> row = {"policy": "fp16-mixed", "loss_scale": "dynamic", "test_accuracy": 0.9625, "train_loss": 0.125,
     ...        "skipped_steps": 2, "final_loss_scale": 16384.0, "grad_underflow": 7, "grad_subnormal": 40,
-    ...        "wall_time_s": 1.25, "param_bytes": 12000}
+    ...        "compile_time_s": 31.0, "wall_time_s": 1.25, "param_bytes": 12000}
     >>> print(format_table([row]).splitlines()[-1])
-    | fp16-mixed | dynamic | 96.25% | 0.1250 | 2 | 16384 | 7 | 40 | 1.2 | 12000 |
+    | fp16-mixed | dynamic | 96.25% | 0.1250 | 2 | 16384 | 7 | 40 | 31.0 | 1.2 | 12000 |
     """
     head = ("| policy | loss scale | test acc | train loss | skipped | final scale | grad underflow "
-            "| grad subnormal | wall s | param bytes |")
-    lines = [head, "|" + "---|" * 10]
+            "| grad subnormal | compile s | train s | param bytes |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
+        compile_s = r.get("compile_time_s")
         lines.append(f"| {r['policy']} | {r['loss_scale']} | {100 * r['test_accuracy']:.2f}% | {r['train_loss']:.4f} "
                      f"| {r['skipped_steps']} | {r['final_loss_scale']:g} | {r['grad_underflow']} "
-                     f"| {r['grad_subnormal']} | {r['wall_time_s']:.1f} | {r['param_bytes']} |")
+                     f"| {r['grad_subnormal']} | {'-' if compile_s is None else f'{compile_s:.1f}'} "
+                     f"| {r['wall_time_s']:.1f} | {r['param_bytes']} |")
     return "\n".join(lines)
+
+
+#: One colour, line style and marker per policy of a comparison, so that curves that coincide stay visible.
+_STYLES = [("C0", "-", "o"), ("C1", "--", "s"), ("C2", "-.", "^"), ("C3", ":", "D"), ("C4", "-", "v"),
+           ("C5", "--", "P"), ("C6", "-.", "X"), ("C7", ":", "*")]
+
+
+def plot_compare(path: str, results: list):
+    """The figure of :func:`lowprec.train.compare`: every policy on shared axes.
+
+    Top: test accuracy and train loss per epoch (the legend gives each
+    policy's final values, since mixed-precision curves often lie on top of
+    fp32's). Bottom, side by side: the loss scale per step (x marks a skipped
+    step) and the gradient values flushed to zero, summed over the steps;
+    policies that end on the same value are named together at the end of
+    their line. Returns the matplotlib Figure.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11, 7.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    (acc_ax, loss_ax), (scale_ax, under_ax) = axes
+    ends_scale: dict = {}
+    ends_under: dict = {}
+    last_step = 0
+    for i, res in enumerate(results):
+        color, ls, marker = _STYLES[i % len(_STYLES)]
+        name = res.config.precision
+        eps = res.record["epochs"]
+        ep = [e["epoch"] for e in eps]
+        label = name
+        if eps:
+            final = eps[-1]["train_loss"]
+            label = (f"{name}: {100 * eps[-1]['test_accuracy']:.2f}%, loss {final:.4f}"
+                     + ("" if np.isfinite(final) else " (not drawn)"))
+        kw = dict(color=color, ls=ls, marker=marker, ms=5, lw=1.4, label=label, alpha=0.9)
+        acc_ax.plot(ep, [100 * e["test_accuracy"] for e in eps], **kw)
+        loss_ax.plot(ep, [e["train_loss"] for e in eps], **kw)
+        rows = res.step_rows
+        if not rows:
+            continue
+        steps = np.array([r["step"] for r in rows])
+        last_step = max(last_step, int(steps[-1]))
+        scales = [r["loss_scale"] for r in rows]
+        scale_ax.plot(steps, scales, color=color, ls=ls, lw=1.6, drawstyle="steps-post")
+        skipped = [(r["step"], r["loss_scale"]) for r in rows if r["skipped"]]
+        if skipped:
+            scale_ax.plot(*zip(*skipped), ls="none", marker="x", color=color, ms=6)
+        ends_scale.setdefault(scales[-1], []).append(name)
+        under = np.cumsum([r["activation_grad_underflow"] + r["weight_grad_underflow"] for r in rows])
+        under_ax.plot(steps, under, color=color, ls=ls, lw=1.6)
+        ends_under.setdefault(int(under[-1]), []).append(name)
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
+    loss_ax.set(xlabel="epoch", ylabel="train loss (cross-entropy)", title="train loss per epoch", yscale="log")
+    scale_ax.set(xlabel="step", ylabel="loss scale", title="loss scale per step (x: skipped step)", yscale="log")
+    under_ax.set(xlabel="step", ylabel="gradient values flushed to zero, so far",
+                 title="gradient underflow, summed over the steps")
+    for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    for ax, ends, fmt, log in ((scale_ax, ends_scale, "{:g}", True), (under_ax, ends_under, "{:,d}", False)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for value, text in _end_labels(ends, fmt, log):
+            ax.annotate(text, (last_step, value), xytext=(-4, 4), textcoords="offset points", ha="right",
+                        va="bottom", fontsize=8)
+    if ends_scale:  # room for the labels above the highest line and below the lowest
+        ymin, ymax = scale_ax.get_ylim()
+        span = max(np.log10(ymax / ymin), 1.0)
+        scale_ax.set_ylim(10 ** (np.log10(ymin) - 0.04 * span), 10 ** (np.log10(ymax) + 0.12 * span))
+    if ends_under:
+        under_ax.set_ylim(bottom=0, top=max(1, max(ends_under)) * 1.15)
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("policies compared: " + ", ".join(r.config.precision for r in results), fontsize=11)
+    overlaps = _coinciding(results)
+    if overlaps:
+        fig.text(0.5, 0.005, "identical accuracy and loss at every epoch: "
+                 + "; ".join(" = ".join(g) for g in overlaps), ha="center", va="bottom", fontsize=9, color="0.3")
+    fig.tight_layout(rect=(0, 0.03 if overlaps else 0, 1, 1))
+    fig.savefig(path, dpi=90)
+    return fig
+
+
+def _end_labels(ends: dict, fmt: str, log: bool) -> list:
+    """``(y, text)`` labels for the end values of lines: values closer than 8% of the range (in log
+    space for a log axis) share one label, so that labels never overlap."""
+    def pos(v):
+        return np.log10(v) if log and v > 0 else float(v)
+
+    values = sorted(ends)
+    if not values:
+        return []
+    span = max(pos(values[-1]) - pos(values[0]), 1.0 if log else max(values[-1], 1))
+    clusters = [[values[0]]]
+    for v in values[1:]:
+        if pos(v) - pos(clusters[-1][0]) < 0.08 * span:
+            clusters[-1].append(v)
+        else:
+            clusters.append([v])
+    out = []
+    for c in clusters:
+        if len(c) == 1:
+            text = f"{fmt.format(c[0])}: {', '.join(ends[c[0]])}"
+        else:
+            text = ", ".join(f"{name} {fmt.format(v)}" for v in reversed(c) for name in ends[v])
+        out.append((c[-1], text))
+    return out
+
+
+def _coinciding(results: list) -> list:
+    """Groups of policies whose per-epoch accuracy and loss are the same numbers (their curves coincide)."""
+    groups: dict = {}
+    for res in results:
+        key = tuple((e["test_accuracy"], e["train_loss"]) for e in res.record["epochs"])
+        groups.setdefault(key, []).append(res.config.precision)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def summary_text(res: RunResult) -> str:
     """The summary of one run that ``lowprec train`` prints."""
     s = res.record["summary"]
-    lines = [f"policy {res.config.precision} (loss scaling {res.config.loss_scale_spec}) on "
-             f"{res.record['dataset']}: test accuracy {100 * s['test_accuracy']:.2f}%, train loss "
-             f"{s['train_loss']:.4f}, wall time {s['wall_time_s']:.1f} s, {s['steps']} steps "
-             f"({s['skipped_steps']} skipped), final loss scale {s['final_loss_scale']:g}",
-             f"gradient values flushed to zero: {s['grad_underflow']}, subnormal: {s['grad_subnormal']}, "
-             f"overflowed: {s['grad_overflow']}",
-             "bytes held per tensor role (one batch of activations):"]
+    if s.get("compile_time_s") is not None:
+        time_text = (f"training time {s['wall_time_s']:.1f} s (compiling kernels {s['compile_time_s']:.1f} s "
+                     "before it)")
+    else:
+        time_text = f"wall time {s['wall_time_s']:.1f} s"
+    lines = [
+        (f"policy {res.config.precision} (loss scaling {res.config.loss_scale_spec}) on "
+         f"{res.record['dataset']}: test accuracy {100 * s['test_accuracy']:.2f}%, train loss "
+         f"{s['train_loss']:.4f}, {time_text}, {s['steps']} steps "
+         f"({s['skipped_steps']} skipped), final loss scale {s['final_loss_scale']:g}"),
+        (f"gradient values flushed to zero: {s['grad_underflow']}, subnormal: {s['grad_subnormal']}, "
+         f"overflowed: {s['grad_overflow']}"),
+    ]
+    for text in s.get("diagnosis") or []:
+        lines.append(f"warning: {text}")
+    lines.append("bytes held per tensor role (one batch of activations):")
     for role, nb in s["bytes_per_role"].items():
         lines.append(f"  {role:<16} {nb:>12,d}")
     return "\n".join(lines)
