@@ -151,7 +151,8 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
         Select the random stream and the first counter for an int seed.
     random_bits : int
         r, the number of random bits of stochastic rounding (1..64, default
-        32): P(round up) = floor(2**r (x-d)/(u-d)) / 2**r.
+        32). The magnitude is rounded: with lo <= |x| <= hi its neighbours,
+        P(away from zero) = floor(2**r (|x|-lo)/(hi-lo)) / 2**r.
     saturate : bool, optional
         Override the format's saturation (``+-max`` instead of Inf/NaN on overflow).
     backend : {"auto", "cpu", "cuda"}

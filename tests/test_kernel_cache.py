@@ -70,3 +70,30 @@ def test_cache_filled_in_any_order_hands_out_the_asked_specialisation(tmp_path, 
         assert e["hits"] == 1 and e["misses"] == 0, e  # loaded from the cache, not compiled again
         assert e["parfor"] == e["parallel"], e  # the parallel kernel for large arrays, the serial one for small
         assert e["same_bits"], e
+
+
+def test_parallel_kernels_from_several_threads_on_the_workqueue_layer():
+    """numba's workqueue threading layer aborts the process when two Python threads launch parallel kernels
+    at once; lowprec serialises its parallel launches on that layer (kernels/jit.ParallelKernel): four
+    threads rounding 2**20 values each (parallel loops) and multiplying (parallel tiles) get the bits of one."""
+    code = """
+import threading, numpy as np, numba, lowprec, lowprec.linalg
+x = np.linspace(-1000, 1000, 1 << 20, dtype=np.float32)
+a = np.linspace(-3, 3, 256 * 256, dtype=np.float32).reshape(256, 256)
+want = lowprec.round_to(x, "bf16"), lowprec.linalg.matmul(a, a, "bf16-fp32")
+bad = []
+def work():
+    for _ in range(5):
+        ok = (np.array_equal(lowprec.round_to(x, "bf16"), want[0])
+              and np.array_equal(lowprec.linalg.matmul(a, a, "bf16-fp32"), want[1]))
+        bad.append(not ok)
+ts = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(numba.threading_layer(), sum(bad), len(bad))
+"""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["workqueue", "0", "20"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import types as _pytypes
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +89,49 @@ class _KeyedCache(FunctionCache):
         return super()._index_key(sig, codegen) + (self._extra_key,)
 
 
+_LAUNCH_LOCK = threading.Lock()
+_SERIAL: list = []  # [True/False] once known: whether parallel launches must be serialised
+
+
+def _serialise() -> bool:
+    """True when numba's threading layer is 'workqueue', which is not thread-safe: two Python threads
+    launching parallel kernels at the same time abort the process. Known without a launch: the layer is
+    loaded (numba picks tbb, then omp, then workqueue unless NUMBA_THREADING_LAYER names one)."""
+    if not _SERIAL:
+        try:
+            from numba.np.ufunc import parallel as _parallel
+
+            _parallel._launch_threads()
+            _SERIAL.append(numba.threading_layer() == "workqueue")
+        except Exception:  # an unknown numba internal: serialise, which is always safe
+            _SERIAL.append(True)
+    return _SERIAL[0]
+
+
+class ParallelKernel:
+    """A parallel kernel as Python calls it: the numba dispatcher, launched under a process-wide lock when
+    the threading layer is 'workqueue' (see :func:`_serialise`), so that lowprec may be called from several
+    Python threads on any layer (the same bits; with workqueue, one parallel kernel runs at a time).
+    Every other attribute is the dispatcher's."""
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __call__(self, *args):
+        if _SERIAL[0] if _SERIAL else _serialise():
+            with _LAUNCH_LOCK:
+                return self.dispatcher(*args)
+        return self.dispatcher(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self) -> str:
+        return f"ParallelKernel({self.dispatcher!r})"
+
+
 def kernel(fn=None, *, parallel: bool = False, spec=(), error_model: str = "python", cache: bool = True):
     """Compile ``fn`` as a cached numba kernel (``nogil``), keyed on everything that makes it differ.
 
@@ -103,7 +147,8 @@ def kernel(fn=None, *, parallel: bool = False, spec=(), error_model: str = "pyth
     cache : bool
         Keep compiled code on disk (False: compile in every process; for code that is not worth a file).
 
-    Used as ``@kernel`` or ``@kernel(parallel=True, spec=(...))``.
+    Used as ``@kernel`` or ``@kernel(parallel=True, spec=(...))``. A parallel kernel comes back as a
+    :class:`ParallelKernel` (call it from Python, not from other compiled code).
     """
     def wrap(f):
         d = numba.njit(parallel=parallel, nogil=True, error_model=error_model)(f)
@@ -111,7 +156,7 @@ def kernel(fn=None, *, parallel: bool = False, spec=(), error_model: str = "pyth
             key = hashlib.sha256(repr((f.__module__, f.__qualname__, bool(parallel), error_model, tuple(spec),
                                        source_digest(f.__module__))).encode()).hexdigest()
             d._cache = _KeyedCache(f, key)
-        return d
+        return ParallelKernel(d) if parallel else d
 
     return wrap if fn is None else wrap(fn)
 
@@ -121,6 +166,7 @@ def is_cached(dispatcher, *args) -> bool:
 
     Lets a caller choose a kernel that costs no compilation (a runtime-argument kernel) while the
     specialised one is not yet available."""
+    dispatcher = getattr(dispatcher, "dispatcher", dispatcher)
     sig = tuple(numba.typeof(a) for a in args)
     if any(tuple(o) == sig for o in dispatcher.overloads):
         return True
