@@ -15,7 +15,8 @@ OpenBLAS's threads keep spinning for about 0.1-0.2 s after a call, and a
 lowprec call started in that time shares the cores with them (measured: the
 fp16-fp32 product at 1024^3 on 2 threads took 0.03-0.06 s right after a BLAS
 call, 0.017 s after 0.2 s of idle). Targets (issue 3): fp16/bf16 inputs with fp32 accumulation >= 0.5,
-fp16/bf16 accumulators >= 0.1, stochastic accumulation >= 0.05.
+fp16/bf16 accumulators >= 0.1, stochastic accumulation >= 0.05; hardware matrix units
+(``lowprec.matrix_units``: alignment, truncation and one rounding per fused step) >= 0.05.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _set_threads(n: int) -> None:
         os.environ[var] = str(n)
 
 
-CASES = ["fp16-fp32", "bf16-fp32", "fp32", "e4m3-fp32", "fp16", "bf16", "fp16-sr", "bf16-sr", "e4m3-chunk128"]
+CASES = ["fp16-fp32", "bf16-fp32", "fp32", "e4m3-fp32", "fp16", "bf16", "fp16-sr", "bf16-sr", "e4m3-chunk128",
+         "nv-ampere-bf16", "nv-hopper-fp8", "nv-hopper-fp8-promote128"]
 
 
 def main(argv=None) -> int:
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
 
     from lowprec.accumulation import get_accumulation
     from lowprec.linalg import matmul
+    from lowprec.matrix_units import get_matrix_unit, is_matrix_unit
 
     def timed(fn):
         time.sleep(args.settle)  # let the other library's threads stop spinning
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
         b = rng.standard_normal((n, n)).astype(np.float32)
         a @ b
         for name in args.cases:
-            acc = get_accumulation(name)
+            acc = get_matrix_unit(name) if is_matrix_unit(name) else get_accumulation(name)
             if (name, n) not in warm:  # compile outside the timing (at this size: kernels differ by size)
                 matmul(a[:64, :64], b[:64, :64], acc, seed=1, backend="cpu")
                 matmul(a, b, acc, seed=1, backend="cpu")

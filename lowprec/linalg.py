@@ -26,7 +26,9 @@ from .core import as_float_input, round_to
 from .formats import get_format
 from .kernels import accum as _accum
 from .kernels import dispatch
+from .matrix_units import get_matrix_unit, is_matrix_unit
 from .rng import resolve_seed
+from .rounding import Rounding
 
 __all__ = ["matmul", "dot", "sum", "prepare_matmul", "PreparedMatmul"]
 
@@ -190,8 +192,8 @@ def _batch_index(batch_shape, own_shape) -> np.ndarray:
     return np.broadcast_to(np.arange(n, dtype=np.int64).reshape(own_shape), batch_shape).ravel()
 
 
-def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
-    """Matrix product ``a @ b`` accumulated exactly as ``accumulation`` says.
+def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto", c=None):
+    """Matrix product ``a @ b`` (``+ c``) accumulated exactly as ``accumulation`` says.
 
     Parameters
     ----------
@@ -199,11 +201,16 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     b : array_like, float32 or float64, shape (..., K, N) or (K,)
         Batch dimensions broadcast as in ``numpy.matmul``; a 1-D operand is
         a vector (its dimension is dropped from the result).
-    accumulation : Accumulation or str
-        A description or a preset name (``lowprec.accumulation.PRESETS``).
+    accumulation : Accumulation, MatrixUnit or str
+        A description or a preset name (``lowprec.accumulation.PRESETS``, or a
+        hardware matrix unit of ``lowprec.matrix_units.PRESETS``).
     seed : None, int, RandomStream or numpy Generator
         Random source for stochastic accumulation (ignored otherwise).
     backend : {"auto", "cpu", "cuda"}
+    c : array_like or None
+        Addend, broadcast to the result's shape and rounded (nearest-even) to
+        the matrix unit's ``c_format``: the result is ``a @ b + c`` as the
+        hardware computes ``D = A B + C``. Matrix units only (for now).
 
     Returns
     -------
@@ -228,6 +235,11 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     >>> float(matmul(a, b, "fp16")[0, 0]), float(matmul(a, b, "fp16-fp32")[0, 0])
     (1.0, 1.0009765625)
     """
+    if is_matrix_unit(accumulation):  # hardware matrix units: lowprec.matrix_units
+        return _matmul_matrix_unit(a, b, accumulation, c, backend)
+    if c is not None:
+        raise ValueError("the addend c is supported with matrix-unit accumulations only "
+                         f"(lowprec.matrix_units.PRESETS), got accumulation={accumulation!r}")
     acc = get_accumulation(accumulation)
     backend = dispatch.resolve_backend(backend)
     a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
@@ -266,12 +278,13 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     return out[()] if out.ndim == 0 else out
 
 
-def dot(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
-    """Dot products over the last axis: ``sum_k a[..., k] * b[..., k]``.
+def dot(a, b, accumulation="fp32", *, seed=None, backend: str = "auto", c=None):
+    """Dot products over the last axis: ``sum_k a[..., k] * b[..., k]`` (``+ c``).
 
     1-D inputs give a scalar; higher-dimensional inputs broadcast their
     leading dimensions (like ``numpy.vecdot``). Arguments, counters and
-    errors as :func:`matmul`; the term order is k = 0, 1, ..., K-1.
+    errors as :func:`matmul`; the term order is k = 0, 1, ..., K-1; ``c``
+    (matrix units only) broadcasts to the result's shape.
 
     Examples
     --------
@@ -281,7 +294,7 @@ def dot(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     >>> float(dot(x, np.ones(3), "fp32")), float(dot(x, np.ones(3), "fp32", backend="cpu"))
     (16777216.0, 16777216.0)
     """
-    acc = get_accumulation(accumulation)
+    acc = accumulation if is_matrix_unit(accumulation) else get_accumulation(accumulation)
     backend = dispatch.resolve_backend(backend)
     a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
     if a_in.ndim == 0 or b_in.ndim == 0:
@@ -295,7 +308,8 @@ def dot(a, b, accumulation="fp32", *, seed=None, backend: str = "auto"):
     except ValueError:
         raise ValueError(f"dot leading dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
                          f"{b_in.shape}") from None
-    out = matmul(a_in[..., None, :], b_in[..., :, None], acc, seed=seed, backend=backend)
+    cm = None if c is None else np.asarray(c)[..., None, None]
+    out = matmul(a_in[..., None, :], b_in[..., :, None], acc, seed=seed, backend=backend, c=cm)
     out = out[..., 0, 0]
     return out[()] if out.ndim == 0 else out
 
@@ -354,4 +368,76 @@ def sum(x, axis=None, accumulation="fp32", *, seed=None, backend: str = "auto"):
     ones = np.ones((1, K), dtype=np.float64)
     zero = np.zeros(1, dtype=np.int64)
     out = _run(a2, ones, zero, zero, R, 1, K, acc, seed, backend).reshape(out_shape).astype(xin.dtype)
+    return out[()] if out.ndim == 0 else out
+
+
+# -- hardware matrix units (lowprec.matrix_units; kernels/mma_cpu.py) --------------------------------
+def _unit_operand(x: np.ndarray, fmt, truncate: bool) -> np.ndarray:
+    """x as the matrix unit reads it, float64: rounded nearest-even to fmt, or (truncate) the float32
+    value (float64 inputs rounded to float32 first) with the bits below fmt's mantissa cleared."""
+    if not truncate:
+        return np.asarray(round_to(x, fmt, backend="cpu"), dtype=np.float64)
+    mask = np.uint32((0xFFFFFFFF << (23 - fmt.man_bits)) & 0xFFFFFFFF)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, as the float32 operand holds it
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+    return (x32.view(np.uint32) & mask).view(np.float32).astype(np.float64)
+
+
+def _matmul_matrix_unit(a, b, accumulation, c, backend):
+    """matmul under a MatrixUnit (see matmul); CPU kernel only (a CUDA one is not written yet)."""
+    from .kernels import mma_cpu
+
+    unit = get_matrix_unit(accumulation)
+    if backend == "cuda":
+        raise ValueError(f"matrix unit {unit.name or unit!r} runs on the CPU only for now; use backend='cpu' or 'auto'")
+    dispatch.resolve_backend(backend)  # validates the name
+    a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
+    if a_in.ndim == 0 or b_in.ndim == 0:
+        raise ValueError(f"matmul needs arrays of at least 1 dimension, got a with shape {a_in.shape} "
+                         f"and b with shape {b_in.shape}")
+    out_dtype = np.result_type(a_in, b_in)
+    A = a_in[None, :] if a_in.ndim == 1 else a_in
+    B = b_in[:, None] if b_in.ndim == 1 else b_in
+    M, K = A.shape[-2:]
+    Kb, N = B.shape[-2:]
+    if K != Kb:
+        raise ValueError(f"matmul shape mismatch: a has shape {a_in.shape} and b has shape {b_in.shape}; "
+                         f"a's last dimension ({K}) must equal b's {'only' if b_in.ndim == 1 else 'second-to-last'} "
+                         f"dimension ({Kb})")
+    try:
+        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
+                         f"{b_in.shape}") from None
+    final = batch + ((M,) if a_in.ndim > 1 else ()) + ((N,) if b_in.ndim > 1 else ())
+    if c is None:
+        C = np.zeros(batch + (M, N))
+    else:
+        c_in = _as_input(c, "c")
+        try:
+            c_in = np.broadcast_to(c_in, final)
+        except ValueError:
+            raise ValueError(f"c with shape {c_in.shape} does not broadcast to the result's shape {final}") from None
+        C = _unit_operand(c_in, unit.c_format, False)
+        C = C.reshape(batch + (M, N))
+    Ar = _unit_operand(A, unit.a_format, unit.truncate_inputs)
+    Br = _unit_operand(B, unit.b_format, unit.truncate_inputs)
+    ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
+    A3 = Ar.reshape(int(np.prod(A.shape[:-2], dtype=np.int64)), M, K)
+    B3 = Br.reshape(int(np.prod(B.shape[:-2], dtype=np.int64)), K, N)
+    C3 = np.broadcast_to(C, batch + (M, N)).reshape(ia.size, M, N)
+    out = np.empty((ia.size, M, N))
+    o, r = unit.out_format, unit.out_rounding
+    for t in range(ia.size):
+        out[t] = mma_cpu.matmul_mma_cpu(
+            A3[ia[t]], B3[ib[t]], C3[t], k=unit.step_k, frac_bits=unit.frac_bits, e_zero=unit.e_zero,
+            a_emin=unit.a_format.emin, b_emin=unit.b_format.emin, c_emin=unit.c_format.emin, out_man=o.man_bits,
+            out_emin=o.emin, out_emax=o.emax, toward_zero=r is Rounding.TOWARD_ZERO,
+            promote_steps=0 if unit.promote_every is None else unit.promote_every // unit.step_k)
+    out = out.reshape(batch + (M, N))
+    if a_in.ndim == 1:
+        out = out[..., 0, :]
+    if b_in.ndim == 1:
+        out = out[..., 0]
+    out = out.astype(out_dtype, copy=False)
     return out[()] if out.ndim == 0 else out

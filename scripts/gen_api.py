@@ -28,6 +28,8 @@ MODULES = [
     ("lowprec.ops", "arithmetic in a format"),
     ("lowprec.accumulation", "the description of a dot product / sum"),
     ("lowprec.linalg", "dot, matmul and sum following an accumulation"),
+    ("lowprec.matrix_units", "hardware matrix units (tensor cores): descriptor and presets"),
+    ("lowprec.matrix_units.explain", "the matrix-unit table and the term-by-term view of a dot product"),
     ("lowprec.analysis", "error measures and bounds"),
     ("lowprec.amp", "precision policies and loss scaling"),
     ("lowprec.autograd", "tensors with gradients, layers, optimizers"),
