@@ -28,7 +28,6 @@ from .kernels import accum as _accum
 from .kernels import dispatch
 from .matrix_units import get_matrix_unit, is_matrix_unit
 from .rng import resolve_seed
-from .rounding import Rounding
 
 __all__ = ["matmul", "dot", "sum", "prepare_matmul", "PreparedMatmul"]
 
@@ -192,6 +191,28 @@ def _batch_index(batch_shape, own_shape) -> np.ndarray:
     return np.broadcast_to(np.arange(n, dtype=np.int64).reshape(own_shape), batch_shape).ravel()
 
 
+def _matmul_shapes(a_in: np.ndarray, b_in: np.ndarray):
+    """matmul's shape checks: (A, B, M, K, N, batch), the operands as stacks of matrices (a 1-D ``a`` a row,
+    a 1-D ``b`` a column) and the broadcast batch shape."""
+    if a_in.ndim == 0 or b_in.ndim == 0:
+        raise ValueError(f"matmul needs arrays of at least 1 dimension, got a with shape {a_in.shape} "
+                         f"and b with shape {b_in.shape}")
+    A = a_in[None, :] if a_in.ndim == 1 else a_in
+    B = b_in[:, None] if b_in.ndim == 1 else b_in
+    M, K = A.shape[-2:]
+    Kb, N = B.shape[-2:]
+    if K != Kb:
+        raise ValueError(f"matmul shape mismatch: a has shape {a_in.shape} and b has shape {b_in.shape}; "
+                         f"a's last dimension ({K}) must equal b's {'only' if b_in.ndim == 1 else 'second-to-last'} "
+                         f"dimension ({Kb})")
+    try:
+        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
+                         f"{b_in.shape}") from None
+    return A, B, M, K, N, batch
+
+
 def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto", c=None):
     """Matrix product ``a @ b`` (``+ c``) accumulated exactly as ``accumulation`` says.
 
@@ -243,24 +264,9 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto", c=Non
     acc = get_accumulation(accumulation)
     backend = dispatch.resolve_backend(backend)
     a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
-    if a_in.ndim == 0 or b_in.ndim == 0:
-        raise ValueError(f"matmul needs arrays of at least 1 dimension, got a with shape {a_in.shape} "
-                         f"and b with shape {b_in.shape}")
+    A, B, M, K, N, batch = _matmul_shapes(a_in, b_in)
     out_dtype = np.result_type(a_in, b_in)
     _check_out(acc, out_dtype)
-    A = a_in[None, :] if a_in.ndim == 1 else a_in
-    B = b_in[:, None] if b_in.ndim == 1 else b_in
-    M, K = A.shape[-2:]
-    Kb, N = B.shape[-2:]
-    if K != Kb:
-        raise ValueError(f"matmul shape mismatch: a has shape {a_in.shape} and b has shape {b_in.shape}; "
-                         f"a's last dimension ({K}) must equal b's {'only' if b_in.ndim == 1 else 'second-to-last'} "
-                         f"dimension ({Kb})")
-    try:
-        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
-    except ValueError:
-        raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
-                         f"{b_in.shape}") from None
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
     fast = dispatch.fp32_tile(acc, backend) if M * N * K >= dispatch.FP32_TILE_MIN_WORK else None
     if fast is not None:
@@ -371,7 +377,7 @@ def sum(x, axis=None, accumulation="fp32", *, seed=None, backend: str = "auto"):
     return out[()] if out.ndim == 0 else out
 
 
-# -- hardware matrix units (lowprec.matrix_units; kernels/mma_cpu.py) --------------------------------
+# -- hardware matrix units (lowprec.matrix_units; kernels/mma.py; dispatch.matrix_unit_array) ---------
 def _unit_operand(x: np.ndarray, fmt, truncate: bool) -> np.ndarray:
     """x as the matrix unit reads it, float64: rounded nearest-even to fmt, or (truncate) the float32
     value (float64 inputs rounded to float32 first) with the bits below fmt's mantissa cleared."""
@@ -384,31 +390,13 @@ def _unit_operand(x: np.ndarray, fmt, truncate: bool) -> np.ndarray:
 
 
 def _matmul_matrix_unit(a, b, accumulation, c, backend):
-    """matmul under a MatrixUnit (see matmul); CPU kernel only (a CUDA one is not written yet)."""
-    from .kernels import mma_cpu
-
+    """matmul under a MatrixUnit (see matmul): the operands as the unit reads them, then
+    dispatch.matrix_unit_array."""
     unit = get_matrix_unit(accumulation)
-    if backend == "cuda":
-        raise ValueError(f"matrix unit {unit.name or unit!r} runs on the CPU only for now; use backend='cpu' or 'auto'")
-    dispatch.resolve_backend(backend)  # validates the name
+    backend = dispatch.resolve_backend(backend)
     a_in, b_in = _as_input(a, "a"), _as_input(b, "b")
-    if a_in.ndim == 0 or b_in.ndim == 0:
-        raise ValueError(f"matmul needs arrays of at least 1 dimension, got a with shape {a_in.shape} "
-                         f"and b with shape {b_in.shape}")
+    A, B, M, K, N, batch = _matmul_shapes(a_in, b_in)
     out_dtype = np.result_type(a_in, b_in)
-    A = a_in[None, :] if a_in.ndim == 1 else a_in
-    B = b_in[:, None] if b_in.ndim == 1 else b_in
-    M, K = A.shape[-2:]
-    Kb, N = B.shape[-2:]
-    if K != Kb:
-        raise ValueError(f"matmul shape mismatch: a has shape {a_in.shape} and b has shape {b_in.shape}; "
-                         f"a's last dimension ({K}) must equal b's {'only' if b_in.ndim == 1 else 'second-to-last'} "
-                         f"dimension ({Kb})")
-    try:
-        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
-    except ValueError:
-        raise ValueError(f"matmul batch dimensions do not broadcast: a has shape {a_in.shape} and b has shape "
-                         f"{b_in.shape}") from None
     final = batch + ((M,) if a_in.ndim > 1 else ()) + ((N,) if b_in.ndim > 1 else ())
     if c is None:
         C = np.zeros(batch + (M, N))
@@ -426,15 +414,7 @@ def _matmul_matrix_unit(a, b, accumulation, c, backend):
     A3 = Ar.reshape(int(np.prod(A.shape[:-2], dtype=np.int64)), M, K)
     B3 = Br.reshape(int(np.prod(B.shape[:-2], dtype=np.int64)), K, N)
     C3 = np.broadcast_to(C, batch + (M, N)).reshape(ia.size, M, N)
-    out = np.empty((ia.size, M, N))
-    o, r = unit.out_format, unit.out_rounding
-    for t in range(ia.size):
-        out[t] = mma_cpu.matmul_mma_cpu(
-            A3[ia[t]], B3[ib[t]], C3[t], k=unit.step_k, frac_bits=unit.frac_bits, e_zero=unit.e_zero,
-            a_emin=unit.a_format.emin, b_emin=unit.b_format.emin, c_emin=unit.c_format.emin, out_man=o.man_bits,
-            out_emin=o.emin, out_emax=o.emax, toward_zero=r is Rounding.TOWARD_ZERO,
-            promote_steps=0 if unit.promote_every is None else unit.promote_every // unit.step_k)
-    out = out.reshape(batch + (M, N))
+    out = dispatch.matrix_unit_array(backend, A3, B3, C3, ia, ib, unit._kernel_params()).reshape(batch + (M, N))
     if a_in.ndim == 1:
         out = out[..., 0, :]
     if b_in.ndim == 1:

@@ -51,7 +51,8 @@ def _training() -> None:
 
 
 def _accumulation() -> None:
-    """sum / dot / matmul with the accumulation presets (general and fast kernels)."""
+    """sum / dot / matmul with the accumulation presets (general and fast kernels), and the matrix-unit
+    kernel under one preset per input kind (fp16, bf16, tf32, fp8, promoted fp8)."""
     from . import accumulation, linalg
 
     rng = np.random.default_rng(0)
@@ -61,6 +62,9 @@ def _accumulation() -> None:
         linalg.matmul(small_a, small_b, name, seed=0)
         linalg.matmul(big_a, big_b, name, seed=0)
         linalg.sum(small_a, None, name, seed=0)
+    for name in ("nv-ampere-fp16", "nv-ampere-bf16", "nv-hopper-tf32", "nv-hopper-fp8", "nv-hopper-fp8-promote128"):
+        linalg.matmul(big_a, big_b, name)
+        linalg.matmul(big_a.astype(np.float32), big_b.astype(np.float32), name)
 
 
 #: the groups, longest first (a process takes the next group when it is free)

@@ -8,7 +8,8 @@
   operand statistics), ``optim_cpu.py``, ``activations.py``: loops built from those;
 - ``plain.py``: scalar.py's definitions and the runtime-argument loops run by the Python interpreter
   (first calls on a few values, no compiler);
-- ``mma_cpu.py``: the hardware matrix units (lowprec.matrix_units);
+- ``mma.py`` (a matrix unit's fused step, the definition) and ``mma_cpu.py``: the hardware matrix units
+  (lowprec.matrix_units);
 - ``cuda.py`` / ``linalg_cuda.py``: the CUDA twins (cuda.py is the only module that imports numba.cuda);
 - ``dispatch.py``: every backend and kernel choice (with the fast kernels' tables); ``linalg_cpu.py``: the
   predicates those tables call; ``jit.py``: numba plumbing (the kernel decorator, cache keys, source

@@ -31,6 +31,9 @@ sum / dot / matmul and lowprec.ops: CUDA runs the general kernels; on the CPU th
 :data:`FP32_TILE_KERNELS` (per accumulation) and :data:`NARROW_KERNELS` (per call: their preconditions read
 the operands) list the fast kernels, each with its precondition; the first that holds runs, else the
 general kernel. The proofs are in docs/kernels.md, one section per kernel.
+
+Hardware matrix units (lowprec.matrix_units): :func:`matrix_unit_array` runs kernels/mma_cpu.py on the CPU and
+its twin in kernels/linalg_cuda.py on CUDA (the same step arithmetic, kernels/mma.py; the same bits).
 """
 
 from __future__ import annotations
@@ -437,3 +440,22 @@ def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, c
     """The name of the narrow kernel :func:`matmul_array` runs for these arguments (those of
     accumulate_cpu.matmul_general less the output and the counters), or None for the general kernel."""
     return narrow_plan(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, compensated, pout, rbits)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# hardware matrix units (lowprec.matrix_units)
+# ---------------------------------------------------------------------------------------------------
+def matrix_unit_array(backend, a, b, c, ia, ib, params: dict) -> np.ndarray:
+    """``c[t] + a[ia[t]] @ b[ib[t]]`` for each batch ``t`` under a matrix unit: float64 stacks ``a`` (.., M, K),
+    ``b`` (.., K, N), ``c`` (T, M, N) holding values of the unit's formats; ``params`` the keyword arguments of
+    kernels/mma_cpu.matmul_mma_cpu (``MatrixUnit._kernel_params()``). Returns float64 (T, M, N). One kernel per
+    backend, the same bits: kernels/mma_cpu.py (tiled, parallel) on the CPU, kernels/linalg_cuda.py (one thread
+    per output) on CUDA, both built from kernels/mma.py."""
+    if resolve_backend(backend) == "cuda":
+        from .linalg_cuda import _matmul_mma_cuda as run
+    else:
+        from .mma_cpu import matmul_mma_cpu as run
+    out = np.empty((ia.size,) + c.shape[1:])
+    for t in range(ia.size):
+        out[t] = run(a[ia[t]], b[ib[t]], c[t], **params)
+    return out

@@ -80,3 +80,53 @@ def _ops_cuda(x, y, z, out, *rest):
     d_out = cuda.device_array_like(out)
     _launch(k["ops"], out.size, *d, d_out, *rest)
     d_out.copy_to_host(out)
+
+
+# -- hardware matrix units (lowprec.matrix_units): the twin of kernels/mma_cpu.py ----------------------
+_mma_kernels: dict = {}
+
+
+def _get_mma_kernel():
+    """One thread per output element running ``mma.output`` (every step of that element: the building blocks
+    mma_cpu.py runs on vector lanes), so the bits equal the CPU's."""
+    if _mma_kernels:
+        return _mma_kernels["mma"]
+    from . import mma
+
+    if is_simulator():
+        def output(a, b, *rest):
+            return mma.output(_sim_array(a), _sim_array(b), *rest)
+    else:
+        output = mma.output
+
+    @cuda.jit
+    def mma_kernel(a, b, c, out, M, N, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg):
+        o = cuda.grid(1)
+        if o < M * N:
+            i = o // N
+            j = o - i * N
+            out[i, j] = output(a, b, c[i, j], i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg)
+
+    _mma_kernels["mma"] = mma_kernel
+    return mma_kernel
+
+
+def _matmul_mma_cuda(a, b, c, *, k, frac_bits, e_zero, a_emin, b_emin, c_emin, out_man, out_emin, out_emax,
+                     toward_zero, promote_steps):
+    """``c + a @ b`` as kernels/mma_cpu.matmul_mma_cpu (same arguments, same bits), on the device."""
+    M, K = a.shape
+    N = b.shape[1]
+    out = np.empty((M, N))
+    if M == 0 or N == 0:
+        return out
+    if K == 0:  # no step: the addend as it is
+        out[...] = c
+        return out
+    d = [cuda.to_device(np.ascontiguousarray(v, dtype=np.float64)) for v in (a, b, c)]
+    d_out = cuda.device_array_like(out)
+    i64 = np.int64
+    _launch(_get_mma_kernel(), M * N, *d, d_out, i64(M), i64(N), i64(K), i64(k), i64(frac_bits), i64(e_zero),
+            i64(a_emin), i64(b_emin), i64(c_emin), i64(out_man), i64(out_emin), np.float64(2.0 ** (out_emax + 1)),
+            bool(toward_zero), i64(promote_steps))
+    d_out.copy_to_host(out)
+    return out

@@ -1,31 +1,16 @@
 """Matrix-unit (tensor-core) matmul on the CPU: chained fused steps with alignment and truncation.
 
 Computes what ``lowprec.matrix_units`` describes (NUMERICS.md section 5), for every output element
-independently, so the bits do not depend on the tiling or the thread count.
+independently, so the bits do not depend on the tiling or the thread count. The arithmetic of a step
+(exponents, alignment and truncation, the one rounding, promotion) is kernels/mma.py's building blocks,
+which the CUDA kernel (kernels/linalg_cuda.py) runs too; this module runs them on vector lanes.
 
-The algorithm, per output and per step of ``k`` products (operands already rounded to their formats,
-held exactly in float64):
-
-- ``e_max`` = the largest of the products' exponents ``EA[i, l] + EB[l, j]`` (exponents per operand,
-  precomputed; a zero operand holds -4096 so that its products never win), the addend's exponent
-  (``e_zero`` when it is zero) and ``e_zero`` when some product of the step has a zero factor. The
-  last is read from per-step zero flags of the rows of A and the columns of B: "some l has
-  ``a_l == 0`` or ``b_l == 0``" is "some ``a_l == 0``" or "some ``b_l == 0``".
-- with ``s = 2**(frac_bits - e_max)`` (built from its bits), each term's truncation is
-  ``trunc(a_l * b_l * s)``: the product is exact in float64 (at most 22 significant bits), the
-  scaling by a power of two is exact (no underflow or overflow in the ranges the descriptor admits),
-  and the truncated values are integers below ``2**(frac_bits + 2)``, so their float64 sum is exact
-  (at most 33 terms of 42 bits). IEEE signed-zero rules of that exact sum are float64's own (the sum
-  of exact values is exact; ``-0 + -0 = -0``, ``x + -x = +0``), and an Inf/NaN operand or addend makes
-  the float64 sum the IEEE result of the exact sum (``Inf * 0`` and ``Inf - Inf`` give NaN), as the
-  specification says.
-- the step's result ``sum / s`` (exact) is rounded once to the output format: toward zero
-  (``trunc``) or nearest-even (``rint``) at the output's quantum ``2**q``, ``q = max(E, emin) - man``;
-  ``|r| >= 2**(emax + 1)`` gives +-Inf (the hardware's toward-zero conversion overflows to Inf); NaN
-  is canonical.
-- promotion (``pg`` steps per block, 0 = none): the block's chain starts from +0 and its result is
-  added to the fp32 total with float64 addition rounded to float32, one IEEE fp32 addition (double
-  rounding through 53 bits is innocuous for a sum of two fp32 values: 53 >= 2*24 + 2).
+Per output and per step of ``k`` products, ``e_max`` is the largest of the products' exponents
+``EA[i, l] + EB[l, j]`` (exponents per operand, precomputed with ``mma.operand_exponent``; a zero
+operand holds ``mma.ZERO_EXP`` so that its products never win), the addend's exponent and ``e_zero``
+when some product of the step has a zero factor. The last is read from per-step zero flags of the rows
+of A and the columns of B: "some l has ``a_l == 0`` or ``b_l == 0``" is "some ``a_l == 0``" or "some
+``b_l == 0``". The proofs (exact products, exact scaling, exact sum) are in kernels/mma.py.
 
 Layout: A (M, Kp), B (Kp, N) float64, EA/EB int32 exponents, ZA (M, G) / ZB (G, N) uint8 zero flags,
 Kp = G * k; B and its exponents and zero flags are packed in contiguous panels of TILE_J columns (so the
@@ -33,8 +18,8 @@ inner loops index rows from 0 and LLVM emits plain vector loads, not gathers). A
 panel; per step it reads a k x TILE_J slice of the panel for each of its rows. The inner loops run over
 columns, so they are elementwise loops that LLVM vectorises (8 float64 lanes with AVX-512); the step's
 products are taken four at a time per pass over the row (fewer loads and stores of the running values).
-Measured on one core of the development machine (a shared AMD EPYC, so +-30%): 1024^3 in 0.25-0.35 s of
-CPU time for bf16 steps of 8, 0.20-0.23 s for fp8 steps of 32, 0.34-0.47 s for Volta's steps of 4.
+Measured on one core of the development machine (a shared AMD EPYC, so +-30%): 1024^3 in 0.23-0.30 s of
+CPU time for bf16 steps of 8, 0.20-0.24 s for fp8 steps of 32, 0.28-0.33 s for Volta's steps of 4.
 """
 
 from __future__ import annotations
@@ -42,12 +27,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import mma
 from .jit import kernel
 
 TILE_I = 4
 TILE_J = 256
-#: exponent given to a zero operand: its products' exponents stay far below any real one
-ZERO_EXP = -4096
 
 
 @njit(nogil=True)
@@ -68,17 +52,9 @@ def _tile(A, EA, ZA, B, EB, ZB, C, out, i0, i1, j0, j1, G, k, F, ez, cemin, om, 
             else:
                 cval[r, j] = cj
     mx = np.empty(nj, dtype=np.int32)
-    sbits = np.empty(nj, dtype=np.int64)  # 2**(F - e_max)
-    s = sbits.view(np.float64)
-    ibits = np.empty(nj, dtype=np.int64)  # 2**(e_max - F)
-    sinv = ibits.view(np.float64)
+    s = np.empty(nj)  # 2**(F - e_max)
+    sinv = np.empty(nj)  # 2**(e_max - F)
     acc = np.empty(nj)
-    vb = np.empty(nj, dtype=np.int64)
-    vf = vb.view(np.float64)
-    dn = np.empty(nj, dtype=np.int64)  # 2**-q, q the output's quantum exponent
-    down = dn.view(np.float64)
-    up_ = np.empty(nj, dtype=np.int64)  # 2**q
-    up = up_.view(np.float64)
     zb = np.empty(nj, dtype=np.int32)
     ez32 = np.int32(ez)
     never = np.int32(-(1 << 30))
@@ -90,11 +66,7 @@ def _tile(A, EA, ZA, B, EB, ZB, C, out, i0, i1, j0, j1, G, k, F, ez, cemin, om, 
             i = i0 + r
             # the step's largest exponent: the addend's, the zero terms', the products'
             for j in range(nj):
-                vf[j] = cval[r, j]
-            for j in range(nj):
-                e = np.int32(max(((vb[j] >> 52) & 0x7FF) - 1023, cemin))
-                e = ez32 if vf[j] == 0.0 else e
-                mx[j] = max(e, zb[j])
+                mx[j] = max(np.int32(mma.addend_exponent(cval[r, j], cemin, ez)), zb[j])
             if ZA[i, g]:
                 for j in range(nj):
                     mx[j] = max(mx[j], ez32)
@@ -108,45 +80,34 @@ def _tile(A, EA, ZA, B, EB, ZB, C, out, i0, i1, j0, j1, G, k, F, ez, cemin, om, 
                 ea = EA[i, l]
                 for j in range(nj):
                     mx[j] = max(mx[j], ea + EB[l, j])
-            for j in range(nj):  # (an Inf/NaN addend reads as exponent 1024: any bound keeps s finite and > 0)
-                m = min(mx[j], 1000)
-                sbits[j] = np.int64(F + 1023 - m) << 52
-                ibits[j] = np.int64(m + 1023 - F) << 52
+            for j in range(nj):
+                m = mma.capped(mx[j])
+                s[j] = mma.pow2(F - m)
+                sinv[j] = mma.pow2(m - F)
             # the truncated terms, summed exactly
             for j in range(nj):
-                acc[j] = np.trunc(vf[j] * s[j])
+                acc[j] = mma.aligned(cval[r, j], s[j])
             for l in range(l0, l4, 4):  # (each truncated term is an integer below 2**42: any grouping is exact)
                 a0, a1, a2, a3 = A[i, l], A[i, l + 1], A[i, l + 2], A[i, l + 3]
                 for j in range(nj):
                     sj = s[j]
-                    acc[j] += ((np.trunc(a0 * B[l, j] * sj) + np.trunc(a1 * B[l + 1, j] * sj))
-                               + (np.trunc(a2 * B[l + 2, j] * sj) + np.trunc(a3 * B[l + 3, j] * sj)))
+                    acc[j] += ((mma.aligned(a0 * B[l, j], sj) + mma.aligned(a1 * B[l + 1, j], sj))
+                               + (mma.aligned(a2 * B[l + 2, j], sj) + mma.aligned(a3 * B[l + 3, j], sj)))
             for l in range(l4, l0 + k):
                 al = A[i, l]
                 for j in range(nj):
-                    acc[j] += np.trunc(al * B[l, j] * s[j])
+                    acc[j] += mma.aligned(al * B[l, j], s[j])
             # one rounding to the output format (Inf stays Inf: Inf * 2**q; NaN is made canonical)
-            for j in range(nj):
-                vf[j] = acc[j] * sinv[j]
-            for j in range(nj):
-                q = max(((vb[j] >> 52) & 0x7FF) - 1023, oemin) - om
-                dn[j] = (1023 - q) << 52
-                up_[j] = (1023 + q) << 52
             if rz:
                 for j in range(nj):
-                    acc[j] = np.trunc(vf[j] * down[j]) * up[j]
+                    cval[r, j] = mma.round_out(acc[j] * sinv[j], om, oemin, overflow, True)
             else:
                 for j in range(nj):
-                    acc[j] = np.rint(vf[j] * down[j]) * up[j]
-            for j in range(nj):
-                x = acc[j]
-                x = np.copysign(np.inf, x) if abs(x) >= overflow else x
-                cval[r, j] = np.nan if x != x else x
+                    cval[r, j] = mma.round_out(acc[j] * sinv[j], om, oemin, overflow, False)
         if pg > 0 and ((g + 1) % pg == 0 or g == G - 1):
             for r in range(ni):
                 for j in range(nj):
-                    t = np.float64(np.float32(tot[r, j] + cval[r, j]))
-                    tot[r, j] = np.nan if t != t else t
+                    tot[r, j] = mma.promote(tot[r, j], cval[r, j])
                     cval[r, j] = 0.0
     for r in range(ni):
         for j in range(nout):
@@ -171,18 +132,14 @@ def mma_kernel(A, EA, ZA, BP, EBP, ZBP, C, out, k, F, ez, cemin, om, oemin, oema
 
 @kernel(parallel=True, spec=("mma-exponents",))
 def _exponents_kernel(x, emin, out):
-    xb = x.view(np.int64)
     for i in prange(x.shape[0]):
         for j in range(x.shape[1]):
-            fld = (xb[i, j] >> 52) & 0x7FF
-            e = max(fld - 1023, emin)
-            e = ZERO_EXP if x[i, j] == 0.0 else e
-            out[i, j] = 0 if fld == 0x7FF else e
+            out[i, j] = mma.operand_exponent(x[i, j], emin)
 
 
 def _exponents(x: np.ndarray, emin: int) -> np.ndarray:
     """E(x) = max(floor(log2|x|), emin) as int32 for float64 x holding values of a format whose subnormals
-    are normal float64 numbers; ZERO_EXP for zeros, 0 for Inf/NaN."""
+    are normal float64 numbers; mma.ZERO_EXP for zeros, 0 for Inf/NaN."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty(x.shape, dtype=np.int32)
     _exponents_kernel(x, np.int64(emin), out)

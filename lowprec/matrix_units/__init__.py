@@ -198,6 +198,14 @@ class MatrixUnit:
         """The format of :func:`lowprec.linalg.matmul`'s result: fp32 when promoted, else ``out_format``."""
         return FP32 if self.promote_every is not None else self.out_format
 
+    def _kernel_params(self) -> dict:
+        """The matrix-unit kernels' keyword arguments (kernels/mma_cpu.matmul_mma_cpu, its CUDA twin)."""
+        o = self.out_format
+        return dict(k=self.step_k, frac_bits=self.frac_bits, e_zero=self.e_zero, a_emin=self.a_format.emin,
+                    b_emin=self.b_format.emin, c_emin=self.c_format.emin, out_man=o.man_bits, out_emin=o.emin,
+                    out_emax=o.emax, toward_zero=self.out_rounding is Rounding.TOWARD_ZERO,
+                    promote_steps=0 if self.promote_every is None else self.promote_every // self.step_k)
+
     def replace(self, **changes) -> "MatrixUnit":
         """A copy with some fields changed (the name and source are dropped unless given)."""
         changes.setdefault("name", None)

@@ -1,0 +1,137 @@
+"""The fused step of a matrix unit (NUMERICS.md section 5): scalar building blocks shared by its kernels.
+
+Scalars in, scalars out, compiled into both the CPU kernel (kernels/mma_cpu.py, which runs them on
+vector lanes, one output column per lane) and the CUDA kernel (kernels/linalg_cuda.py, one thread per
+output element, through :func:`output`), so the two cannot drift apart. The building blocks are
+``njit(inline="always")``; :func:`output` (one output element, every step) is compiled once and called
+(and cached on disk: the simulator calls it from Python, once per thread).
+
+One step of ``k`` products, per output element, operands already rounded to their formats and held
+exactly in float64:
+
+- ``e_max`` = the largest of the products' exponents ``E(a) + E(b)`` (:func:`operand_exponent`),
+  the addend's exponent (:func:`addend_exponent`: ``e_zero`` when it is zero) and ``e_zero`` when some
+  product of the step has a zero factor (a zero operand's own exponent, ``ZERO_EXP``, never wins);
+- with ``s = 2**(frac_bits - e_max)`` (:func:`pow2`, :func:`capped`), each term's truncation is
+  :func:`aligned` ``(a * b, s)`` = ``trunc(a * b * s)``: the product is exact in float64 (at most 22
+  significant bits), the scaling by a power of two is exact (no underflow or overflow in the ranges the
+  descriptor admits: ``-300 <= e_max <= 1000``, ``frac_bits <= 40``), and the truncated values are
+  integers below ``2**(frac_bits + 2)``, so their float64 sum is exact in any order (at most 257 terms).
+  IEEE signed-zero rules of that exact sum are float64's own (``-0 + -0 = -0``, ``x + -x = +0``), and an
+  Inf/NaN operand or addend makes the float64 sum the IEEE result of the exact sum (``Inf * 0`` and
+  ``Inf - Inf`` give NaN);
+- the step's value ``sum * 2**(e_max - frac_bits)`` (exact) is rounded once to the output format
+  (:func:`round_out`): toward zero (``trunc``) or nearest-even (``rint``) at the output's quantum
+  ``2**q``, ``q = max(E, emin) - man``; ``|r| >= 2**(emax + 1)`` gives +-Inf (the hardware's toward-zero
+  conversion overflows to Inf); NaN is canonical;
+- promotion (DeepSeek-V3's recipe, :func:`promote`): a block's chain result is added to the fp32 total
+  with float64 addition rounded to float32, one IEEE fp32 addition (double rounding through 53 bits is
+  innocuous for a sum of two fp32 values: 53 >= 2*24 + 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .jit import kernel
+from .scalar import f64_as_i64, i64_as_f64
+
+_jit = njit(nogil=True, inline="always")
+
+#: exponent given to a zero operand: its products' exponents stay far below any real one
+ZERO_EXP = -4096
+#: e_max is capped here before scaling: an Inf/NaN addend reads as exponent 1024 (any bound keeps s finite
+#: and > 0; the step's result is Inf or NaN whatever s is)
+EXP_CAP = 1000
+
+
+@_jit
+def exponent(x, emin):
+    """max(floor(log2|x|), emin) for a finite non-zero float64 ``x`` whose format's subnormals are normal
+    float64 numbers (1024 for Inf/NaN)."""
+    return max(((f64_as_i64(x) >> 52) & 0x7FF) - 1023, emin)
+
+
+@_jit
+def operand_exponent(x, emin):
+    """E(x) of an operand: ZERO_EXP for a zero, 0 for Inf/NaN (their products are Inf/NaN anyway)."""
+    e = exponent(x, emin)
+    e = 0 if e == 1024 else e
+    return ZERO_EXP if x == 0.0 else e
+
+
+@_jit
+def addend_exponent(c, cemin, ez):
+    """E(c) of the addend (the running value of the chain), ``ez`` (e_zero) when it is zero."""
+    e = exponent(c, cemin)
+    return ez if c == 0.0 else e
+
+
+@_jit
+def capped(e_max):
+    return min(e_max, EXP_CAP)
+
+
+@_jit
+def pow2(e):
+    """2**e as float64, for -1022 <= e <= 1023 (built from its bits)."""
+    return i64_as_f64(np.int64(e + 1023) << 52)
+
+
+@_jit
+def aligned(t, s):
+    """The term ``t`` aligned to the step's grid: truncated toward zero to a multiple of ``1 / s``,
+    in units of the grid (``s = 2**(frac_bits - e_max)``)."""
+    return np.trunc(t * s)
+
+
+@_jit
+def round_out(v, om, oemin, overflow, rz):
+    """The exact step value ``v`` rounded once to the output format (``om`` mantissa bits, ``oemin``):
+    toward zero when ``rz``, else nearest-even; ``|r| >= overflow`` (2**(emax + 1)) is +-Inf; NaN canonical."""
+    q = exponent(v, oemin) - om
+    x = v * pow2(-q)
+    r = (np.trunc(x) if rz else np.rint(x)) * pow2(q)
+    r = np.copysign(np.inf, r) if abs(r) >= overflow else r
+    return np.nan if r != r else r
+
+
+@_jit
+def promote(total, v):
+    """One IEEE fp32 addition (nearest-even) of a block's result ``v`` to the fp32 ``total``; NaN canonical."""
+    t = np.float64(np.float32(total + v))
+    return np.nan if t != t else t
+
+
+@kernel
+def output(a, b, c, i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg):
+    """Element (i, j) of ``c + a @ b`` (``a`` (M, K), ``b`` (K, N), the addend ``c`` a float64 scalar): the steps
+    of ``k`` products in k order, K padded with zero products to a multiple of ``k``; ``pg`` > 0: promote every
+    ``pg`` steps (the chain restarts from +0, ``c`` is the fp32 total's initial value)."""
+    G = (K + k - 1) // k
+    total = c
+    v = 0.0 if pg > 0 else c
+    for g in range(G):
+        l0 = g * k
+        m = addend_exponent(v, cemin, ez)
+        for l in range(l0, l0 + k):
+            if l < K:
+                x = a[i, l]
+                y = b[l, j]
+                e = ez if x == 0.0 or y == 0.0 else operand_exponent(x, a_emin) + operand_exponent(y, b_emin)
+            else:
+                e = ez
+            m = max(m, e)
+        m = capped(m)
+        s = pow2(F - m)
+        acc = aligned(v, s)
+        for l in range(l0, min(l0 + k, K)):
+            acc += aligned(a[i, l] * b[l, j], s)
+        if l0 + k > K:
+            acc += 0.0  # the padding's zero products (+0: the sum is -0 only when every term is -0)
+        v = round_out(acc * pow2(m - F), om, oemin, overflow, rz)
+        if pg > 0 and ((g + 1) % pg == 0 or g == G - 1):
+            total = promote(total, v)
+            v = 0.0
+    return total if pg > 0 else v
