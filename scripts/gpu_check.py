@@ -9,6 +9,7 @@ Checks, each CPU (backend="cpu") against CUDA (backend="cuda"), bit for bit:
      zeros, subnormals, Inf, NaN and ties);
   2. lowprec.linalg.matmul for every accumulation preset at a few shapes
      (batched, K across chunk boundaries), stochastic ones with a seed;
+     and every hardware matrix-unit preset (lowprec.matrix_units) with an addend;
   3. the elementwise ops in bf16 and fp16, nearest and stochastic.
 Then it times the CUDA matmul kernels (no throughput under the simulator).
 Exit status 0 when every comparison is bit-identical, 1 otherwise.
@@ -117,6 +118,18 @@ def main(argv=None) -> int:
                   lambda: matmul(a, b, acc, seed=11, backend="cuda"))
         log(f"matmul {name}: done")
     log(f"matmul: {len(PRESETS)} presets x {len(shapes)} shapes checked")
+
+    # 2b. every hardware matrix-unit preset (lowprec.matrix_units), with an addend
+    from lowprec.matrix_units import PRESETS as UNITS
+
+    for name in UNITS:
+        for sa, sb in shapes:
+            a = (rng.standard_normal(sa) * 3).astype(np.float32)
+            b = (rng.standard_normal(sb) * 2).astype(np.float32)
+            c = np.float32(rng.standard_normal())
+            check(f"matrix unit {name} {sa}x{sb}", lambda: matmul(a, b, name, c=c, backend="cpu"),
+                  lambda: matmul(a, b, name, c=c, backend="cuda"))
+    log(f"matrix units: {len(UNITS)} presets x {len(shapes)} shapes checked")
 
     # 3. ops
     m = 16 if args.quick else 100_000
