@@ -276,6 +276,11 @@ def matmul(a, b, accumulation="fp32", *, seed=None, backend: str = "auto", c=Non
         bt2 = np.swapaxes(_rounded(B, acc.b_format, backend), -1, -2).reshape(
             int(np.prod(B.shape[:-2], dtype=np.int64)) * N, K)
         out = _run(a2, bt2, ia, ib, M, N, K, acc, seed, backend).reshape(batch + (M, N))
+    return _result(out, a_in, b_in, out_dtype)
+
+
+def _result(out: np.ndarray, a_in: np.ndarray, b_in: np.ndarray, out_dtype) -> np.ndarray:
+    """matmul's (batch..., M, N) product with a 1-D operand's dimension dropped, in the result dtype."""
     if a_in.ndim == 1:
         out = out[..., 0, :]
     if b_in.ndim == 1:
@@ -415,9 +420,4 @@ def _matmul_matrix_unit(a, b, accumulation, c, backend):
     B3 = Br.reshape(int(np.prod(B.shape[:-2], dtype=np.int64)), K, N)
     C3 = np.broadcast_to(C, batch + (M, N)).reshape(ia.size, M, N)
     out = dispatch.matrix_unit_array(backend, A3, B3, C3, ia, ib, unit._kernel_params()).reshape(batch + (M, N))
-    if a_in.ndim == 1:
-        out = out[..., 0, :]
-    if b_in.ndim == 1:
-        out = out[..., 0]
-    out = out.astype(out_dtype, copy=False)
-    return out[()] if out.ndim == 0 else out
+    return _result(out, a_in, b_in, out_dtype)
