@@ -186,3 +186,46 @@ def _last_change(x, acc, s, partial) -> int:
         else:
             lo = mid + 1
     return hi
+
+
+# --------------------------------------------------------------------------
+# Readable axes and lines that coincide
+# --------------------------------------------------------------------------
+def integer_axis(ax, which: str = "x") -> None:
+    """Ticks only at integers on ``ax``'s ``which`` axis (bits, epochs, steps)."""
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{which}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def pow2_axis(ax, which: str = "y") -> None:
+    """A log axis in base 2 whose ticks read ``2^k`` (loss scales, powers of two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = getattr(ax, f"{which}axis")
+    getattr(ax, f"set_{which}scale")("log", base=2)
+    axis.set_major_locator(LogLocator(base=2, numticks=8))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"$2^{{{int(round(math.log2(v)))}}}$" if v > 0 else ""))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def merge_identical(series: dict, rtol: float = 0.0) -> list:
+    """``[(labels, values), ...]``: the series of ``{label: values}`` grouped where the values are equal.
+
+    Lines that coincide exactly are drawn once, with every label that they
+    stand for, so that a legend never lists a line the reader cannot see.
+    ``rtol`` > 0 also merges values equal to that relative tolerance (the
+    same numbers computed at another scale). NaNs compare equal to NaNs here.
+    Groups keep the order of first appearance.
+    """
+    groups: list = []
+    for label, values in series.items():
+        v = np.asarray(values, dtype=np.float64)
+        for labels, w in groups:
+            if v.shape == w.shape and (np.array_equal(v, w, equal_nan=True)
+                                       or (rtol > 0 and np.allclose(v, w, rtol=rtol, atol=0, equal_nan=True))):
+                labels.append(label)
+                break
+        else:
+            groups.append(([label], v))
+    return groups

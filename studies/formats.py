@@ -30,6 +30,9 @@ import numpy as np
 from ._common import (markdown_table, out_path, pyplot, save_figure, write_csv, write_markdown)
 
 NAME = "formats"
+#: The formats of the lower, zoomed panels of formats.png (on the full range they are a few pixels wide).
+ZOOM_FORMATS = ["fp16", "fp8_e5m2", "fp8_e4m3fn", "fp6_e3m2fn", "fp6_e2m3fn", "fp4_e2m1fn"]
+ZOOM_RANGE = (2.0 ** -18, 2.0 ** 17)
 
 FORMATS = ["fp32", "tf32", "bf16", "fp16", "fp8_e5m2", "fp8_e4m3fn", "fp6_e3m2fn", "fp6_e2m3fn",
            "fp4_e2m1fn"]
@@ -113,26 +116,40 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
     rows = [_row(n) for n in FORMATS]
     plt = pyplot()
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    curves = []
-    for name in FORMATS:
-        x, ulp = _spacing_curve(name, quick)
-        line, = ax1.step(x, ulp, where="post", label=name, lw=1.0)
-        ax2.plot(x, ulp / x, color=line.get_color(), lw=0.5)
-        from lowprec import get_format
+    from lowprec import get_format
 
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.6))
+    curves, plotted = [], {"curves": {}, "zoom": ZOOM_FORMATS, "zoom_range": ZOOM_RANGE}
+    for i, name in enumerate(FORMATS):
+        x, ulp = _spacing_curve(name, quick)
         fmt = get_format(name)
-        ax1.plot([fmt.max], [ulp[-1]], "o", color=line.get_color(), ms=4)
-        ax2.axvspan(fmt.smallest_subnormal, fmt.tiny, color=line.get_color(), alpha=0.06)
+        color = f"C{i}"
+        plotted["curves"][name] = {"points": int(x.size), "max": float(fmt.max), "last_ulp": float(ulp[-1])}
+        rows_ax = (axes[0], axes[1]) if name in ZOOM_FORMATS else (axes[0],)
+        for ax1, ax2 in rows_ax:
+            ax1.step(x, ulp, where="post", color=color, label=name if ax1 is axes[0][0] else None, lw=1.0)
+            ax1.plot([fmt.max], [ulp[-1]], "o", color=color, ms=4)
+            ax2.plot(x, ulp / x, color=color, lw=0.7)
+            ax2.axvspan(fmt.smallest_subnormal, fmt.tiny, color=color, alpha=0.06)
         curves += [{"format": name, "x": float(a), "ulp": float(b), "relative_spacing": float(b / a)}
                    for a, b in zip(x[:: max(1, x.size // 400)], ulp[:: max(1, x.size // 400)])]
-    ax1.set(xscale="log", yscale="log", xlabel="value x", ylabel="spacing to the next value (ulp)",
-            title="Absolute spacing; dots mark the largest finite value")
-    ax2.set_ylim(2.0 ** -25, 1.5)
-    ax2.set(xscale="log", yscale="log", xlabel="value x", ylabel="ulp(x) / x",
-            title="Relative spacing; shaded: subnormal ranges")
-    ax1.legend(fontsize=7, ncol=2)
+    (top1, top2), (zoom1, zoom2) = axes
+    top1.set(title="Absolute spacing, whole range; dots: largest finite value")
+    top2.set(title="Relative spacing, whole range; shaded: subnormals", ylim=(2.0 ** -25, 1.5))
+    zoom1.set(title="Zoom on the 8-, 6- and 4-bit formats (and fp16)", xlim=ZOOM_RANGE)
+    zoom2.set(title="Relative spacing, same zoom", xlim=ZOOM_RANGE, ylim=(2.0 ** -12, 1.5))
+    for ax in (top1, zoom1):
+        ax.set(xscale="log", yscale="log", xlabel="value x", ylabel="spacing to the next value (ulp)")
+    for ax in (top2, zoom2):
+        ax.set(xscale="log", yscale="log", xlabel="value x", ylabel="ulp(x) / x")
+    zoom1.set_xscale("log", base=2)
+    zoom2.set_xscale("log", base=2)
+    zoom1.set_yscale("log", base=2)
+    zoom2.set_yscale("log", base=2)
+    fig.legend(*top1.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
+               title="format (colours\nas in every panel)", title_fontsize=8)
     fig.suptitle("Where the values of each format lie (measured from lowprec)")
+    fig.tight_layout()
     figures = [save_figure(fig, out / "formats.png")]
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 3.6))
@@ -162,4 +179,4 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
             "(fp32, tf32). eps = gap above 1; u = eps/2.\n\n" + markdown_table(rows, cols, heads, 5))
     md = write_markdown(out / "formats.md", "Formats: range and spacing", text)
     return {"name": NAME, "figures": figures, "csv": csv_path, "table": md,
-            "rows": rows}
+            "rows": rows, "plotted": plotted}

@@ -134,26 +134,38 @@ def run(out_dir, quick: bool = False, scheduler=None, data: str | None = None) -
                               "act grad B", "total B", "memory vs fp32"], 3))
     md = write_markdown(out / "precision_table.md", "Full vs mixed precision on handwritten digits", text)
 
+    plotted = plot_data(policies, summary, rows)
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    xs = np.arange(len(summary))
-    ax1.bar(xs, [100 * s["acc_mean"] for s in summary], yerr=[100 * s["acc_std"] for s in summary],
-            color="tab:blue", capsize=4)
-    for p_i, p in enumerate(policies):
-        accs = [100 * r["test_accuracy"] for r in rows if r["policy"] == p]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1, 1.15]})
+    xs = np.arange(len(policies))
+    bars = ax1.bar(xs, plotted["acc_mean"], yerr=plotted["acc_std"], color="tab:blue", capsize=4)
+    ax1.bar_label(bars, [f"{m:.1f}\n± {d:.1f}" for m, d in zip(plotted["acc_mean"], plotted["acc_std"])],
+                  label_type="center", color="white", fontsize=8)
+    for p_i, accs in enumerate(plotted["acc_seeds"]):
         ax1.plot([p_i] * len(accs), accs, "k.", ms=4)
-    lo = min(100 * r["test_accuracy"] for r in rows)
-    ax1.set_ylim(max(0, lo - 5), 100)
+    ax1.set_ylim(*plotted["acc_ylim"])  # bars start at 0: their lengths compare the accuracies honestly
     ax1.set_xticks(xs, policies, rotation=20)
     ax1.set(ylabel="test accuracy (%)", title=f"accuracy, mean ± std over {sz['seeds']} seeds (dots: seeds)")
-    bottom = np.zeros(len(summary))
+    bottom = np.zeros(len(policies))
     for role in ROLE_ORDER:
-        vals = np.array([s[role] for s in summary], dtype=float) / 1024
+        vals = np.array(plotted["kib"][role])
         ax2.bar(xs, vals, bottom=bottom, label=role)
         bottom += vals
     ax2.set_xticks(xs, policies, rotation=20)
     ax2.set(ylabel="KiB held (at each format's width)", title="bytes per tensor role")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="tensor role", title_fontsize=8)
+    fig.suptitle(f"{sz['epochs']} epoch(s) on {rows[0]['dataset']}" + (" (quick run)" if quick else ""), fontsize=10)
     fig.tight_layout()
     figures = [save_figure(fig, out / "precision_table.png")]
-    return {"name": "precision-table", "figures": figures, "csv": csv_path, "table": md, "summary": summary}
+    return {"name": "precision-table", "figures": figures, "csv": csv_path, "table": md, "summary": summary,
+            "plotted": plotted}
+
+
+def plot_data(policies: list, summary: list, rows: list) -> dict:
+    """What precision_table.png draws: accuracy (%) mean, std and per seed for each policy, the accuracy
+    axis limits (from 0), and the KiB each tensor role holds per policy."""
+    return {"policies": list(policies),
+            "acc_mean": [100 * s["acc_mean"] for s in summary], "acc_std": [100 * s["acc_std"] for s in summary],
+            "acc_seeds": [[100 * r["test_accuracy"] for r in rows if r["policy"] == p] for p in policies],
+            "acc_ylim": (0.0, 100.0),
+            "kib": {role: [s[role] / 1024 for s in summary] for role in ROLE_ORDER}}

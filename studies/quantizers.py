@@ -170,6 +170,7 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
             bs = [b for b in sz["bits"] if (1 << b) in MAX_1960_GAUSSIAN_MSE]
             ax.plot(bs, [-10 * math.log10(MAX_1960_GAUSSIAN_MSE[1 << b]) for b in bs], "k*", ms=9,
                     label="Max 1960 optimum")
+        ax.set_xticks(sz["bits"])  # integer bit widths only
         ax.set(title=dist.replace("_", " "), xlabel="bits")
     axes[0].set_ylabel("SQNR (dB), held-out data")
     axes[0].legend(fontsize=7)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import markdown_table, out_path, pyplot, save_figure, write_csv, write_markdown
+from ._common import markdown_table, merge_identical, out_path, pyplot, save_figure, write_csv, write_markdown
 
 NAME = "rounding_error"
 FORMATS = ["fp16", "bf16", "fp8_e4m3fn"]
@@ -114,18 +114,25 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
     fig.tight_layout()
     figures = [save_figure(fig, out / "rounding_error.png")]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for fmt, ls in zip(FORMATS, ("-", "--", ":")):
-        for mode, color in (("nearest_even", "tab:blue"), ("stochastic", "tab:red")):
-            b = np.mean([r["abs_bias_ulps"] for t, r in zip(btasks, bres)
-                         if t["fmt"] == fmt and t["rounding"] == mode], axis=0)
-            ax.plot(sz["repeats"], np.maximum(b, 1e-7), ls, color=color, marker=".", label=f"{fmt} {mode}")
+    plotted = bias_plot_data(btasks, bres, sz["repeats"])
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    styles = {"nearest_even": ("tab:blue", "o"), "stochastic": ("tab:red", "s")}
+    lss = ["-", "--", ":"]
+    for mode, groups in plotted["lines"].items():
+        color, marker = styles[mode]
+        for (fmts, b), ls in zip(groups, lss):
+            label = f"{mode}, {' = '.join(fmts)}" + (" (identical: one line)" if len(fmts) > 1 else "")
+            ax.plot(sz["repeats"], np.maximum(b, 1e-7), ls, color=color, marker=marker, ms=4, label=label)
     ms = np.array(sz["repeats"], dtype=float)
     ax.plot(ms, 0.47 / np.sqrt(ms), color="0.5", lw=0.8, label="sqrt(2/9) / sqrt(M)")
     ax.set(xscale="log", yscale="log", xlabel="M, number of roundings averaged",
            ylabel="|mean(fl(x0)) - x0| / ulp",
            title="x0 = 1 + ulp/3 rounded M times: nearest keeps its error,\nstochastic averages it away")
-    ax.legend(fontsize=6)
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=7, loc="lower left")
+    if any(len(fmts) > 1 for groups in plotted["lines"].values() for fmts, _ in groups):
+        fig.text(0.5, -0.03, "x0 sits at the same place between its two neighbours in every format, so the "
+                 "formats give the same numbers: one line each", ha="center", va="top", fontsize=8, color="0.3")
     figures.append(save_figure(fig, out / "rounding_error_bias.png"))
 
     summary = []
@@ -145,4 +152,16 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
                              ["format", "rounding", "mean delta/u", "std delta/u", "mean abs delta/u",
                               "max abs delta/u"], 4))
     md = write_markdown(out / "rounding_error.md", "Rounding error distributions and bias", text)
-    return {"name": "rounding-error", "figures": figures, "csv": csv_path, "table": md, "summary": summary}
+    return {"name": "rounding-error", "figures": figures, "csv": csv_path, "table": md, "summary": summary,
+            "plotted": plotted}
+
+
+def bias_plot_data(btasks: list, bres: list, repeats: list) -> dict:
+    """What rounding_error_bias.png draws: per mode, the bias curves (mean over seeds) grouped by format
+    where they are the same numbers: ``{"lines": {mode: [(formats, values), ...]}}``."""
+    lines = {}
+    for mode in ("nearest_even", "stochastic"):
+        curves = {fmt: np.mean([r["abs_bias_ulps"] for t, r in zip(btasks, bres)
+                                if t["fmt"] == fmt and t["rounding"] == mode], axis=0) for fmt in FORMATS}
+        lines[mode] = merge_identical(curves, rtol=1e-9)  # the same numbers at each format's scale
+    return {"repeats": list(repeats), "lines": lines}

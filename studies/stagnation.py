@@ -44,7 +44,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._common import markdown_table, out_path, pyplot, save_figure, write_csv, write_markdown
+from ._common import markdown_table, merge_identical, out_path, pyplot, save_figure, write_csv, write_markdown
 
 NAME = "stagnation"
 FORMATS = ["fp16", "bf16", "fp8_e5m2", "fp8_e4m3fn"]
@@ -263,6 +263,12 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
                 ax.annotate(f"{r['value']:g} (n={r['last_change']})", (1, r["value"]),
                             fontsize=7, color="tab:blue", va="bottom")
         r0 = next(r for t, r in zip(tasks, results) if t["fmt"] == fmt and t["data"] == "harmonic")
+        det = {t["rounding"]: r["trace"] for t, r in zip(tasks, results)
+               if t["fmt"] == fmt and t["data"] == "harmonic" and t["rounding"] != "stochastic"}
+        same = [" = ".join(g) for g, _ in merge_identical(det) if len(g) > 1]
+        if same:  # one line hides the other: say so
+            ax.text(0.98, 0.02, "identical: " + "; ".join(same), transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=7, color="0.3")
         ax.plot(r0["checkpoints"], r0["trace_exact"], "k--", lw=1, label="exact")
         ax.set(xscale="log", title=f"{fmt}", xlabel="n")
         if fmt == FORMATS[0]:
@@ -274,29 +280,36 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
     fig.tight_layout()
     figures = [save_figure(fig, out / "stagnation.png")]
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, data in zip(axes, DATA):
-        for fmt, ls in (("fp16", "-"), ("bf16", "--")):
-            for t, r in zip(tasks, results):
-                if t["fmt"] != fmt or t["data"] != data or t["rounding"] not in ("nearest_even", "stochastic"):
-                    continue
-                if t["rounding"] == "stochastic" and t["seed"] != 0:
-                    continue
-                ax.plot(r["checkpoints"], r["trace_rel_error"], ls, color=colors[t["rounding"]], lw=1,
-                        label=f"{fmt} {t['rounding']}")
-            from lowprec import get_format
+    from lowprec import get_format
 
-            u = get_format(fmt).unit_roundoff
-            ks = np.array(r["checkpoints"], dtype=float)
-            ax.plot(ks, [gamma(int(k) - 1, u) for k in ks], ls, color="0.3", lw=0.8,
-                    label=f"{fmt} gamma_(n-1)" if data == DATA[0] else None)
-            ax.plot(ks, [gamma_tilde(int(k) - 1, u) for k in ks], ls, color="0.65", lw=0.8,
-                    label=f"{fmt} lambda sqrt(n-1) u" if data == DATA[0] else None)
-        ax.set(xscale="log", yscale="log", xlabel="n", ylabel="relative error |s_n - S_n| / S_n",
-               title=f"{data} data", ylim=(1e-6, 10))
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle("Error of recursive summation vs the deterministic and probabilistic bounds")
-    fig.tight_layout()
+    plotted = error_plot_data(tasks, results)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.2), sharex=True, sharey=True)
+    for row, data in zip(axes, DATA):
+        for ax, fmt in zip(row, ERROR_FORMATS):
+            d = plotted[f"{data} {fmt}"]
+            n = np.array(d["n"], dtype=float)
+            ax.plot(n, d["det_bound"], color="0.25", lw=1, label="gamma_(n-1) (deterministic bound)")
+            ax.plot(n, d["prob_bound"], "--", color="0.55", lw=1, label="lambda sqrt(n-1) u (probabilistic)")
+            ax.plot(n, d["nearest_even"], color=colors["nearest_even"], lw=1.4, label="nearest_even")
+            ax.fill_between(n, d["stochastic_lo"], d["stochastic_hi"], color=colors["stochastic"], alpha=0.2, lw=0,
+                            label=f"stochastic, range over {d['seeds']} seeds")
+            ax.plot(n, d["stochastic_mean"], color=colors["stochastic"], lw=1.2,
+                    label=f"stochastic, mean over {d['seeds']} seeds")
+            sm = np.array(d["stochastic_mean"], dtype=float)
+            if not np.isfinite(sm).all() and np.isfinite(sm).any():  # a sum overflowed: its curve ends there
+                k = int(np.flatnonzero(np.isfinite(sm))[-1])
+                ax.annotate(f"stochastic sums pass {get_format(fmt).max:g},\n{fmt}'s largest value, and overflow",
+                            (n[k], sm[k]), xytext=(0.98, 0.06), textcoords="axes fraction", ha="right", fontsize=8,
+                            color=colors["stochastic"], arrowprops={"arrowstyle": "->", "color": "0.5"})
+            ax.set(xscale="log", yscale="log", title=f"{fmt}, {data} data", ylim=(1e-6, 10))
+            if data == DATA[-1]:
+                ax.set_xlabel("n, terms summed")
+            if fmt == ERROR_FORMATS[0]:
+                ax.set_ylabel("|s_n - S_n| / S_n")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9,
+               bbox_to_anchor=(0.5, -0.01))
+    fig.suptitle("Relative error of recursive summation vs the deterministic and probabilistic bounds")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     figures.append(save_figure(fig, out / "stagnation_error.png"))
 
     summary = []
@@ -320,4 +333,31 @@ def run(out_dir, quick: bool = False, scheduler=None) -> dict:
                              ["data", "format", "rounding", "computed sum", "last change", "exact sum",
                               "rel. error", "gamma_(n-1)", "prob. bound"], 6))
     md = write_markdown(out / "stagnation.md", "Stagnation of recursive sums", text)
-    return {"name": NAME, "figures": figures, "csv": csv_path, "table": md, "summary": summary}
+    return {"name": NAME, "figures": figures, "csv": csv_path, "table": md, "summary": summary,
+            "plotted": plotted}
+
+
+ERROR_FORMATS = ["fp16", "bf16"]
+
+
+def error_plot_data(tasks: list, results: list) -> dict:
+    """What stagnation_error.png draws, per ``"data fmt"``: the checkpoints n, the relative error of the
+    round-to-nearest sum, the mean, min and max over the seeds of the stochastic sums' errors (a zero
+    error is drawn at 1e-7, below the axis), and both bounds."""
+    from lowprec import get_format
+
+    out = {}
+    for data in DATA:
+        for fmt in ERROR_FORMATS:
+            pick = [(t, r) for t, r in zip(tasks, results) if t["fmt"] == fmt and t["data"] == data]
+            rn = next(r for t, r in pick if t["rounding"] == "nearest_even")
+            sr = np.array([r["trace_rel_error"] for t, r in pick if t["rounding"] == "stochastic"], dtype=float)
+            sr = np.maximum(sr, 1e-7)
+            u = get_format(fmt).unit_roundoff
+            ks = rn["checkpoints"]
+            out[f"{data} {fmt}"] = {
+                "n": list(ks), "nearest_even": list(rn["trace_rel_error"]), "seeds": int(sr.shape[0]),
+                "stochastic_mean": sr.mean(axis=0).tolist(), "stochastic_lo": sr.min(axis=0).tolist(),
+                "stochastic_hi": sr.max(axis=0).tolist(),
+                "det_bound": [gamma(int(k) - 1, u) for k in ks], "prob_bound": [gamma_tilde(int(k) - 1, u) for k in ks]}
+    return out

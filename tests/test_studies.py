@@ -465,3 +465,118 @@ def test_a_failed_sweep_task_is_one_line(tmp_path, capsys, monkeypatch):
     assert main(["study", "formats", "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "task {'a': 1}" in err and "rerun skips them" in err
+
+
+# -- figures: the data each figure is drawn from shows its claim (quick runs) --------------------------
+def test_formats_figure_draws_every_format_and_zooms_on_the_small_ones(formats_run):
+    from lowprec import get_format
+    from studies.formats import FORMATS
+
+    plotted = formats_run["plotted"]
+    assert list(plotted["curves"]) == FORMATS
+    assert all(c["points"] >= 5 for c in plotted["curves"].values())  # fp4 has 7 positive values
+    lo, hi = plotted["zoom_range"]
+    small = [n for n in plotted["zoom"] if get_format(n).bits <= 8]
+    assert len(small) == 5
+    for name in small:  # the lower panels hold each small format's whole range (fp16 is there for reference)
+        f = get_format(name)
+        assert lo <= f.smallest_subnormal and f.max <= hi, name
+
+
+def test_rounding_bias_figure_draws_one_line_per_mode_and_the_claim(rounding_run):
+    lines = rounding_run["plotted"]["lines"]
+    # x0 = 1 + ulp/3 sits alike in every format: the formats' curves are merged into one line per mode
+    assert [len(fmts) for fmts, _ in lines["nearest_even"]] == [3]
+    assert [len(fmts) for fmts, _ in lines["stochastic"]] == [3]
+    (_, rn), = lines["nearest_even"]
+    (_, sr), = lines["stochastic"]
+    assert np.allclose(rn, 1 / 3)  # nearest keeps its error
+    assert sr[-1] < sr[0] / 8  # stochastic averages it away
+
+
+def test_stagnation_error_figure_has_errors_below_the_bound(stagnation_run):
+    from studies.stagnation import DATA, ERROR_FORMATS
+
+    plotted = stagnation_run["plotted"]
+    assert set(plotted) == {f"{d} {f}" for d in DATA for f in ERROR_FORMATS}
+    for key, d in plotted.items():
+        rn = np.array(d["nearest_even"], dtype=float)
+        assert d["seeds"] >= 3 and np.nanmax(rn) > 1e-3, key  # a visible curve, not all zero
+        det = np.array(d["det_bound"], dtype=float)
+        assert np.all((rn <= det) | ~np.isfinite(det) | np.isnan(rn)), key
+        assert np.all(np.array(d["stochastic_lo"]) <= np.array(d["stochastic_hi"])), key
+    h = plotted["harmonic fp16"]
+    assert h["stochastic_mean"][-1] < h["nearest_even"][-1] / 4  # stagnation vs stochastic rounding
+
+
+def test_loss_scaling_quick_figure_shows_underflow_and_its_cure(loss_scaling_run):
+    plotted = loss_scaling_run["plotted"]
+    under = plotted["underflow_pct"]
+    for p in ("fp16-mixed", "fp8-mixed"):
+        # the quick run really underflows without scaling, and scaling removes most of it
+        assert under[(p, "none")] > 0.5, under
+        assert under[(p, "static:1024")] < under[(p, "none")] / 2 and under[(p, "dynamic")] < under[(p, "none")] / 2
+    assert under[("fp8-mixed", "none")] > under[("fp16-mixed", "none")]  # e5m2's range ends 2^8 higher
+    for p, scale in plotted["scale"].items():
+        assert min(scale) < max(scale), p  # the dynamic scale moves: it grows
+    assert any(plotted["skipped"].values())  # and some steps are skipped
+    assert all(len(v) == len(next(iter(plotted["loss"].values()))) > 50 for v in plotted["loss"].values())
+
+
+def test_fixed_point_quick_figure_shows_stochastic_beating_nearest(fixed_run):
+    plotted = fixed_run["plotted"]
+    i = plotted["fls"].index(8)
+    rn, sr = plotted["acc"]["nearest_even"][i], plotted["acc"]["stochastic"][i]
+    assert sr > rn + 10, (rn, sr)  # Gupta et al. 2015: at <8,8> nearest stalls, stochastic trains
+    assert abs(sr - plotted["fp32"]) < 5 and plotted["fp32"] > 50
+
+
+def test_precision_table_figure_bars_start_at_zero(precision_run):
+    plotted = precision_run["plotted"]
+    assert plotted["acc_ylim"] == (0.0, 100.0)
+    assert all(10 < a <= 100 for a in plotted["acc_mean"])  # above chance: bars of visible, comparable length
+    assert all(len(s) >= 3 for s in plotted["acc_seeds"])
+    assert all(v > 0 for v in plotted["kib"]["weight"])
+
+
+def _fake_run(precision, loss_scale_spec, scales, underflow):
+    from types import SimpleNamespace
+
+    from lowprec.train.report import _UNDERFLOW_ROLES
+
+    rows = [{"step": k, "loss": 2.0 / (k + 1), "loss_scale": s, "skipped": 0,
+             **{f"{r}_underflow": (underflow[k] if r == "activation_grad" else 0) for r in _UNDERFLOW_ROLES}}
+            for k, s in enumerate(scales)]
+    epochs = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_accuracy": 0.5, "test_accuracy": 0.5}]
+    config = SimpleNamespace(precision=precision, loss_scale_spec=loss_scale_spec)
+    return SimpleNamespace(step_rows=rows, record={"epochs": epochs}, config=config)
+
+
+def _texts(fig):
+    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_per_run_plots_say_when_a_panel_is_empty_or_flat(tmp_path):
+    """Per-run underflow.png and loss_scale.png: an empty panel says so, a flat scale is readable."""
+    from lowprec.train.report import _plots, _underflow_series
+
+    res = _fake_run("fp32", "none", [1.0] * 12, [0] * 12)
+    assert _underflow_series(res.step_rows) == {}
+    figs = _plots(str(tmp_path), res)
+    assert "no value was flushed to zero" in _texts(figs["underflow.png"])
+    assert "constant loss scale 1 " in _texts(figs["loss_scale.png"])
+    ax = figs["loss_scale.png"].axes[0]
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_ylim()
+    assert lo < 1.0 < hi and hi / lo >= 4  # the value sits inside a readable span
+    assert all(t == int(t) for t in figs["underflow.png"].axes[0].get_xticks())  # steps: integer ticks
+
+    res = _fake_run("fp16-mixed", "dynamic", [2.0 ** 16] * 6 + [2.0 ** 17] * 6, [0, 3, 0, 5, 1, 0] * 2)
+    assert list(_underflow_series(res.step_rows)) == ["activation_grad"]
+    figs = _plots(str(tmp_path), res)
+    assert "no value" not in _texts(figs["underflow.png"]) and "constant" not in _texts(figs["loss_scale.png"])
+    ax = figs["loss_scale.png"].axes[0]
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_ylim()
+    labels = [t.get_text() for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi]
+    assert "$2^{16}$" in labels and "$2^{17}$" in labels

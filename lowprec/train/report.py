@@ -117,25 +117,43 @@ def write_run(out: str, result: RunResult) -> None:
             w = csv.writer(f)
             w.writerow(["step", "tensor", "role", "format", *EVENTS])
             w.writerows(result.telemetry.events)
+        if getattr(result.telemetry, "scales", None):  # scaled fp8 policies: the scale trajectories
+            with open(os.path.join(out, "scales.csv"), "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["step", "tensor", "role", "format", "scale", "amax", "clipped", "underflow"])
+                w.writerows(result.telemetry.scales)
     _plots(out, result)
 
 
-def _plots(out: str, result: RunResult) -> None:
-    """loss.png, accuracy.png, loss_scale.png and underflow.png of a finished run."""
+def _plots(out: str, result: RunResult) -> dict:
+    """loss.png, accuracy.png, loss_scale.png and underflow.png of a finished run; returns ``{file: Figure}``.
+
+    A panel that is empty by design says so: underflow.png of a run in which
+    no value was flushed to zero, loss_scale.png of a run whose scale never
+    changed (its value is written on the figure, and the axis is in powers of two).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows, eps = result.step_rows, result.record["epochs"]
     steps = np.array([r["step"] for r in rows])
     name = result.config.precision
+    figures = {}
 
     def save(fig, fname):
         FigureCanvasAgg(fig)
         fig.tight_layout()
         fig.savefig(os.path.join(out, fname), dpi=90)
+        figures[fname] = fig
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
+    def new_axes():
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are integers
+        return fig, ax
+
+    fig, ax = new_axes()
     ax.plot(steps, [r["loss"] for r in rows], lw=0.6, label="train (batch)")
     spe = max(len(rows) // max(len(eps), 1), 1)
     ax.plot([e["epoch"] * spe for e in eps], [e["test_loss"] for e in eps], "o-", label="test")
@@ -143,34 +161,69 @@ def _plots(out: str, result: RunResult) -> None:
     ax.legend()
     save(fig, "loss.png")
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
+    fig, ax = new_axes()
     ax.plot([e["epoch"] for e in eps], [e["train_accuracy"] for e in eps], "o-", label="train")
     ax.plot([e["epoch"] for e in eps], [e["test_accuracy"] for e in eps], "s-", label="test")
     ax.set(xlabel="epoch", ylabel="accuracy", title=f"accuracy ({name})")
     ax.legend()
     save(fig, "accuracy.png")
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    ax.plot(steps, [r["loss_scale"] for r in rows], drawstyle="steps-post")
+    fig, ax = new_axes()
+    scales = np.array([r["loss_scale"] for r in rows], dtype=float)
+    ax.plot(steps, scales, drawstyle="steps-post", label="loss scale")
     skipped = [r["step"] for r in rows if r["skipped"]]
     if skipped:
         ax.plot(skipped, [rows[s - rows[0]["step"]]["loss_scale"] for s in skipped], "rx", label="skipped step")
         ax.legend()
-    ax.set(xlabel="step", ylabel="loss scale", title=f"loss scale ({name})", yscale="log")
+    _pow2_axis(ax, scales)
+    if scales.size and scales.min() == scales.max():
+        ax.text(0.5, 0.62, f"constant loss scale {scales[0]:g} (loss scaling: {result.config.loss_scale_spec})",
+                transform=ax.transAxes, ha="center", color="0.3")
+    ax.set(xlabel="step", ylabel="loss scale", title=f"loss scale ({name})")
     save(fig, "loss_scale.png")
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for role in ("activation_grad", "weight_grad", "activation", "weight"):
-        ys = np.array([r[f"{role}_underflow"] for r in rows])
-        if ys.any():
-            ax.plot(steps, ys, lw=0.7, label=role)
+    fig, ax = new_axes()
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of values
+    for role, ys in _underflow_series(rows).items():
+        ax.plot(steps, ys, lw=0.7, label=role)
     ax.set(xlabel="step", ylabel="values flushed to zero", title=f"underflow per step ({name})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    else:
+        ax.set_ylim(0, 1)
+        if len(steps):
+            ax.set_xlim(steps[0], max(steps[-1], steps[0] + 1))
+        ax.text(0.5, 0.5, f"no value was flushed to zero\nin any of the {len(rows)} steps ({name})",
+                transform=ax.transAxes, ha="center", va="center", color="0.3")
     save(fig, "underflow.png")
+    return figures
+
+
+#: The roles whose underflow counts underflow.png draws.
+_UNDERFLOW_ROLES = ("activation_grad", "weight_grad", "activation", "weight")
+
+
+def _underflow_series(rows: list) -> dict:
+    """``{role: values flushed to zero per step}`` for the roles with any underflow (empty: none had)."""
+    series = {role: np.array([r[f"{role}_underflow"] for r in rows]) for role in _UNDERFLOW_ROLES}
+    return {role: ys for role, ys in series.items() if ys.any()}
+
+
+def _pow2_axis(ax, values) -> None:
+    """A base-2 log y axis labelled 2^k, spanning at least a factor of 4 around ``values``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return
+    ax.set_yscale("log", base=2)
+    lo, hi = np.log2(v.min()), np.log2(v.max())
+    pad = max(0.0, (2.0 - (hi - lo)) / 2)
+    ax.set_ylim(2.0 ** (lo - pad - 0.1), 2.0 ** (hi + pad + 0.1))
+    ax.yaxis.set_major_locator(LogLocator(base=2, numticks=8))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"$2^{{{round(float(np.log2(y)))}}}$" if y > 0 else ""))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def format_table(rows: list) -> str:
