@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "lowprec.explain",  # lowprec formats / lowprec explain
     "lowprec.matrix_units.explain",  # lowprec matrix-units / lowprec explain-mma
+    "lowprec.block",  # lowprec explain-block
     "lowprec.train.cli",  # lowprec train
     "lowprec.study",  # lowprec study
     "lowprec.warm",  # lowprec warm

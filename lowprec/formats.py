@@ -38,6 +38,9 @@ __all__ = [
     "INT8",
     "UINT8",
     "INT4",
+    "E8M0",
+    "UE4M3",
+    "SCALE_FORMATS",
 ]
 
 #: The NaN encodings a FloatFormat may use.
@@ -87,6 +90,23 @@ class FloatFormat:
         formats, which cannot express overflow any other way.
     name : str, optional
         Display name; derived from the fields when omitted.
+    signed : bool
+        Whether the format has a sign bit (default). An unsigned format
+        (``signed=False``; the block-scale formats E8M0 and UE4M3) stores
+        ``exponent | mantissa`` in ``exp_bits + man_bits`` bits; rounding a
+        negative number (``x < 0``, -Inf included) to it gives NaN, and -0 gives +0
+        (or NaN without zero). Needs a NaN encoding other than ``"ieee"``.
+    has_zero : bool
+        Whether the all-zeros exponent field holds zero and subnormals (default).
+        ``has_zero=False`` (E8M0) makes it one more normal binade: ``emin = -bias``,
+        no zero, no subnormals (``has_subnormals`` must be False). Rounding gives
+        ``tiny`` (the smallest value) for every positive value below it, in every
+        mode, and NaN for zero.
+
+    Why flags and not another class: a scale format is a floating-point format with
+    two facts less (no sign, no zero); with the flags every derived property (``max``,
+    ``tiny``, ``emax``), :func:`lowprec.round_to`, :func:`lowprec.encode` and
+    :func:`lowprec.decode` and the one scalar rounding definition serve it unchanged.
 
     Examples
     --------
@@ -94,6 +114,8 @@ class FloatFormat:
     65504.0
     >>> FloatFormat(4, 3, has_inf=False, nan="all_ones").max
     448.0
+    >>> E8M0.tiny, E8M0.max, E8M0.bits
+    (5.877471754111438e-39, 1.7014118346046923e+38, 8)
     """
 
     exp_bits: int
@@ -104,13 +126,15 @@ class FloatFormat:
     nan: str = "ieee"
     saturate: bool = False
     name: str = field(default=None, compare=False)  # type: ignore[assignment]
+    signed: bool = True
+    has_zero: bool = True
 
     def __post_init__(self):
         k = _check_int("exp_bits", self.exp_bits, 1, 11)
         m = _check_int("man_bits", self.man_bits, 0, 52)
         if self.nan not in NAN_ENCODINGS:
             raise ValueError(f"nan must be one of {NAN_ENCODINGS}, got {self.nan!r}")
-        for flag in ("has_subnormals", "has_inf", "saturate"):
+        for flag in ("has_subnormals", "has_inf", "saturate", "signed", "has_zero"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise TypeError(f"{flag} must be a bool, got {type(getattr(self, flag)).__name__}")
         if self.has_inf and self.nan != "ieee":
@@ -118,6 +142,11 @@ class FloatFormat:
         if not self.has_inf and self.nan == "ieee":
             raise ValueError("nan='ieee' reserves the all-ones exponent for Inf and NaN; "
                              "with has_inf=False use nan='all_ones', 'negative_zero' or 'none'")
+        if not self.signed and self.nan in ("ieee", "negative_zero"):
+            raise ValueError(f"an unsigned format needs nan='all_ones' or 'none', got nan={self.nan!r}")
+        if not self.has_zero and self.has_subnormals:
+            raise ValueError("has_zero=False makes the zero exponent field a normal binade: "
+                             "pass has_subnormals=False")
         if self.nan == "ieee" and k < 2:
             raise ValueError(f"an IEEE-style format needs exp_bits >= 2, got {k}")
         bias = (1 << (k - 1)) - 1 if self.bias is None else self.bias
@@ -147,8 +176,12 @@ class FloatFormat:
             base += "fnuz"
         if self.bias != (1 << (self.exp_bits - 1)) - 1:
             base += f"_b{self.bias}"
-        if not self.has_subnormals:
+        if not self.has_subnormals and self.has_zero:
             base += "_ftz"
+        if not self.signed:
+            base = "u" + base
+        if not self.has_zero:
+            base += "_nz"
         if self.saturate and self.nan != "none":
             base += "_sat"
         return base
@@ -164,21 +197,25 @@ class FloatFormat:
         if self.saturate:
             args.append("saturate=True")
         args.append(f"name={self.name!r}")
+        if not self.signed:
+            args.append("signed=False")
+        if not self.has_zero:
+            args.append("has_zero=False")
         return f"FloatFormat({', '.join(args)})"
 
     def replace(self, **changes) -> "FloatFormat":
         """A copy with some fields changed (the name is re-derived unless given)."""
         fields = dict(exp_bits=self.exp_bits, man_bits=self.man_bits, bias=self.bias,
                       has_subnormals=self.has_subnormals, has_inf=self.has_inf, nan=self.nan,
-                      saturate=self.saturate, name=None)
+                      saturate=self.saturate, name=None, signed=self.signed, has_zero=self.has_zero)
         fields.update(changes)
         return FloatFormat(**fields)
 
     # -- encoding facts ----------------------------------------------------
     @property
     def bits(self) -> int:
-        """Total bit width: sign + exponent + mantissa."""
-        return 1 + self.exp_bits + self.man_bits
+        """Total bit width: sign (when signed) + exponent + mantissa."""
+        return int(self.signed) + self.exp_bits + self.man_bits
 
     @property
     def precision(self) -> int:
@@ -191,7 +228,7 @@ class FloatFormat:
 
     @property
     def has_negative_zero(self) -> bool:
-        return self.nan != "negative_zero"
+        return self.nan != "negative_zero" and self.signed and self.has_zero
 
     @property
     def tmax(self) -> int:
@@ -205,8 +242,8 @@ class FloatFormat:
 
     @property
     def emin(self) -> int:
-        """Exponent of the smallest normal number: 1 - bias."""
-        return 1 - self.bias
+        """Exponent of the smallest normal number: 1 - bias (-bias without zero)."""
+        return 1 - self.bias if self.has_zero else -self.bias
 
     @property
     def emax(self) -> int:
@@ -257,15 +294,22 @@ class FloatFormat:
         """True when every value of this format is exactly a value of ``dtype`` (float32/float64)."""
         fi = np.finfo(dtype)
         carrier_m, carrier_emin, carrier_emax = fi.nmant, int(fi.minexp), int(fi.maxexp) - 1
+        if not self.has_zero and self.emin < carrier_emin:
+            # The kernels round on the carrier's binades: a normal binade of the format below the
+            # carrier's smallest normal (E8M0's 2**-127 in float32) is rounded from float64.
+            return False
         smallest = self.emin - self.man_bits if self.has_subnormals else self.emin
         return (self.man_bits <= carrier_m and self.emax <= carrier_emax
                 and smallest >= carrier_emin - carrier_m
                 and (self.emin >= carrier_emin or self.emin - self.man_bits >= carrier_emin - carrier_m))
 
     def _kernel_params(self):
-        """The integer tuple the kernels take (see kernels/scalar.py for the layout)."""
+        """The integer tuple the kernels take (see kernels/scalar.py for the layout).
+
+        Slot 6 holds has_subnormals in bit 0 and "unsigned" in bit 1; a format without zero is
+        the one whose emin is -bias (every other has emin = 1 - bias)."""
         return (KIND_FLOAT, self.man_bits, self.emin, self.bias, self.tmax, _NAN_CODE[self.nan],
-                int(self.has_subnormals), int(self.saturate), self.exp_bits)
+                int(self.has_subnormals) | (0 if self.signed else 2), int(self.saturate), self.exp_bits)
 
 
 @dataclass(frozen=True)
@@ -401,6 +445,13 @@ FP8_E5M2FNUZ = FloatFormat(5, 2, bias=16, has_inf=False, nan="negative_zero", na
 FP6_E3M2FN = FloatFormat(3, 2, has_inf=False, nan="none", name="fp6_e3m2fn")
 FP6_E2M3FN = FloatFormat(2, 3, has_inf=False, nan="none", name="fp6_e2m3fn")
 FP4_E2M1FN = FloatFormat(2, 1, has_inf=False, nan="none", name="fp4_e2m1fn")
+#: Block-scale formats (OCP Microscaling Formats v1.0, section 5.4.1; NVIDIA's NVFP4 block scale).
+#: E8M0: 8 exponent bits, no sign, no mantissa, no zero: 2**-127 (0x00) .. 2**127 (0xFE), 0xFF NaN.
+E8M0 = FloatFormat(8, 0, bias=127, has_subnormals=False, has_inf=False, nan="all_ones", name="e8m0",
+                   signed=False, has_zero=False)
+#: UE4M3: the non-negative half of e4m3fn in 7 bits (0 .. 448, 0x7F NaN); stored in a byte whose top bit
+#: is 0, so a UE4M3 byte is also the e4m3fn byte of the same value.
+UE4M3 = FloatFormat(4, 3, has_inf=False, nan="all_ones", name="ue4m3", signed=False)
 INT8 = FixedFormat(8, 0, name="int8")
 UINT8 = FixedFormat(8, 0, signed=False, name="uint8")
 INT4 = FixedFormat(4, 0, name="int4")
@@ -411,7 +462,12 @@ PRESETS: dict = {f.name: f for f in (
     FP32, TF32, FP16, BF16, FP8_E4M3FN, FP8_E5M2, FP8_E4M3FNUZ, FP8_E5M2FNUZ,
     FP6_E3M2FN, FP6_E2M3FN, FP4_E2M1FN, INT8, UINT8, INT4, INT16, INT32)}
 
+#: Scale formats, found by get_format but kept out of PRESETS (which lists signed element formats).
+SCALE_FORMATS: dict = {f.name: f for f in (E8M0, UE4M3)}
+
 _ALIASES = {
+    "e8m0fnu": "e8m0", "float8_e8m0fnu": "e8m0", "ue8m0": "e8m0", "fp8_e8m0fnu": "e8m0",
+    "float8_ue4m3": "ue4m3", "ue4m3fn": "ue4m3",
     "float32": "fp32", "binary32": "fp32", "float16": "fp16", "half": "fp16", "binary16": "fp16",
     "bfloat16": "bf16", "e4m3": "fp8_e4m3fn", "fp8_e4m3": "fp8_e4m3fn", "e4m3fn": "fp8_e4m3fn",
     "float8_e4m3fn": "fp8_e4m3fn", "e5m2": "fp8_e5m2", "float8_e5m2": "fp8_e5m2",
@@ -444,7 +500,9 @@ def get_format(fmt) -> Format:
     key = _ALIASES.get(key, key)
     if key in PRESETS:
         return PRESETS[key]
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(PRESETS)} "
+    if key in SCALE_FORMATS:
+        return SCALE_FORMATS[key]
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(list(PRESETS) + list(SCALE_FORMATS))} "
                      f"(or a FloatFormat/FixedFormat object)")
 
 

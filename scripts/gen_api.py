@@ -24,6 +24,7 @@ MODULES = [
     ("lowprec.formats", "number formats and presets"),
     ("lowprec.rounding", "rounding modes"),
     ("lowprec.core", "round, encode and decode arrays"),
+    ("lowprec.block", "block-scaled formats: MX, NVFP4, tile-scaled fp8"),
     ("lowprec.rng", "counter-based random streams"),
     ("lowprec.ops", "arithmetic in a format"),
     ("lowprec.accumulation", "the description of a dot product / sum"),

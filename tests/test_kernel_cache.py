@@ -97,3 +97,28 @@ print(numba.threading_layer(), sum(bad), len(bad))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["workqueue", "0", "20"]
+
+
+def test_a_kernel_closing_over_compiled_functions_loads_from_the_cache(tmp_path):
+    """A cached kernel whose closure holds compiled functions (the block loops pick their per-element step
+    that way) is found again by a new process: numba's own key pickles the cells, and a pickled dispatcher
+    carries a per-process uuid, so every process missed and appended another data file. The second
+    process must hit, and add no file."""
+    code = textwrap.dedent(r"""
+        import numpy as np, lowprec.block as lb
+        from lowprec.kernels import block_cpu
+        lb.quantize(np.arange(64, dtype=np.float32), "mxfp8_e4m3")
+        loops = list(block_cpu._LOOPS.values())
+        print("STATS", sum(sum(l.stats.cache_hits.values()) for l in loops),
+              sum(sum(l.stats.cache_misses.values()) for l in loops))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    stats, files = [], []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
+        assert p.returncode == 0, p.stderr[-3000:]
+        stats.append([int(v) for v in p.stdout.split("STATS")[-1].split()])
+        files.append(sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*.nbc")))
+    assert stats[0][1] >= 1 and stats[1] == [stats[0][1], 0], stats  # first compiles, second only hits
+    assert files[1] == files[0]

@@ -113,7 +113,8 @@ _CUSTOM = (lowprec.FloatFormat(4, 0, has_inf=False, nan="all_ones", name="e4m0")
            lowprec.FixedFormat(12, 4, signed=False, name="uq8.4"))
 
 
-@pytest.mark.parametrize("fmt", [lowprec.get_format(n) for n in lowprec.preset_names()] + list(_CUSTOM),
+@pytest.mark.parametrize("fmt", [lowprec.get_format(n) for n in lowprec.preset_names()] + list(_CUSTOM)
+                         + [lowprec.E8M0, lowprec.UE4M3],
                          ids=lambda f: f.name)
 def test_interpreted_loops_equal_the_compiled_ones(fmt):
     """The runtime-argument loops run by the Python interpreter (kernels/plain.py: the same source, numba's

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numba
 from numba.core.caching import FunctionCache, IndexDataCacheFile
+from numba.core.serialize import dumps
 
 __all__ = ["kernel", "source_digest", "is_cached", "Definitions", "interpreted"]
 
@@ -75,8 +76,26 @@ def source_digest(module_name: str) -> str:
     return h.hexdigest()
 
 
+def _stable_text(value) -> str:
+    """A closure cell's content as text that is the same in every process: compiled functions (and
+    lowprec's ParallelKernel wrappers) by their qualified names, numbers and strings by their repr.
+    numba's own key pickles the cells, and a pickled dispatcher holds a per-process uuid: a kernel that
+    closes over a compiled function then missed the cache in every new process (and added a data file)."""
+    f = getattr(value, "py_func", None)
+    if f is not None:
+        return f"compiled:{f.__module__}.{f.__qualname__}"
+    if isinstance(value, _pytypes.FunctionType):
+        return f"function:{value.__module__}.{value.__qualname__}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_stable_text(v) for v in value) + ")"
+    if isinstance(value, (bool, int, float, str, bytes, type(None))) or type(value).__module__ == "numpy":
+        return f"{type(value).__name__}:{value!r}"
+    return "pickle:" + hashlib.sha256(dumps(value)).hexdigest()
+
+
 class _KeyedCache(FunctionCache):
-    """numba's function cache with ``key`` added to every index key and to the file names."""
+    """numba's function cache with ``key`` added to every index key and to the file names, and closure cells
+    keyed by a process-independent text (:func:`_stable_text`)."""
 
     def __init__(self, py_func, key: str):
         self._extra_key = key
@@ -86,7 +105,10 @@ class _KeyedCache(FunctionCache):
                                               source_stamp=self._impl.locator.get_source_stamp())
 
     def _index_key(self, sig, codegen):
-        return super()._index_key(sig, codegen) + (self._extra_key,)
+        f = self._py_func
+        cells = "|".join(_stable_text(c.cell_contents) for c in (f.__closure__ or ()))
+        return (sig, codegen.magic_tuple(), (hashlib.sha256(f.__code__.co_code).hexdigest(),
+                                             hashlib.sha256(cells.encode()).hexdigest()), self._extra_key)
 
 
 _LAUNCH_LOCK = threading.Lock()

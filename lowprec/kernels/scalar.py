@@ -19,6 +19,12 @@ FixedFormat._kernel_params):
     float: (0, man_bits, emin, bias, tmax, nan_code, has_subnormals, saturate, exp_bits)
     fixed: (1, bits, frac_bits, signed, wrap, 0, 0, 0, 0)
 
+A float format's ``has_subnormals`` slot is a bit field: bit 0 subnormals, bit 1 *unsigned* (no
+sign bit: a negative input gives NaN, -0 gives +0). A format *without zero* (E8M0) is the one
+whose ``emin`` is ``-bias`` (its all-zeros exponent field is a normal binade; every other format
+has ``emin == 1 - bias``): positive values below its smallest rounded to it, zero to NaN, and
+its magnitude code ``T`` counts from that binade.
+
 Inside, a finite float value of the target is its *magnitude code*
 ``T = (biased_exponent << man_bits) | mantissa``: consecutive magnitudes
 have consecutive codes (subnormals included), so rounding up is ``T + 1``
@@ -293,7 +299,7 @@ def _increment(parity, sign, rem, half, d, mode, rnd, rbits):
         rem_r = _shl(_shr(np.uint32(rem), sh_down), sh_up)
         inc = np.uint32(rnd) < rem_r
     elif mode == STOCHASTIC:
-        # round up iff R < floor(rem * 2**rbits / 2**d): P(up) = floor(2**r (x-lo)/(hi-lo)) / 2**r
+        # away from zero iff R < floor(rem * 2**rbits / 2**d): P(away) = floor(2**r (|x|-lo)/(hi-lo)) / 2**r
         sh_down = np.uint64(min(max(np.int64(d) - rbits, 0), 63))
         sh_up = np.uint64(min(max(rbits - np.int64(d), 0), 63))
         rem_r = (np.uint64(rem) >> sh_down) << sh_up
@@ -395,9 +401,15 @@ def round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat,
              | ((mode == UP) & (sign == one)) | ((mode == DOWN) & (sign == zero)))
     over_bits = maxbits if clamp else (infbits if nan_code == NAN_IEEE else nanbits)
     res = over_bits if res > maxbits else res
-    res = zero if (subn == 0) & (res < minnorm) else res  # flush to zero after rounding
+    res = zero if ((subn & 1) == 0) & (res < minnorm) else res  # flush to zero after rounding
     inf_bits = infbits if nan_code == NAN_IEEE else (maxbits if sat == 1 else nanbits)
     res = (nanbits if nan_in else inf_bits) if special else res
+    # a format without zero (emin == -bias): below its smallest value -> that value; zero -> NaN
+    res = (nanbits if a == zero else minnorm) if (emin == -bias) & (res < minnorm) else res
+    # an unsigned format: a negative input -> NaN, -0 -> +0
+    unsigned = (subn & 2) != 0
+    res = nanbits if unsigned & (sign == one) & (a != zero) else res
+    sign = zero if unsigned else sign
     sign = zero if (nan_code == NAN_NEGATIVE_ZERO) & (res == zero) else sign  # no negative zero
     r = _like(u, _shl(sign, CW - 1) | res)
     return _like(u, np.int64(np.int32(r))) if CW == 32 else r  # float32 bits sign-extended, as an int32 view holds them
@@ -428,7 +440,7 @@ def float_code_to_bits(sign, T, cls, CW, CM, CB, m, emin, bias):
     expmax = (np.int64(1) << (CW - 1 - CM)) - 1
     sbit = np.int64(sign) << (CW - 1)
     Et = T >> m
-    normal = Et != 0
+    normal = (Et != 0) | (emin == -bias)  # without zero (emin == -bias) the zero exponent field is normal
     s = (T & ((np.int64(1) << m) - 1)) | (np.int64(normal) << m)
     e0 = (Et - bias - m) if normal else (emin - m)
     mag = _scaled_int_bits(s, e0, CM, CB)
@@ -595,6 +607,9 @@ def encode_bits(u, CW, CM, CB, p, mode, rnd, rbits):
         r = round_float_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], p[5], p[6], p[7],
                                 mode, rnd, rbits)
         sign, T, cls = carrier_to_float_code(r, CW, CM, CB, p[1], p[2], p[5])
+        # without zero (emin == -bias) codes count from the smallest binade, which the code
+        # relative to emin counts as 1 << m (every finite result is >= that value)
+        T = T - (np.int64(1) << p[1]) if (p[2] == -p[3]) & (cls == CLS_FINITE) else T
         return float_code_to_pattern(sign, T, cls, p[1], p[5], p[8])
     k, cls = round_fixed_int(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
     return np.int64(k) & ((np.int64(1) << p[1]) - 1)  # two's complement in `bits` bits

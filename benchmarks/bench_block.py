@@ -1,0 +1,87 @@
+"""Block quantization throughput: lowprec.block.quantize vs a parallel copy, ml_dtypes casts and gfloat.
+
+2**24 float32 values (normal random data) quantized to mxfp8_e4m3, mxfp4 and nvfp4 (and the
+1x128 fp8 tiles), on the threads numba has (2 on the reference machine). Columns:
+
+* copy: a parallel numba copy of the same array into a preallocated output (the floor; the target is
+  lowprec >= 0.5x of it);
+* lowprec: ``lowprec.block.quantize`` (allocates its result), nearest-even and stochastic;
+* ml_dtypes: the element cast alone (``x.astype(float8_e4m3fn).astype(float32)``,
+  ``float4_e2m1fn``), no scales: a lower bound on any numpy-level block quantizer built on it;
+* gfloat: ``gfloat.quantize_block`` (pure Python, MX), when it is installed, on 2**12 values.
+
+Every number is Melem/s (best of N) and a ratio to the copy. Run: ``python benchmarks/bench_block.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+import lowprec.block as lb
+
+
+@njit(parallel=True, cache=True)
+def _pcopy(a, b):
+    for i in prange(a.size):
+        b[i] = a[i]
+
+
+def _best(f, repeat):
+    f()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _gfloat_rate(x):
+    try:
+        import gfloat
+        from gfloat.formats import format_info_ocp_e4m3, format_info_ocp_e8m0
+    except ImportError:
+        return None
+    fmt = gfloat.BlockFormatInfo("mxfp8_e4m3", format_info_ocp_e4m3, 32, format_info_ocp_e8m0)
+    v = x[: 1 << 12].astype(np.float64)
+    t0 = time.perf_counter()
+    list(gfloat.quantize_block(fmt, v, gfloat.compute_scale_amax))
+    return v.size / (time.perf_counter() - t0) / 1e6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--log2n", type=int, default=24)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    import ml_dtypes
+
+    n = 1 << args.log2n
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    out = np.empty_like(x)
+    t_copy = _best(lambda: _pcopy(x, out), args.repeat)
+    copy = n / t_copy / 1e6
+    print(f"{n} float32 values, {numba.get_num_threads()} numba threads")
+    print("| method | Melem/s | vs copy |")
+    print("|---|---|---|")
+    print(f"| parallel copy | {copy:.0f} | 1.00 |")
+    for name in ("mxfp8_e4m3", "mxfp4", "nvfp4", "fp8_1x128"):
+        for mode in ("nearest_even", "stochastic"):
+            t = _best(lambda: lb.quantize(x, name, rounding=mode, seed=1), args.repeat)
+            print(f"| lowprec {name} {mode} | {n / t / 1e6:.0f} | {t_copy / t:.2f} |")
+    for label, dt in (("e4m3fn", ml_dtypes.float8_e4m3fn), ("e2m1fn", ml_dtypes.float4_e2m1fn)):
+        t = _best(lambda: x.astype(dt).astype(np.float32), max(1, args.repeat // 2))
+        print(f"| ml_dtypes {label} cast only | {n / t / 1e6:.0f} | {t_copy / t:.2f} |")
+    g = _gfloat_rate(x)
+    print(f"| gfloat quantize_block mxfp8_e4m3 | {g:.3f} | {g / copy:.5f} |" if g is not None
+          else "| gfloat | not installed | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
