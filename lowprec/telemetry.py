@@ -162,6 +162,10 @@ class Telemetry:
         #: with a non-zero count (kept even when ``keep_steps`` is False; ``lowprec train`` writes them
         #: to telemetry.csv)
         self.events: list = []
+        #: ``[step, tensor, role, format, scale, amax, clipped fraction, underflow fraction]`` for every
+        #: scaled cast (:mod:`lowprec.amp.scaling`) in a step; rowwise scales give the smallest scale
+        #: and the largest amax (``lowprec train`` writes them to scales.csv)
+        self.scales: list = []
         self._current = None
 
     def begin_step(self, step: int) -> None:
@@ -174,6 +178,23 @@ class Telemetry:
             return
         u, s, o, n = _count(before, after, fmt)
         self._add(name, role, fmt, np.size(after), u, s, o, n)
+
+    def record_counts(self, name: str, role: str, before, after, fmt) -> tuple:
+        """:meth:`record`, returning the counts ``(underflow, subnormal, overflow, nan)`` (zeros when
+        nothing is kept: disabled or outside a step)."""
+        if not self.enabled or self._current is None:
+            return 0, 0, 0, 0
+        u, s, o, n = _count(before, after, fmt)
+        self._add(name, role, fmt, np.size(after), u, s, o, n)
+        return u, s, o, n
+
+    def record_scale(self, name: str, role: str, fmt: str, scale: float, amax: float, clipped: float,
+                     underflow: float) -> None:
+        """Record the scale, amax and clipped / underflowed-to-zero fractions of one scaled cast."""
+        if not self.enabled or self._current is None:
+            return
+        self.scales.append([self._current["step"], name, role, fmt, float(scale), float(amax), float(clipped),
+                            float(underflow)])
 
     @property
     def active(self) -> bool:
@@ -240,7 +261,7 @@ class Telemetry:
     def state_dict(self) -> dict:
         """A JSON-serialisable copy of the record (for checkpoints)."""
         return {"enabled": self.enabled, "keep_steps": self.keep_steps, "steps": self.steps,
-                "tensor_totals": self.tensor_totals, "events": self.events}
+                "tensor_totals": self.tensor_totals, "events": self.events, "scales": self.scales}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a record written by :meth:`state_dict`."""
@@ -249,5 +270,6 @@ class Telemetry:
         self.steps = list(state["steps"])
         self.tensor_totals = {k: dict(v) for k, v in state["tensor_totals"].items()}
         self.events = [list(e) for e in state["events"]]
+        self.scales = [list(e) for e in state.get("scales", [])]
         self.last_step = self.steps[-1] if self.steps else None
         self._current = None

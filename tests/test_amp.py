@@ -17,11 +17,12 @@ def _table(fmt, master="fp32"):
 def test_package_reexports_each_module_public_names():
     """lowprec.amp is a package of one concept per module; the package re-exports their public names."""
     import lowprec.amp as amp
-    from lowprec.amp import policies, registry, runtime, scaler
+    from lowprec.amp import policies, registry, runtime, scaler, scaling
 
     homes = {policies: ["ROLES", "Policy", "policy_bytes"],
              registry: ["register_policy", "get_policy", "policy_names"],
-             runtime: ["Precision"], scaler: ["LossScaler", "parse_loss_scale"]}
+             runtime: ["Precision"], scaler: ["LossScaler", "parse_loss_scale"],
+             scaling: ["ScalingRecipe", "TensorScaler", "scale_from_amax", "scaled_cast"]}
     for module, names in homes.items():
         assert set(names) <= set(module.__all__), module.__name__
         for name in names:
@@ -155,6 +156,81 @@ def test_growth_only_to_a_finite_scale():
     s = LossScaler("dynamic", init_scale=2.0 ** 126, growth_interval=1)
     s.update()
     assert s.scale == 2.0 ** 127
+
+
+def _gradscaler_reference(init_scale, growth_factor, backoff_factor, growth_interval, pattern):
+    """torch's GradScaler written from aten's _amp_update_scale_cpu_kernel with numpy scalars.
+
+    The scale is a float32 tensor (``torch.full((), init_scale, dtype=float32)``); the factors are
+    C++ doubles; ``*scale = *scale * backoff`` and ``new = static_cast<float>(*scale * growth)``
+    multiply in double and store to float; growth is taken only when the float32 result is finite.
+    """
+    scale, tracker, out = np.float32(init_scale), 0, []
+    for found_inf in pattern:
+        if found_inf:
+            scale, tracker = np.float32(np.float64(scale) * np.float64(backoff_factor)), 0
+        elif tracker + 1 == growth_interval:
+            with np.errstate(over="ignore"):
+                new = np.float32(np.float64(scale) * np.float64(growth_factor))
+            scale, tracker = (new if np.isfinite(new) else scale), 0
+        else:
+            tracker += 1
+        out.append((float(scale), tracker))
+    return out
+
+
+def _drive(scaler, pattern):
+    out = []
+    for found_inf in pattern:
+        scaler._found_inf = found_inf
+        scaler.update()
+        out.append((scaler.scale, scaler.growth_tracker))
+    return out
+
+
+def test_scale_is_float32_like_gradscaler():
+    # one overflow with backoff 0.7: torch's float32 scale is 45875.19921875, not 65536 * 0.7 = 45875.2
+    s = LossScaler("dynamic", backoff_factor=0.7)
+    assert _drive(s, [True]) == [(45875.19921875, 0)]
+    # growth 1.5 every step, with occasional overflows: float32 rounding at every update, for 400 steps
+    rng = np.random.default_rng(3)
+    pattern = list(rng.random(400) < 0.3)
+    for kw in ({"growth_factor": 1.5, "backoff_factor": 0.7, "growth_interval": 1},
+               {"growth_factor": 1.1, "backoff_factor": 0.3, "growth_interval": 2},
+               {"growth_factor": 3.0, "backoff_factor": 0.9, "growth_interval": 1, "init_scale": 0.1}):
+        want = _gradscaler_reference(kw.get("init_scale", 2.0 ** 16), kw["growth_factor"], kw["backoff_factor"],
+                                     kw["growth_interval"], pattern)
+        assert _drive(LossScaler("dynamic", **kw), pattern) == want
+    # init_scale itself is rounded to float32
+    assert LossScaler("dynamic", init_scale=0.1).scale == float(np.float32(0.1))
+    # growth whose float32 product overflows is refused even when the float64 product is below 2^128
+    top = float(np.finfo(np.float32).max)
+    s = LossScaler("dynamic", init_scale=top, growth_factor=1.0 + 2.0 ** -30, growth_interval=1)
+    assert _drive(s, [False]) == [(top, 0)]  # the float64 product rounds to float32 max: finite, taken
+
+
+def test_scale_underflows_to_zero_like_gradscaler():
+    s = LossScaler("dynamic", init_scale=2.0 ** -148)
+    assert _drive(s, [True, True, True]) == [(2.0 ** -149, 0), (0.0, 0), (0.0, 0)]
+    assert _drive(s, [False] * 3) == _gradscaler_reference(0.0, 2.0, 0.5, 2000, [False] * 3)
+    # a zero scale unscales by Inf (float32(1 / 0.0)): every gradient is non-finite and the step skipped
+    w = Tensor(np.ones(2, dtype=np.float32), requires_grad=True, is_param=True, ctx=Precision("fp32"))
+    opt = SGD([w], lr=1.0)
+    w.grad = np.array([0.0, 1.0], dtype=np.float32)
+    assert s.unscale_(opt) and not s.step(opt)
+    np.testing.assert_array_equal(w.data, [1.0, 1.0])
+    s.update()
+    assert s.scale == 0.0
+    with pytest.raises(ValueError, match="init_scale must be positive and finite in float32"):
+        LossScaler("dynamic", init_scale=1e39)
+    with pytest.raises(ValueError, match="init_scale"):
+        LossScaler("dynamic", init_scale=1e-50)
+
+
+def test_state_dict_scale_is_float32():
+    s = LossScaler("dynamic")
+    s.load_state_dict({**s.state_dict(), "scale": 45875.2})  # a float64 scale saved by an older lowprec
+    assert s.scale == 45875.19921875
 
 
 def test_static_and_none_modes():

@@ -280,3 +280,23 @@ def test_bad_input():
         choose_qparams(1.0, 0.0)
     with pytest.raises(ValueError, match="must be finite"):
         choose_qparams(np.nan, 1.0)
+
+
+def test_choose_qparams_on_a_range_wider_than_float64():
+    # hi - lo = 3.4e308 is not a float64, the range and its scale are: the scale is finite,
+    # within one rounding of each of (hi - lo) and / n of the exact (hi - lo) / n, and the
+    # levels cover the range (quantize then dequantize the ends stays within half a step).
+    lo, hi = -1.7e308, 1.7e308
+    for signed in (True, False):
+        qmin, qmax = qrange(8, signed)
+        s, z = choose_qparams(lo, hi, bits=8, signed=signed)
+        exact = (Fraction(hi) - Fraction(lo)) / (qmax - qmin)
+        assert math.isfinite(float(s)) and abs(Fraction(float(s)) - exact) <= exact * Fraction(2) ** -52
+        ends = dequantize(quantize(np.array([lo, 0.0, hi]), s, z, bits=8, signed=signed), s, z)
+        assert ends[1] == 0.0 and np.all(np.isfinite(ends))
+        assert all(abs(Fraction(e) - Fraction(v)) <= Fraction(float(s)) / 2 * (1 + Fraction(2) ** -40)
+                   for e, v in zip(ends.tolist(), [lo, 0.0, hi]))
+    # element-wise: a per-channel range array mixing ordinary and extreme ranges
+    s, z = choose_qparams(np.array([-1.0, -np.finfo(np.float64).max]), np.array([3.0, np.finfo(np.float64).max]),
+                          bits=8, signed=False)
+    assert s[0] == 4.0 / 255 and np.isfinite(s[1]) and z[0] == 64 and z[1] in (127, 128)  # -max / s ~ -127.5

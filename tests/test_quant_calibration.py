@@ -126,3 +126,20 @@ def test_bad_arguments():
         mse_range(np.ones(3), grid=0)
     with pytest.raises(ValueError, match="group_size"):
         minmax_range(np.ones(3), group_size=0)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_calibration_near_the_float64_limit(method):
+    # finite data whose spread is wider than float64's largest value: a finite quantizer that
+    # covers the data (percentile: the same range as numpy computes on the data scaled by 1/4, exactly)
+    x = np.r_[np.linspace(-1.0, 1.0, 1001) * 1.7e308, 0.0]
+    q = calibrate(x, method, bits=8, percentile=99.0)
+    assert np.isfinite(q.scale) and 0 < q.scale
+    if method == "percentile":
+        lo, hi = percentile_range(x, 99.0)
+        assert (lo, hi) == (4 * np.percentile(x / 4, 1.0), 4 * np.percentile(x / 4, 99.0))
+        assert -1.7e308 < lo < -1.6e308 and 1.6e308 < hi < 1.7e308
+    levels = q.dequantize(np.array([q.qmin, q.qmax], dtype=np.int16))
+    assert np.all(np.isfinite(levels))
+    if method == "minmax":
+        assert levels[0] <= -1.7e308 * (1 - 1e-12) and levels[1] >= 1.7e308 * (1 - 1e-2)

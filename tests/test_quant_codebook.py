@@ -109,3 +109,18 @@ def test_bad_input():
         cb.decode(np.array([3]))
     with pytest.raises(ValueError, match="need finite lo < hi"):
         uniform_codebook(1.0, 1.0, 3)
+
+
+def test_uniform_codebook_on_a_range_wider_than_float64():
+    from fractions import Fraction
+    top = np.finfo(np.float64).max
+    for lo, hi, k in [(-1.7e308, 1.7e308, 5), (-top, top, 256), (-top, 1e300, 3)]:
+        cb = uniform_codebook(lo, hi, k)
+        step = (Fraction(hi) - Fraction(lo)) / (k - 1)
+        # levels within a few roundings of lo + i step (exact, by Fractions), thresholds between them
+        for i, v in enumerate(cb.levels.tolist()):
+            assert abs(Fraction(v) - (Fraction(lo) + i * step)) <= step * Fraction(2) ** -40
+        assert cb.levels[0] == lo and cb.levels[-1] == hi
+        assert np.all(np.isfinite(cb.thresholds)) and np.all(cb.levels[:-1] < cb.thresholds)
+        assert np.all(cb.thresholds < cb.levels[1:])
+        assert cb.quantize(np.array([-np.inf, lo, hi, np.inf])).tolist() == [lo, lo, hi, hi]

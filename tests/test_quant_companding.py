@@ -160,3 +160,56 @@ def test_bad_input():
         CompandingQuantizer(1.0, 1.0, 1.0, bits=1)
     with pytest.raises(ValueError, match="NaN"):
         CompandingQuantizer(1.0, 1.0, 1.0).quantize(np.array([np.nan]))
+
+
+def _exact_compand(x: float, alpha: float, beta: float) -> Decimal:
+    getcontext().prec = 60
+    t = abs(Decimal(x))
+    return t / (Decimal(alpha) + Decimal(beta) * t).sqrt()
+
+
+_F64_MAX = np.finfo(np.float64).max
+anywhere = st.floats(0.0, _F64_MAX, allow_subnormal=False)
+any_alpha = st.floats(1e-300, _F64_MAX)
+any_beta = st.one_of(st.just(0.0), st.floats(1e-300, _F64_MAX))
+
+
+@settings(max_examples=400)
+@given(anywhere, any_alpha, any_beta)
+def test_compand_and_expand_hold_their_bounds_up_to_the_float64_limit(x, alpha, beta):
+    # No intermediate overflow: compand within 3u of the 60-digit value, expand within 5u of the
+    # exact inverse of its (float64) input, wherever those values are normal float64 numbers.
+    u = Decimal(2.0 ** -53)
+    c = _exact_compand(x, alpha, beta)
+    y = float(compand(x, alpha, beta))
+    if Decimal(2.0 ** -1000) < c < Decimal(_F64_MAX) * (1 - 4 * u):
+        assert abs(Decimal(y) - c) <= 3 * u * c * (1 + Decimal(10) ** -9)
+        t = _exact_inverse(y, alpha, beta)
+        if Decimal(2.0 ** -1000) < t < Decimal(_F64_MAX) * (1 - 6 * u):
+            got = float(expand(y, alpha, beta))
+            assert abs(Decimal(got) - t) <= 5 * u * t * (1 + Decimal(10) ** -9)
+    elif c >= Decimal(_F64_MAX) * (1 + 4 * u):
+        assert y == np.inf
+
+
+def test_compand_does_not_overflow_and_saturates_infinities():
+    # the case: b t = 4e308 overflows, the compander does not (1e308 / sqrt(1 + 4e308) = 5e153)
+    assert float(compand(1e308, 1.0, 4.0)) == float(_exact_compand(1e308, 1.0, 4.0))
+    assert float(expand(compand(1e308, 1.0, 4.0), 1.0, 4.0)) == pytest.approx(1e308, rel=1e-15)
+    # (beta v)**2 overflows inside expand although the result (about beta v**2 = 1.44e308) does not
+    assert float(expand(6e153, 1.0, 4.0)) == float(_exact_inverse(6e153, 1.0, 4.0))
+    assert compand(np.array([np.inf, -np.inf]), 1.0, 4.0).tolist() == [np.inf, -np.inf]
+    assert expand(np.array([np.inf, -np.inf]), 1.0, 0.0).tolist() == [np.inf, -np.inf]
+    # +-Inf and the largest finite values saturate to the end codes, as in the affine quantizer
+    from lowprec.quant.affine import quantize
+    assert quantize(np.array([np.inf, -np.inf]), 0.5, 0, bits=4, narrow_range=True).tolist() == [7, -7]
+    cq = CompandingQuantizer(alpha=1.0, beta=4.0, x_max=1.0, bits=4)
+    x = np.array([np.inf, -np.inf, 1e308, -_F64_MAX])
+    assert cq.quantize(x).tolist() == [7, -7, 7, -7]
+    assert cq.fake_quantize(x).tolist() == [cq.levels()[-1], cq.levels()[0]] * 2
+    # the straight-through backward: outside the clamp range dx is 0 and the end levels do not move
+    # with alpha or beta (the end level is x_max), so infinities add nothing and no NaN appears
+    dx, da, db = companding_fake_quant_backward(np.r_[0.3, x], 1.0, 4.0, 1.0, 4, np.ones(5))
+    assert dx.tolist()[1:] == [0.0] * 4 and np.isfinite(dx[0])
+    da1, db1 = companding_fake_quant_backward(np.r_[0.3], 1.0, 4.0, 1.0, 4, np.ones(1))[1:]
+    assert da == pytest.approx(da1, rel=1e-12, abs=1e-15) and db == pytest.approx(db1, rel=1e-12, abs=1e-15)

@@ -1,5 +1,6 @@
 """Integer-only inference: gemmlowp primitives against exact specs, numpy path vs pure-Python reference."""
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -75,6 +76,43 @@ def test_quantize_multiplier(m):
     assert (1 << 30) <= m0 < (1 << 31) and -31 <= shift <= 31
     approx = Fraction(m0) * Fraction(2) ** (-31 - shift)
     assert abs(approx - Fraction(m)) <= Fraction(2) ** (-32 - shift)  # half a unit of M0
+
+
+def _tflite_quantize_multiplier(m: float):
+    """TFLite's QuantizeMultiplier (quantization_util.cc) written from its description, with Fractions.
+
+    q = frexp(m) (q in [0.5, 1)); q_fixed = std::round(q * 2**31), i.e. half away from zero;
+    q_fixed == 2**31 becomes 2**30 with the exponent + 1. TFLite returns the exponent as a left
+    shift; lowprec stores its negation.
+    """
+    q, e = math.frexp(m)
+    v = Fraction(q) * (1 << 31)
+    q_fixed = math.floor(v + Fraction(1, 2))  # v > 0: half away from zero
+    if q_fixed == 1 << 31:
+        q_fixed, e = q_fixed // 2, e + 1
+    return q_fixed, -e
+
+
+def test_quantize_multiplier_ties_round_away_from_zero_like_tflite():
+    # m = 0.5 + 2**-32: q * 2**31 = 2**30 + 0.5 exactly (the issue wrote 2**-33, which gives
+    # 2**30 + 0.25, no tie); TFLite rounds it up, ties-to-even would give 2**30
+    assert _tflite_quantize_multiplier(0.5 + 2.0 ** -32) == (2 ** 30 + 1, 0)
+    assert quantize_multiplier(0.5 + 2.0 ** -32) == (2 ** 30 + 1, 0)
+    # a tie just below 1 rounds up to 2**31 and renormalises: (2**30, shift - 1)
+    m = 1.0 - 2.0 ** -32
+    assert quantize_multiplier(m) == _tflite_quantize_multiplier(m) == (2 ** 30, -1)
+
+
+@settings(max_examples=300)
+@given(st.integers(1 << 30, (1 << 31) - 1), st.integers(-31, 30), st.booleans(), st.integers(0, 2 ** 21))
+def test_quantize_multiplier_matches_tflite(m0, e, tie, low):
+    # m = (m0 + tie/2 + low * 2**-22... ) * 2**(e - 31): ties and near-ties in every binade
+    frac = Fraction(m0) + (Fraction(1, 2) if tie else Fraction(low, 2 ** 22))
+    m = float(frac * Fraction(2) ** (e - 31))
+    assert Fraction(m) == frac * Fraction(2) ** (e - 31)  # exactly representable (<= 53 bits)
+    want = _tflite_quantize_multiplier(m)
+    if -31 <= want[1] <= 31:
+        assert quantize_multiplier(m) == want
 
 
 @settings(max_examples=300)
@@ -172,6 +210,23 @@ def test_export_bad_input():
         IntegerMLP([], accumulator="x")
     with pytest.raises(TypeError, match="2-D integer array"):
         export_mlp(ws, bs, calib_x=np.ones((2, 3))).forward(np.ones((2, 3)))
+
+
+def test_export_refuses_non_finite_weights_biases_and_calibration_data():
+    rng = np.random.default_rng(0)
+    ws, bs = _random_net(rng, [3, 4, 2])
+    bad_w = [ws[0], ws[1].copy()]
+    bad_w[1][2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^weights\[1\] must be finite, got 1 NaN and 0 infinite value\(s\)$"):
+        export_mlp(bad_w, bs, calib_x=np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"^weights\[1\] must be finite"):  # also with explicit parameters
+        export_mlp(bad_w, bs, act_qparams=[(1.0, 0)] * 3)
+    bad_b = [bs[0].copy(), bs[1]]
+    bad_b[0][0] = -np.inf
+    with pytest.raises(ValueError, match=r"^biases\[0\] must be finite, got 0 NaN and 1 infinite"):
+        export_mlp(ws, bad_b, calib_x=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="calib_x must be non-empty and finite"):
+        export_mlp(ws, bs, calib_x=np.array([[1.0, np.inf, 0.0]]))
 
 
 @settings(max_examples=50)

@@ -153,3 +153,32 @@ def test_bad_input():
         lsq_fake_quant(np.ones(3), Tensor(np.ones(1)))
     with pytest.raises(ValueError, match="signed must be True, False or 'auto'"):
         LSQQuantizer(signed="yes")
+
+
+def test_init_step_near_the_float64_limit_and_with_infinities():
+    from fractions import Fraction
+    # finite data whose sum overflows: the step is 2 mean|x| / sqrt(Q_p), the mean taken exactly
+    x = np.r_[np.full(8, 1.5e308), np.full(8, -1.0e308), np.zeros(1008)]  # the sum 2e309 overflows
+    exact = 2 * sum(Fraction(abs(v)) for v in x.tolist()) / len(x)
+    for bits in (4, 8):
+        step = float(lsq_init_step(x, bits=bits))
+        want = exact / Fraction(np.sqrt(lsq_qrange(bits)[1]))
+        assert abs(Fraction(step) - want) <= want * Fraction(2) ** -50
+    # ... and the same per channel
+    per = lsq_init_step(np.stack([x, x / 2 ** 900]), bits=8, axis=0)
+    assert per[0] == lsq_init_step(x, bits=8) and per[1] == lsq_init_step(x / 2 ** 900, bits=8)
+    # a step whose largest level is no float64: refused with the limit on mean|x|
+    with pytest.raises(ValueError, match=r"x is too large for an LSQ step: mean\|x\| = 1\.7e\+308.*<= 7\.9"):
+        lsq_init_step(np.full(4, 1.7e308), bits=8)
+    with pytest.raises(ValueError, match="x contains 1 infinite value"):
+        lsq_init_step(np.array([1.0, np.inf]))
+
+
+def test_backward_on_empty_input():
+    # nothing shares the step: its gradient is 0 (an empty sum), dx is empty
+    dx, ds = lsq_backward(np.zeros(0), 0.5, np.zeros(0), bits=3)
+    assert dx.shape == (0,) and float(ds) == 0.0
+    dx, ds = lsq_backward(np.zeros((0, 3)), np.ones(3), np.zeros((0, 3)), bits=3, axis=1)
+    assert dx.shape == (0, 3) and ds.tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="n_per_scale must be a positive int, got 0"):
+        lsq_grad_scale(0, 7)

@@ -44,7 +44,10 @@ The package holds one concept per module, and re-exports their public names:
   :func:`policy_names` (importing it registers the presets);
 * :mod:`lowprec.amp.runtime`: :class:`Precision`, the per-role rounding
   during training;
-* :mod:`lowprec.amp.scaler`: :class:`LossScaler`, :func:`parse_loss_scale`.
+* :mod:`lowprec.amp.scaler`: :class:`LossScaler`, :func:`parse_loss_scale`;
+* :mod:`lowprec.amp.scaling`: tensor scaling of matmul operands (:class:`ScalingRecipe`,
+  :class:`TensorScaler`, :func:`scale_from_amax`, :func:`scaled_cast`) and the policies
+  ``fp8-current``, ``fp8-delayed``, ``fp8-rowwise``.
 
 Examples
 --------
@@ -60,6 +63,8 @@ from .policies import ROLES, Policy, policy_bytes
 from .registry import get_policy, policy_names, register_policy
 from .runtime import Precision
 from .scaler import LossScaler, parse_loss_scale
+from .scaling import ScalingRecipe, TensorScaler, scale_from_amax, scaled_cast
 
 __all__ = ["ROLES", "Policy", "register_policy", "get_policy", "policy_names", "Precision",
-           "LossScaler", "parse_loss_scale", "policy_bytes"]
+           "LossScaler", "parse_loss_scale", "policy_bytes", "ScalingRecipe", "TensorScaler", "scale_from_amax",
+           "scaled_cast"]

@@ -72,7 +72,9 @@ class Policy:
         (or None); see :mod:`lowprec.amp`. A returned callable with
         ``parameters()`` has them trained; one with ``state_dict()`` and
         ``load_state_dict()`` has that state (observer ranges, ...) saved in
-        ``lowprec train``'s checkpoints, so that a resumed run is bit-exact.
+        ``lowprec train``'s checkpoints, so that a resumed run is bit-exact. An
+        activation quantizer with ``grad_cast(ctx, g)`` also casts the gradient of
+        its layer's output (the scaled fp8 recipes of :mod:`lowprec.amp.scaling`).
     description : str
         One line shown by ``lowprec train --help``.
 

@@ -1,13 +1,15 @@
 """The policy registry: :func:`register_policy`, :func:`get_policy`, :func:`policy_names`.
 
 Importing this module registers the built-in policies
-(:data:`lowprec.amp.policies.PRESETS`); other modules register more (the
+(:data:`lowprec.amp.policies.PRESETS`, then the scaled fp8 recipes
+:data:`lowprec.amp.scaling.SCALED_PRESETS`); other modules register more (the
 QAT policies of :mod:`lowprec.quant.qat`).
 """
 
 from __future__ import annotations
 
 from .policies import PRESETS, Policy
+from .scaling import SCALED_PRESETS
 
 __all__ = ["register_policy", "get_policy", "policy_names"]
 
@@ -58,5 +60,5 @@ def get_policy(policy) -> Policy:
                          "(or register your own with lowprec.amp.register_policy)") from None
 
 
-for _p in PRESETS:
+for _p in PRESETS + SCALED_PRESETS:
     register_policy(_p)

@@ -8,6 +8,19 @@ import numpy as np
 
 __all__ = ["LossScaler", "parse_loss_scale"]
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _to_float32(value: float) -> float:
+    """``value`` rounded once to float32 (nearest-even, overflow to Inf, 2^-150 and below to 0).
+
+    This is C++'s ``float f = double_value`` in GradScaler's update kernel:
+    the scale is a float32 tensor, the factors are doubles, so every update
+    is a double product stored back into float32.
+    """
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
 
 def parse_loss_scale(spec) -> tuple:
     """Parse ``"none"``, ``"static:VALUE"`` or ``"dynamic"`` into (mode, value or None).
@@ -45,6 +58,18 @@ class LossScaler:
     ``growth_interval`` the scale is multiplied by ``growth_factor`` (only if
     the result is finite) and the counter resets to 0.
 
+    The scale is kept in float32, as GradScaler keeps it in a float32 tensor:
+    ``init_scale`` is rounded to float32, and every update is the product
+    ``scale * factor`` computed in float64 and rounded once to float32
+    (nearest-even), as ``torch._amp_update_scale_`` does. So with
+    ``backoff_factor=0.7`` one overflow takes 65536 to 45875.19921875, a
+    growth whose float32 result is Inf is not taken, and a backoff below
+    float32's smallest subnormal 2^-149 gives a scale of exactly 0 (which then
+    stays 0: every later step is skipped). :attr:`scale` is a Python float
+    holding that float32 value. The unscale factor is ``float32(1 / scale)``
+    with the reciprocal taken in float64 (GradScaler's
+    ``scale.double().reciprocal().float()``).
+
     Use: ``loss.backward(scaler.scale)``; ``scaler.unscale_(optimizer)``
     (gradients become float32 ``grad / scale`` and are checked for Inf/NaN;
     clip after this); ``scaler.step(optimizer)`` (steps unless Inf/NaN was
@@ -63,8 +88,15 @@ class LossScaler:
                  backoff_factor: float = 0.5, growth_interval: int = 2000):
         if mode not in ("none", "static", "dynamic"):
             raise ValueError(f"loss scaler mode must be 'none', 'static' or 'dynamic', got {mode!r}")
-        if not (math.isfinite(init_scale) and init_scale > 0):
-            raise ValueError(f"init_scale must be positive and finite, got {init_scale}")
+        if not (isinstance(init_scale, (int, float, np.integer, np.floating)) and not isinstance(init_scale, bool)):
+            raise TypeError(f"init_scale must be a real number, got {type(init_scale).__name__}")
+        try:
+            init_f32 = _to_float32(float(init_scale))
+        except OverflowError:  # an int beyond float64
+            init_f32 = math.inf
+        if not 0 < init_f32 <= _F32_MAX:  # also refuses NaN, Inf and values that round to 0 or Inf
+            raise ValueError(f"init_scale must be positive and finite in float32 (2^-149 .. {_F32_MAX:.8g}), "
+                             f"got {init_scale}")
         if not growth_factor > 1.0:
             raise ValueError(f"growth_factor must be > 1, got {growth_factor}")
         if not 0.0 < backoff_factor < 1.0:
@@ -72,7 +104,7 @@ class LossScaler:
         if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
             raise ValueError(f"growth_interval must be a positive int, got {growth_interval!r}")
         self.mode = mode
-        self.scale = 1.0 if mode == "none" else float(init_scale)
+        self.scale = 1.0 if mode == "none" else init_f32
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
         self.growth_interval = growth_interval
@@ -92,7 +124,8 @@ class LossScaler:
         """Divide every gradient by the scale (into float32) and look for Inf/NaN; returns found_inf."""
         if self._unscaled:
             return self._found_inf
-        inv = np.float32(1.0 / self.scale)
+        with np.errstate(divide="ignore"):  # a scale that underflowed to 0 unscales by Inf, as in torch
+            inv = np.float32(np.float64(1.0) / np.float64(self.scale))
         found = False
         for p in optimizer.params:
             if p.grad is None:
@@ -120,14 +153,15 @@ class LossScaler:
     def update(self) -> None:
         """Update the scale after a step (dynamic mode) and reset the per-step flags."""
         if self.mode == "dynamic":
+            # torch._amp_update_scale_: float32 scale times a double factor, stored back to float32
             if self._found_inf:
-                self.scale *= self.backoff_factor
+                self.scale = _to_float32(self.scale * self.backoff_factor)
                 self.growth_tracker = 0
             else:
                 successful = self.growth_tracker + 1
                 if successful == self.growth_interval:
-                    new_scale = self.scale * self.growth_factor
-                    if math.isfinite(new_scale) and new_scale <= float(np.finfo(np.float32).max):
+                    new_scale = _to_float32(self.scale * self.growth_factor)
+                    if math.isfinite(new_scale):
                         self.scale = new_scale
                     self.growth_tracker = 0
                 else:
@@ -149,7 +183,7 @@ class LossScaler:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output."""
         self.mode = state["mode"]
-        self.scale = float(state["scale"])
+        self.scale = _to_float32(float(state["scale"]))  # as GradScaler's scale.fill_(state["scale"])
         self.growth_factor = float(state["growth_factor"])
         self.backoff_factor = float(state["backoff_factor"])
         self.growth_interval = int(state["growth_interval"])

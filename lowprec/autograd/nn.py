@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tensor import Tensor, add_bias, matmul
+from .tensor import Tensor, add_bias, cast_grad, is_grad_enabled, matmul
 
 __all__ = ["Linear", "MLP", "ACTIVATIONS"]
 
@@ -109,7 +109,12 @@ class Linear:
         if self.act_quant is not None:
             x = self.act_quant(x)
         y = matmul(x, self.weight_used(), name=f"layer{self.index}.matmul")
-        return add_bias(y, self.bias, name=f"layer{self.index}.preact")
+        y = add_bias(y, self.bias, name=f"layer{self.index}.preact")
+        grad_cast = getattr(self.act_quant, "grad_cast", None)
+        if grad_cast is not None and self.ctx is not None and is_grad_enabled():
+            # the policy casts the gradient of this layer's output (dY) once, before both gradient matmuls
+            y = cast_grad(y, lambda g, c=self.ctx: grad_cast(c, g), name=f"layer{self.index}.output")
+        return y
 
 
 class MLP:

@@ -50,7 +50,7 @@ from ..formats import FP32
 from ..kernels import activations
 from ..rounding import Rounding
 
-__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "no_grad", "is_grad_enabled"]
+__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "cast_grad", "no_grad", "is_grad_enabled"]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -524,6 +524,22 @@ def add_bias(x: Tensor, bias: Tensor, name: Optional[str] = None) -> Tensor:
     def _backward():
         x._add_grad(out.grad, exact_from=out)
         bias._add_grad(out.grad.reshape(-1, bias.shape[0]).sum(axis=0))
+    out._backward = _backward
+    return out
+
+
+def cast_grad(x: Tensor, cast, name: Optional[str] = None) -> Tensor:
+    """``x`` unchanged in the forward pass; in the backward pass the incoming gradient goes through
+    ``cast(g)`` (a float32 array in, one of the same shape out) before it reaches ``x``, where it is
+    rounded to ``x``'s gradient role as usual.
+
+    What a scaled fp8 recipe needs for the gradient of a layer's output: ``dY`` cast once, after the
+    activation's backward, before both gradient matmuls use it (lowprec.amp.scaling)."""
+    out = Tensor(x.data, (x,), "cast_grad", name=name, ctx=x.ctx)
+    out._set_fmt(x._data_fmt())
+
+    def _backward():
+        x._add_grad(cast(np.asarray(out.grad, dtype=np.float32)))
     out._backward = _backward
     return out
 

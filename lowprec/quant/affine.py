@@ -364,7 +364,10 @@ def choose_qparams(xmin, xmax, *, bits: int = 8, signed: bool = True, symmetric:
     (qmax - qmin)`` and ``zero_point = qmin - round(xmin / scale)`` (clamped),
     so that real 0 is exactly representable. Symmetric: ``scale =
     max(|xmin|, |xmax|) / (2**(bits-1) - 1)`` and the zero point is 0 (signed)
-    or ``2**(bits-1)`` (unsigned). A zero-width range gets scale 1.
+    or ``2**(bits-1)`` (unsigned). A zero-width range gets scale 1. Every
+    finite range gives a finite scale, including one wider than float64's
+    largest value (the scale is then ``2 ((xmax/2 - xmin/2) / n)``, the
+    same roundings as ``(xmax - xmin) / n`` with an unbounded exponent).
 
     Works elementwise: arrays of ranges (per channel/group) give arrays of parameters.
 
@@ -389,7 +392,12 @@ def choose_qparams(xmin, xmax, *, bits: int = 8, signed: bool = True, symmetric:
         scale = np.where(amax > 0, amax / half, 1.0)
         zp = np.asarray(np.zeros_like(scale, dtype=np.int64) + (0 if signed else (1 << (bits - 1))))
         return scale, zp
-    scale = np.where(hi > lo, (hi - lo) / (qmax - qmin), 1.0)
+    with np.errstate(over="ignore"):
+        width = hi - lo
+    # a finite range wider than float64's largest value: (hi/2 - lo/2) / n * 2, where halving and doubling
+    # are exact, rounds as (hi - lo) / n would with an unbounded exponent
+    scale = np.where(np.isfinite(width), width / (qmax - qmin), (hi * 0.5 - lo * 0.5) / (qmax - qmin) * 2.0)
+    scale = np.where(hi > lo, scale, 1.0)
     scale = np.where(scale > 0, scale, np.finfo(np.float64).tiny)
     zp = np.asarray(np.clip(qmin - np.round(lo / scale), qmin, qmax).astype(np.int64))
     return scale, zp

@@ -109,8 +109,15 @@ def percentile_range(x, percentile: float = 99.99, *, axis: Optional[int] = None
     if not 50.0 < float(percentile) <= 100.0:
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
     rows, shape = grouped_rows(_check_data(x), axis, group_size)
-    lo = np.nanpercentile(rows, 100.0 - float(percentile), axis=1)
-    hi = np.nanpercentile(rows, float(percentile), axis=1)
+    q = (100.0 - float(percentile), float(percentile))
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo, hi = np.nanpercentile(rows, q, axis=1)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    if np.any(bad):
+        # the interpolation's difference of neighbours overflowed (data near float64's limit):
+        # interpolate at a quarter of the scale, where it cannot, and scale back (exact for such values)
+        qlo, qhi = np.nanpercentile(rows[bad] * 0.25, q, axis=1)
+        lo[bad], hi[bad] = qlo * 4.0, qhi * 4.0
     return lo.reshape(shape), hi.reshape(shape)
 
 
@@ -138,12 +145,18 @@ def mse_range(x, *, bits: int = 8, signed: bool = True, symmetric: bool = False,
     rows, shape = grouped_rows(_check_data(x), axis, group_size)
     lo0, hi0 = np.nanmin(rows, axis=1), np.nanmax(rows, axis=1)
     valid = ~np.isnan(rows)
-    data = np.where(valid, rows, 0.0)
+    # Rows with values above 2**256 are searched at a power-of-two scale (exact) so that the
+    # squared errors cannot overflow; the choice of c does not depend on that scale.
+    k = np.frexp(np.maximum(-lo0, hi0))[1]
+    k = np.where(k > 256, k, 0)
+    with np.errstate(under="ignore"):
+        data = np.ldexp(np.where(valid, rows, 0.0), -k[:, None])
+        lo_k, hi_k = np.ldexp(lo0, -k), np.ldexp(hi0, -k)
     best_err = np.full(rows.shape[0], np.inf)
     best_c = np.ones(rows.shape[0])
     for i in range(int(grid)):
         c = 1.0 - i / grid
-        s, z = choose_qparams(c * lo0, c * hi0, bits=bits, signed=signed, symmetric=symmetric,
+        s, z = choose_qparams(c * lo_k, c * hi_k, bits=bits, signed=signed, symmetric=symmetric,
                               narrow_range=narrow_range)
         s, z = s[:, None], z[:, None].astype(np.float64)
         q = np.clip(np.rint(data / s) + z, qmin, qmax)

@@ -72,9 +72,9 @@ class Codebook:
             raise ValueError(f"{lv.size} levels need {lv.size - 1} thresholds, got {t.size}")
         if not (np.all(np.isfinite(t)) and np.all(np.isfinite(lv))):
             raise ValueError("thresholds and levels must be finite")
-        if np.any(np.diff(t) <= 0):
+        if np.any(t[1:] <= t[:-1]):  # compare, not subtract: a difference can overflow
             raise ValueError(f"thresholds must be strictly increasing, got {t.tolist()}")
-        if np.any(np.diff(lv) <= 0):
+        if np.any(lv[1:] <= lv[:-1]):
             raise ValueError(f"levels must be strictly increasing, got {lv.tolist()}")
         self.thresholds = t
         self.levels = lv
@@ -159,6 +159,8 @@ def _check_k(n_levels) -> int:
 def uniform_codebook(lo: float, hi: float, n_levels: int) -> Codebook:
     """``n_levels`` evenly spaced levels from ``lo`` to ``hi``, thresholds at the midpoints.
 
+    Any finite ``lo < hi`` works, up to float64's limits (``-1.7e308, 1.7e308``).
+
     Examples
     --------
     >>> uniform_codebook(-1.0, 1.0, 5)
@@ -168,10 +170,16 @@ def uniform_codebook(lo: float, hi: float, n_levels: int) -> Codebook:
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"need finite lo < hi, got lo={lo}, hi={hi}")
-    step = (hi - lo) / (k - 1)
-    levels = lo + step * np.arange(k)
-    levels[-1] = hi
-    return Codebook(levels[:-1] + step / 2, levels)
+    # A range wider than float64's largest value (hi - lo overflows) is built at a quarter of the
+    # scale (where step * (k - 1) cannot round past the largest value) and scaled back: multiplying
+    # numbers this large by 4 or 1/4 is exact, so the levels round as with (hi - lo).
+    with np.errstate(over="ignore"):
+        c = 1.0 if np.isfinite(hi - lo) else 0.25
+    lo_c, hi_c = lo * c, hi * c
+    step = (hi_c - lo_c) / (k - 1)
+    levels = lo_c + step * np.arange(k)
+    levels[-1] = hi_c
+    return Codebook((levels[:-1] + step / 2) / c, levels / c)
 
 
 def _check_data(data) -> np.ndarray:

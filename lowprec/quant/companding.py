@@ -30,6 +30,16 @@ amplifies a relative error of ``y`` by ``d ln t / d ln v = 1 / (1 -
 beta t / (2 (alpha + beta t))) in [1, 2]``, so the round trip
 ``expand(compand(x))`` is within ``2*3u + 5u = 11u`` of ``x``.
 
+Range: both functions are defined for every float64 input. Where a
+float64 intermediate (``alpha + beta t``, ``(beta v)**2``, ``v (beta v +
+R)``) would overflow although the result does not (``compand(1e308, 1,
+4)`` is about 5e153), the same operations are done on the significands,
+with the powers of two carried apart (``frexp``/``ldexp``, exact), so the
+bounds above hold up to float64's largest value. A result beyond float64's
+range is +-Inf. ``compand(+-Inf) = +-Inf`` and ``expand(+-Inf) = +-Inf``
+(the limits), so the quantizer saturates +-Inf to its end codes as the
+affine quantizer does; NaN is rejected by the quantizer.
+
 The quantizer (:class:`CompandingQuantizer`) maps ``[-x_max, x_max]`` to
 ``y`` in ``[-c(x_max), c(x_max)]``, quantizes ``y`` with the symmetric
 signed ``bits``-wide grid ``s_y = c(x_max) / (2**(bits-1) - 1)`` (any lowprec
@@ -75,18 +85,64 @@ def _f64(x, name="x"):
     return arr.astype(np.float64)
 
 
+def _compand_scaled(t, a, b):
+    """``t / sqrt(a + b t)`` for finite ``t >= 0`` without overflow of ``a + b t`` (module docstring).
+
+    With ``t = mt 2**et``, ``b = mb 2**eb`` (``frexp``) and an even ``E`` at or above
+    the exponents of ``b t`` and ``a``: ``a + b t = 2**E (a 2**-E + mb mt 2**(eb+et-E))``,
+    every term at most 1, and ``y = mt / sqrt(...) * 2**(et - E/2)``. The scalings
+    are exact; a term that underflows is below 2**-1022 next to one of at least 1/4.
+    """
+    mt, et = np.frexp(t)
+    mb, eb = np.frexp(b)
+    ea = np.frexp(a)[1]
+    e = np.maximum(eb + et, ea) if b else ea
+    e = e + (e & 1)
+    with np.errstate(under="ignore"):
+        d = np.ldexp(a, -e) + np.ldexp(mb * mt, eb + et - e)
+    with np.errstate(over="ignore"):
+        return np.ldexp(mt / np.sqrt(d), et - e // 2)
+
+
 def compand(x, alpha: float, beta: float) -> np.ndarray:
-    """``sign(x) |x| / sqrt(alpha + beta |x|)`` in float64.
+    """``sign(x) |x| / sqrt(alpha + beta |x|)`` in float64, for every input (``+-Inf`` gives ``+-Inf``).
 
     Examples
     --------
     >>> compand(np.array([-8.0, 0.0, 8.0]), 1.0, 1.0)
     array([-2.66666667,  0.        ,  2.66666667])
+    >>> compand(np.array([1e308, -np.inf]), 1.0, 4.0)          # no overflow inside; Inf is the limit
+    array([5.e+153,    -inf])
     """
     a, b = _check_ab(alpha, beta)
     xf = _f64(x)
     t = np.abs(xf)
-    return np.copysign(t / np.sqrt(a + b * t), xf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = a + b * t
+        y = t / np.sqrt(d)
+    redo = np.isinf(d) & np.isfinite(t)
+    if np.any(redo):
+        y = np.where(redo, _compand_scaled(np.where(redo, t, 1.0), a, b), y)
+    y = np.where(np.isinf(t), np.inf, y)
+    return np.copysign(y, xf)
+
+
+def _expand_scaled(v, a, b):
+    """``v (b v + sqrt((b v)**2 + 4 a)) / 2`` for finite ``v >= 0`` without intermediate overflow.
+
+    With ``v = mv 2**ev``, ``b = mb 2**eb`` and ``E`` the larger of the exponents of
+    ``b v`` and ``2 sqrt(a)``, everything is computed scaled by ``2**-E`` (exact), where
+    ``b v`` and ``2 sqrt(a)`` are at most 2 and the larger at least 1/8.
+    """
+    mv, ev = np.frexp(v)
+    mb, eb = np.frexp(b)
+    ea = np.frexp(a)[1] // 2 + 1
+    e = np.maximum(eb + ev, ea) if b else ea  # b = 0: frexp gives exponent 0, not that of b v = 0
+    with np.errstate(under="ignore"):
+        bv = np.ldexp(mb * mv, eb + ev - e)
+        r = np.sqrt(bv * bv + np.ldexp(a, 2 - 2 * e))  # 4 a 2**-2E, never 4 a (it can overflow)
+    with np.errstate(over="ignore"):
+        return np.ldexp(mv * ((bv + r) / 2.0), ev + e)
 
 
 def expand(y, alpha: float, beta: float) -> np.ndarray:
@@ -101,9 +157,15 @@ def expand(y, alpha: float, beta: float) -> np.ndarray:
     a, b = _check_ab(alpha, beta)
     yf = _f64(y, "y")
     v = np.abs(yf)
-    bv = b * v
-    r = np.sqrt(bv * bv + 4.0 * a)
-    return np.copysign(v * (bv + r) / 2.0, yf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bv = b * v
+        r = np.sqrt(bv * bv + 4.0 * a)
+        t = v * (bv + r) / 2.0
+    redo = ~np.isfinite(t) & np.isfinite(v)
+    if np.any(redo):
+        t = np.where(redo, _expand_scaled(np.where(redo, v, 1.0), a, b), t)
+    t = np.where(np.isinf(v), np.inf, t)
+    return np.copysign(t, yf)
 
 
 def compand_grad(x, alpha: float, beta: float):
@@ -183,7 +245,8 @@ def companding_fake_quant_backward(x, alpha: float, beta: float, x_max: float, b
     yq = q * s
     _, sa, sb = compand_grad(float(x_max), a, b)
     sa, sb = float(sa) / qp, float(sb) / qp
-    cx, ca, cb = compand_grad(xf, a, b)
+    # the derivatives of c are used inside the clamp range only; outside (+-Inf, huge x) evaluate them at 0
+    cx, ca, cb = compand_grad(np.where(inside, xf, 0.0), a, b)
     ey, ea, eb = expand_grad(yq, a, b)
     dyq_a = np.where(inside, ca + (q - u) * sa, q * sa)
     dyq_b = np.where(inside, cb + (q - u) * sb, q * sb)

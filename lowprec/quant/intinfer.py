@@ -54,21 +54,33 @@ _ACCUMULATORS = ("wrap", "saturate")
 def quantize_multiplier(m: float):
     """``(M0, shift)`` with ``M0`` in ``[2**30, 2**31)`` and ``m ~= M0 * 2**(-31 - shift)``.
 
-    ``M0 = round(frac * 2**31)`` for ``m = frac * 2**e``, ``frac`` in [0.5, 1)
-    (ties to even; a round-up to 2**31 moves to 2**30 and ``e + 1``), and
-    ``shift = -e``: positive values are right shifts. Accepted:
-    ``2**-32 <= m < 2**31`` whose rounded ``(M0, shift)`` has ``shift`` in -31..31.
+    ``M0 = round(frac * 2**31)`` for ``m = frac * 2**e``, ``frac`` in [0.5, 1),
+    rounded half away from zero as TFLite's ``QuantizeMultiplier`` does
+    (``std::round``; a round-up to 2**31 moves to 2**30 and ``e + 1``), and
+    ``shift = -e``: positive values are right shifts (TFLite stores ``e``,
+    the left shift). Accepted: ``2**-32 <= m < 2**31`` whose rounded
+    ``(M0, shift)`` has ``shift`` in -31..31; TFLite instead flushes smaller
+    multipliers to ``M0 = 0``, lowprec refuses them.
+
+    Ties are the only place where the rounding rule matters: ``frac * 2**31``
+    is exact, and it is a half-integer exactly when ``m`` has 32 significant
+    bits, e.g. ``m = 0.5 + 2**-32``, which gives
+    ``2**30 + 1`` (ties to even would give ``2**30``), bit for bit TFLite's.
 
     Examples
     --------
     >>> quantize_multiplier(0.5), quantize_multiplier(0.75), quantize_multiplier(3.0)
     ((1073741824, 0), (1610612736, 0), (1610612736, -2))
+    >>> quantize_multiplier(0.5 + 2.0 ** -32)       # a tie, rounded away from zero
+    (1073741825, 0)
     """
     m = float(m)
     if not (math.isfinite(m) and m > 0):
         raise ValueError(f"multiplier must be finite and > 0, got {m}")
     frac, e = math.frexp(m)
-    m0 = round(frac * (1 << 31))  # frac * 2**31 is exact; Python's round is ties-to-even
+    # frac * 2**31 is exact, with at most 22 fraction bits, so + 0.5 is exact too:
+    # floor(v + 0.5) is std::round (half away from zero) for v > 0
+    m0 = math.floor(frac * (1 << 31) + 0.5)
     if m0 == 1 << 31:
         m0, e = 1 << 30, e + 1
     shift = -e
@@ -329,7 +341,8 @@ def export_mlp(weights: Sequence, biases: Sequence, *, act_qparams: Optional[Seq
     Raises
     ------
     ValueError
-        Mismatched shapes, missing calibration data, bad scales or zero points.
+        Mismatched shapes, NaN or Inf in the weights, biases or ``calib_x``,
+        missing calibration data, bad scales or zero points.
     """
     if activation != "relu":
         raise ValueError(f"integer-only export supports ReLU MLPs, got activation {activation!r}")
@@ -342,6 +355,10 @@ def export_mlp(weights: Sequence, biases: Sequence, *, act_qparams: Optional[Seq
     for i, (w, b) in enumerate(zip(ws, bs)):
         if w.ndim != 2 or b.shape != (w.shape[1],) or (i and w.shape[0] != ws[i - 1].shape[1]):
             raise ValueError(f"layer {i}: weight shape {w.shape} and bias shape {b.shape} do not chain")
+        for name, v in (("weights", w), ("biases", b)):
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{name}[{i}] must be finite, got {int(np.isnan(v).sum())} NaN and "
+                                 f"{int(np.isinf(v).sum())} infinite value(s)")
     L = len(ws)
     if weight_scales is None:
         weight_scales = [np.where(np.max(np.abs(w), axis=0) > 0, np.max(np.abs(w), axis=0) / 127.0, 1.0)
@@ -351,8 +368,9 @@ def export_mlp(weights: Sequence, biases: Sequence, *, act_qparams: Optional[Seq
         if calib_x is None:
             raise ValueError("pass act_qparams or calib_x (calibration inputs) to choose activation scales")
         h = np.asarray(calib_x, dtype=np.float64)
-        if h.size == 0 or np.isnan(h).any():
-            raise ValueError("calib_x must be non-empty and NaN-free")
+        if h.size == 0 or not np.all(np.isfinite(h)):
+            raise ValueError(f"calib_x must be non-empty and finite, got {h.size} value(s), "
+                             f"{int(np.isnan(h).sum())} NaN and {int(np.isinf(h).sum())} infinite")
         ranges = []
         for i, (w, b) in enumerate(zip(ws, bs)):
             ranges.append((h.min(), h.max()))

@@ -51,8 +51,26 @@ def _per_scale(x: np.ndarray, axis):
     return red, x.size // max(x.shape[ax], 1)
 
 
+def _mean_abs(xf: np.ndarray, red) -> np.ndarray:
+    """``mean|x|`` over ``red``; where the float64 sum overflows, the mean of ``|x| 2**-k`` times ``2**k``."""
+    a = np.abs(xf)
+    with np.errstate(over="ignore"):
+        m = np.mean(a, axis=red)
+    if np.all(np.isfinite(m)):
+        return m
+    k = np.frexp(np.max(a, axis=red, keepdims=True))[1]  # scaling by a power of two is exact
+    with np.errstate(under="ignore"):
+        return np.ldexp(np.mean(np.ldexp(a, -k), axis=red), k.reshape(np.shape(m)))
+
+
 def lsq_init_step(x, bits: int = 8, signed: bool = True, axis: Optional[int] = None) -> np.ndarray:
     """``2 mean|x| / sqrt(Q_p)`` per tensor or per channel (a floor of 1e-8 keeps it positive).
+
+    ``x`` must be finite and non-empty. The mean is taken without overflow, so
+    finite data give a finite step, provided its largest level
+    ``step * max(Q_n, Q_p)`` is a finite float64 too; data whose ``mean|x|``
+    puts that level beyond float64's largest value (about 1.8e308) are refused
+    with a ValueError that gives the limit.
 
     Examples
     --------
@@ -61,17 +79,33 @@ def lsq_init_step(x, bits: int = 8, signed: bool = True, axis: Optional[int] = N
     """
     xf = np.asarray(x, dtype=np.float64)
     if xf.size == 0:
-        raise ValueError("cannot initialise a step from empty data")
+        raise ValueError("x is empty; cannot initialise a step from empty data")
     if np.isnan(xf).any():
-        raise ValueError(f"data contains {int(np.isnan(xf).sum())} NaN value(s)")
-    _, qp = lsq_qrange(bits, signed)
+        raise ValueError(f"x contains {int(np.isnan(xf).sum())} NaN value(s); lsq_init_step needs finite data")
+    if np.isinf(xf).any():
+        raise ValueError(f"x contains {int(np.isinf(xf).sum())} infinite value(s); "
+                         "lsq_init_step needs finite data")
+    qn, qp = lsq_qrange(bits, signed)
     red, _ = _per_scale(xf, axis)
-    m = np.mean(np.abs(xf), axis=red)
-    return np.maximum(2.0 * m / np.sqrt(qp), 1e-8)
+    m = _mean_abs(xf, red)
+    # 2 * (m / sqrt) rounds exactly as (2 m) / sqrt but cannot overflow in 2 m
+    with np.errstate(over="ignore"):
+        step = 2.0 * (m / np.sqrt(qp))
+        top = step * max(qn, qp)
+    if not np.all(np.isfinite(top)):
+        big = float(np.max(m))
+        limit = np.finfo(np.float64).max / (2.0 * max(qn, qp) / np.sqrt(qp))
+        raise ValueError(f"x is too large for an LSQ step: mean|x| = {big:.6g}, but the largest level "
+                         f"2 mean|x| max(Q_n, Q_p) / sqrt(Q_p) must stay below float64's largest value "
+                         f"{np.finfo(np.float64).max:.6g}, i.e. mean|x| <= {limit:.6g} at {bits} bits")
+    return np.maximum(step, 1e-8)
 
 
 def lsq_grad_scale(n_per_scale: int, qp: int) -> float:
-    """The paper's gradient scale ``1 / sqrt(N * Q_p)``."""
+    """The paper's gradient scale ``1 / sqrt(N * Q_p)`` (``N`` and ``Q_p`` positive)."""
+    for name, v in (("n_per_scale", n_per_scale), ("qp", qp)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     return 1.0 / float(np.sqrt(float(n_per_scale) * float(qp)))
 
 
@@ -99,7 +133,8 @@ def lsq_backward(x, step, grad_out, *, bits: int = 8, signed: bool = True, axis:
     ``dstep`` has the shape of ``step`` and already includes the gradient
     scale (default ``1/sqrt(N Q_p)``; pass ``grad_scale=1.0`` for none).
     For stochastic rounding pass the forward pass's ``seed`` so that the
-    same integers are used.
+    same integers are used. Empty ``x`` gives an empty ``dx`` and a zero
+    ``dstep`` (no element contributes; the gradient scale is not needed).
 
     Examples
     --------
@@ -119,6 +154,8 @@ def lsq_backward(x, step, grad_out, *, bits: int = 8, signed: bool = True, axis:
     dx = g * inside
     d = np.where(inside, q - v, np.where(below, -float(qn), float(qp)))
     red, n = _per_scale(xf, axis)
+    if n == 0:  # nothing shares the step: its gradient is an empty sum
+        return dx, np.zeros(np.shape(np.sum(d, axis=red)))
     gs = lsq_grad_scale(n, qp) if grad_scale is None else float(grad_scale)
     dstep = np.sum(g * d, axis=red) * gs
     return dx, np.asarray(dstep)

@@ -14,7 +14,9 @@ summary, per-epoch metrics, telemetry totals per tensor), ``steps.csv``
 counts per role and event), ``telemetry.csv`` (one row per tensor and step
 with a non-zero count), ``loss.png``, ``accuracy.png``,
 ``loss_scale.png``, ``underflow.png`` and ``checkpoint.ckpt`` (written
-atomically at the end of every epoch). ``--compare`` also writes
+atomically at the end of every epoch); the scaled fp8 policies
+(:mod:`lowprec.amp.scaling`) add ``scales.csv`` (scale, amax, clipped and
+underflowed fractions per cast tensor and step) and ``scales.png``. ``--compare`` also writes
 ``compare.json`` and ``compare.png`` (every policy on shared axes).
 
 Before training, the kernels are compiled (or loaded from numba's cache) on a

@@ -102,7 +102,8 @@ def run_record(config, model, opt, scaler, tel, epochs_rows, step_rows, wall, ds
 
 
 def write_run(out: str, result: RunResult) -> None:
-    """Write run.json, steps.csv, telemetry.csv and the PNG plots of a finished run into ``out``."""
+    """Write run.json, steps.csv, telemetry.csv (and scales.csv for scaled fp8 policies) and the PNG plots
+    of a finished run into ``out``."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "run.json"), "w") as f:
         json.dump(result.record, f, indent=1)
@@ -126,7 +127,8 @@ def write_run(out: str, result: RunResult) -> None:
 
 
 def _plots(out: str, result: RunResult) -> dict:
-    """loss.png, accuracy.png, loss_scale.png and underflow.png of a finished run; returns ``{file: Figure}``.
+    """loss.png, accuracy.png, loss_scale.png, underflow.png (and scales.png for scaled fp8 policies) of a
+    finished run; returns ``{file: Figure}``.
 
     A panel that is empty by design says so: underflow.png of a run in which
     no value was flushed to zero, loss_scale.png of a run whose scale never
@@ -196,6 +198,23 @@ def _plots(out: str, result: RunResult) -> dict:
         ax.text(0.5, 0.5, f"no value was flushed to zero\nin any of the {len(rows)} steps ({name})",
                 transform=ax.transAxes, ha="center", va="center", color="0.3")
     save(fig, "underflow.png")
+    tel_scales = getattr(result.telemetry, "scales", None) if result.telemetry is not None else None
+    if tel_scales:  # scaled fp8 policies: scale trajectories and clipped / underflowed fractions per tensor
+        fig = Figure(figsize=(7, 6))
+        ax, ax2 = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
+        by: dict = {}
+        for row in tel_scales:
+            by.setdefault(row[1], []).append(row)
+        for tname, trows in by.items():
+            st = [r[0] for r in trows]
+            line, = ax.plot(st, [r[4] for r in trows], lw=0.8, drawstyle="steps-post", label=tname)
+            ax2.plot(st, [r[6] for r in trows], lw=0.8, color=line.get_color())
+            ax2.plot(st, [r[7] for r in trows], lw=0.8, ls=":", color=line.get_color())
+        ax.set(yscale="log", ylabel="scale", title=f"fp8 scales per tensor ({name})")
+        ax.set_yscale("log", base=2)
+        ax.legend(fontsize=6, ncol=2)
+        ax2.set(xlabel="step", ylabel="fraction", title="clipped (solid) and underflowed to zero (dotted)")
+        save(fig, "scales.png")
     return figures
 
 
