@@ -198,7 +198,7 @@ def _plots(out: str, result: RunResult) -> dict:
         ax.text(0.5, 0.5, f"no value was flushed to zero\nin any of the {len(rows)} steps ({name})",
                 transform=ax.transAxes, ha="center", va="center", color="0.3")
     save(fig, "underflow.png")
-    tel_scales = getattr(result.telemetry, "scales", None) if result.telemetry is not None else None
+    tel_scales = getattr(getattr(result, "telemetry", None), "scales", None)
     if tel_scales:  # scaled fp8 policies: scale trajectories and clipped / underflowed fractions per tensor
         fig = Figure(figsize=(7, 6))
         ax, ax2 = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
