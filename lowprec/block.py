@@ -55,7 +55,7 @@ from .core import decode as _decode_codes
 from .core import encode as _encode_values
 from .formats import (E8M0, FP4_E2M1FN, FP6_E2M3FN, FP6_E3M2FN, FP8_E4M3FN, FP8_E5M2, FP32, UE4M3,
                       FixedFormat, FloatFormat, get_format)
-from .kernels import block_cpu
+from .kernels import block_cpu, dispatch
 from .rng import resolve_seed
 from .rounding import DEFAULT_RANDOM_BITS, Rounding, get_rounding
 
@@ -67,7 +67,9 @@ SCALE_RULES = ("floor", "ceil", "even", "rceil", "amax")
 _POW2_RULES = ("floor", "ceil", "even", "rceil")
 _ON_INF = ("error", "nan")
 
-#: OCP MXINT8 elements: 8-bit two's complement with an implicit scale 2**-6 (-2 .. 1.984375).
+#: OCP MXINT8 elements: 8-bit two's complement with an implicit scale 2**-6 (codes -128 .. 127). The
+#: ``mxint8`` preset is ``symmetric``: it produces -127 .. 127 only (-1.984375 .. 1.984375), as the
+#: specification allows (section 5.3.4) and microxcaling does; code 0x80 (-2) still decodes to -2.
 MXINT8_ELEMENT = FixedFormat(8, 6, name="mxint8_element")
 
 
@@ -114,6 +116,11 @@ class BlockFormat:
         A block holding an Inf: raise ValueError, or give it the NaN scale.
     name, source : str
         Display name and where the format is specified.
+    symmetric : bool
+        A signed integer element uses ``-kmax .. kmax`` only: values below ``-max_elem`` saturate there and
+        the most negative code is never produced (MXINT8: OCP MX v1.0 section 5.3.4 encodes elements in two's
+        complement with that code, -2, left unused for symmetry; microxcaling does the same). Only for
+        signed, saturating fixed-point elements.
 
     Examples
     --------
@@ -131,6 +138,7 @@ class BlockFormat:
     on_inf: str = "error"
     name: str = field(default=None, compare=False)  # type: ignore[assignment]
     source: str = field(default="", compare=False)
+    symmetric: bool = False
 
     def __post_init__(self):
         el = get_format(self.element)
@@ -140,9 +148,11 @@ class BlockFormat:
         object.__setattr__(self, "block", _block_tuple(self.block))
         object.__setattr__(self, "rounding", _check_mode(self.rounding))
         _check_rule(self.scale_rule, sc)
-        for flag in ("tensor_scale", "saturate"):
+        for flag in ("tensor_scale", "saturate", "symmetric"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise TypeError(f"{flag} must be a bool, got {type(getattr(self, flag)).__name__}")
+        if self.symmetric and not (isinstance(el, FixedFormat) and el.signed and el.saturate):
+            raise ValueError(f"symmetric=True is for signed, saturating fixed-point elements, got {el.name}")
         if self.on_inf not in _ON_INF:
             raise ValueError(f"on_inf must be one of {_ON_INF}, got {self.on_inf!r}")
         if isinstance(el, FloatFormat) and (not el.signed or not el.has_zero):
@@ -176,7 +186,7 @@ class BlockFormat:
         """A copy with some fields changed (the name is re-derived unless given)."""
         fields = dict(element=self.element, scale=self.scale, block=self.block, scale_rule=self.scale_rule,
                       tensor_scale=self.tensor_scale, rounding=self.rounding, saturate=self.saturate,
-                      on_inf=self.on_inf, name=None, source=self.source)
+                      on_inf=self.on_inf, name=None, source=self.source, symmetric=self.symmetric)
         fields.update(changes)
         return BlockFormat(**fields)
 
@@ -198,9 +208,9 @@ def _check_rule(rule, scale_fmt) -> None:
 
 
 _OCP = "OCP Microscaling Formats (MX) v1.0, sections 5 and 6"
-_MX = {name: BlockFormat(el, E8M0, 32, "floor", name=name, source=_OCP) for name, el in (
-    ("mxfp8_e4m3", FP8_E4M3FN), ("mxfp8_e5m2", FP8_E5M2), ("mxfp6_e3m2", FP6_E3M2FN),
-    ("mxfp6_e2m3", FP6_E2M3FN), ("mxfp4", FP4_E2M1FN), ("mxint8", MXINT8_ELEMENT))}
+_MX = {name: BlockFormat(el, E8M0, 32, "floor", name=name, source=_OCP, symmetric=name == "mxint8")
+       for name, el in (("mxfp8_e4m3", FP8_E4M3FN), ("mxfp8_e5m2", FP8_E5M2), ("mxfp6_e3m2", FP6_E3M2FN),
+                        ("mxfp6_e2m3", FP6_E2M3FN), ("mxfp4", FP4_E2M1FN), ("mxint8", MXINT8_ELEMENT))}
 BLOCK_PRESETS: dict = dict(_MX)
 BLOCK_PRESETS["nvfp4"] = BlockFormat(
     FP4_E2M1FN, UE4M3, 16, "amax", tensor_scale=True, name="nvfp4",
@@ -338,13 +348,13 @@ def _tensor_scale(bf, flat_int, CW, CM) -> float:
     return float(s_t) if s_t > 0 and np.isfinite(s_t) else 1.0
 
 
-def _run(op, bf, mode, arr, lay, seed, stream, offset, random_bits):
+def _run(op, bf, mode, arr, lay, seed, stream, offset, random_bits, backend="auto", dest=None):
     P, A, Q, TA, TQ, scale_shape = lay
     flat = np.ascontiguousarray(arr).reshape(-1)
     if arr.dtype == np.float32:
-        CW, CM, ity = 32, 23, np.int32
+        CW, CM, CB, ity = 32, 23, 127, np.int32
     else:
-        CW, CM, ity = 64, 52, np.int64
+        CW, CM, CB, ity = 64, 52, 1023, np.int64
     xi = flat.view(ity)
     n = flat.size
     nblocks = math.prod(scale_shape)
@@ -353,13 +363,13 @@ def _run(op, bf, mode, arr, lay, seed, stream, offset, random_bits):
     s_t = _tensor_scale(bf, xi, CW, CM) if bf.tensor_scale else 1.0
     stochastic = mode is Rounding.STOCHASTIC
     k0, k1, off = resolve_seed(seed, n, stream, offset) if stochastic else (0, 0, 0)
-    out = np.empty(n, dtype=ity if op == block_cpu.QUANTIZE else np.int64)
+    out = np.empty(n, dtype=ity if op == block_cpu.QUANTIZE else np.int64) if dest is None else dest.view(ity)
     scale_code = np.empty(nblocks, dtype=np.int64)
     scale_val = np.empty(nblocks, dtype=np.float64)
-    kind = 1 if isinstance(bf.element, FixedFormat) else 0
-    loop = block_cpu.block_loop(op, kind, block_cpu.RULES[bf.scale_rule], int(mode), random_bits, CW == 32)
-    _, n_inf = loop(xi, out, scale_code, scale_val, P, A, Q, TA, TQ, pe, ps, bf.emax_elem, m_elem,
-                        bf.max_elem, s_t, np.uint32(k0), np.uint32(k1), np.int64(off), int(random_bits))
+    lo = -bf.max_elem if bf.symmetric else -math.inf
+    _, n_inf = dispatch.block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, pe, ps,
+                                    block_cpu.RULES[bf.scale_rule], bf.emax_elem, m_elem, bf.max_elem, s_t, lo,
+                                    int(mode), np.uint32(k0), np.uint32(k1), np.int64(off), int(random_bits))
     if n_inf and bf.on_inf == "error":
         raise ValueError(f"x holds Inf in {n_inf} block(s) without NaN: the OCP specification leaves their scale "
                          f"undefined; choose a policy with {bf.name}'s on_inf ('nan' gives them the NaN scale)")
@@ -373,7 +383,7 @@ def _check_rbits(random_bits) -> int:
 
 
 def quantize(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, stream: int = 0, offset: int = 0,
-             random_bits: int = DEFAULT_RANDOM_BITS) -> np.ndarray:
+             random_bits: int = DEFAULT_RANDOM_BITS, backend: str = "auto", out=None) -> np.ndarray:
     """Block-quantize ``x`` (fake-quant): every element replaced by its block's value ``q * X``.
 
     Parameters
@@ -391,6 +401,11 @@ def quantize(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, st
         Element rounding; None keeps the format's (nearest-even for every preset).
     seed, stream, offset, random_bits
         The counter stream of stochastic rounding, as :func:`lowprec.round_to` takes it.
+    backend : {"auto", "cpu", "cuda"}
+        As :func:`lowprec.round_to` (the same bits on both).
+    out : ndarray, optional
+        Where to write the result (then returned): a writable, C-contiguous array of ``x``'s shape and dtype
+        (``x`` itself quantizes in place). Saves allocating, and first touching, a new array for large inputs.
 
     Returns
     -------
@@ -412,16 +427,68 @@ def quantize(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, st
     """
     bf, mode, arr, lay = _prepare(x, fmt, axis, scale_rule, rounding)
     rbits = _check_rbits(random_bits)
-    out, _, _, _ = _run(block_cpu.QUANTIZE, bf, mode, arr, lay, seed, stream, offset, rbits)
-    return out.view(arr.dtype).reshape(arr.shape)
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy ndarray, got {type(out).__name__}")
+        if out.dtype != arr.dtype or out.shape != arr.shape or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable, C-contiguous {arr.dtype} array of shape {arr.shape}, got "
+                             f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ', not C-contiguous'}"
+                             f"{'' if out.flags.writeable else ', read-only'}")
+        if np.may_share_memory(out, arr) and not (arr.flags.c_contiguous and arr.ctypes.data == out.ctypes.data):
+            arr = arr.copy()  # a partial overlap: read x from a copy (x itself is read block by block, then written)
+    res, _, _, _ = _run(block_cpu.QUANTIZE, bf, mode, arr, lay, seed, stream, offset, rbits, backend,
+                        None if out is None else out.reshape(-1))
+    return out if out is not None else res.view(arr.dtype).reshape(arr.shape)
+
+
+def _ml_dtype(fmt, what: str):
+    """The ml_dtypes type holding ``fmt``'s bytes (E8M0: float8_e8m0fnu; UE4M3: float8_e4m3fn, whose byte of the
+    same value it is; fp8/fp6/fp4: float8_e4m3fn ... float4_e2m1fn), numpy's int8 for 8-bit two's complement
+    elements, None for fp32 scales."""
+    if fmt == FP32:
+        return None
+    if isinstance(fmt, FixedFormat):
+        if fmt.bits == 8 and fmt.signed:
+            return np.dtype(np.int8)
+        raise ValueError(f"{what} format {fmt.name} has no ml_dtypes or numpy byte type")
+    name = {E8M0.name: "float8_e8m0fnu", UE4M3.name: "float8_e4m3fn"}.get(fmt.name, "float" + fmt.name[2:])
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes is a test dependency
+        raise ImportError("as_ml_dtypes=True needs the ml_dtypes package") from None
+    dt = getattr(ml_dtypes, name, None)
+    if dt is None:
+        raise ValueError(f"the installed ml_dtypes {ml_dtypes.__version__} has no {name} (for {what} format "
+                         f"{fmt.name}); upgrade it, or use the bit patterns (as_ml_dtypes=False)")
+    return np.dtype(dt)
+
+
+def _from_ml_dtypes(a: np.ndarray, fmt, what: str):
+    """Bit patterns (uint8) of an array of ``fmt``'s ml_dtypes (or int8) type; other arrays unchanged."""
+    if (a.dtype.type.__module__.split(".")[0] != "ml_dtypes"
+            and not (a.dtype == np.int8 and isinstance(fmt, FixedFormat))):
+        return a, False
+    dt = _ml_dtype(fmt, what)
+    if a.dtype != dt:
+        raise TypeError(f"{what} of dtype {a.dtype} do not hold {fmt.name}; expected {dt} (or bit patterns)")
+    codes = a.view(np.uint8)
+    if fmt == UE4M3 and codes.size and codes.max() >= 0x80:
+        raise ValueError("UE4M3 scales given as float8_e4m3fn must be non-negative (the top bit is not stored)")
+    return codes, True
 
 
 def encode(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, stream: int = 0, offset: int = 0,
-           random_bits: int = DEFAULT_RANDOM_BITS, packed: bool = True) -> BlockEncoding:
+           random_bits: int = DEFAULT_RANDOM_BITS, packed: bool = True, backend: str = "auto",
+           as_ml_dtypes: bool = False) -> BlockEncoding:
     """Block-quantize ``x`` and return the element bit patterns, the scales and the tensor scale.
 
     Arguments as :func:`quantize`; ``packed=False`` returns fp4/fp6 codes one per byte.
     Elements of a block with a NaN scale are encoded as 0 (the scale alone makes them NaN).
+    ``as_ml_dtypes=True`` returns the same bytes as ml_dtypes arrays, one element per byte (``packed`` is
+    ignored): elements as ``float8_e4m3fn``, ``float8_e5m2``, ``float6_e3m2fn``, ``float6_e2m3fn`` or
+    ``float4_e2m1fn`` (MXINT8: numpy int8), E8M0 scales as ``float8_e8m0fnu``, UE4M3 scales as
+    ``float8_e4m3fn`` (fp32 scales stay float32); :func:`decode` takes them back. ValueError when the
+    installed ml_dtypes lacks the type.
 
     Examples
     --------
@@ -432,10 +499,13 @@ def encode(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, stre
     """
     bf, mode, arr, lay = _prepare(x, fmt, axis, scale_rule, rounding)
     rbits = _check_rbits(random_bits)
-    codes, scale_code, scale_val, s_t = _run(block_cpu.ENCODE, bf, mode, arr, lay, seed, stream, offset, rbits)
+    if as_ml_dtypes:
+        el_dt, sc_dt = _ml_dtype(bf.element, "element"), _ml_dtype(bf.scale, "scale")
+    codes, scale_code, scale_val, s_t = _run(block_cpu.ENCODE, bf, mode, arr, lay, seed, stream, offset, rbits,
+                                             backend)
     bits = bf.element.bits
     elements = codes.astype(np.uint8 if bits <= 8 else (np.uint16 if bits <= 16 else np.uint32)).reshape(arr.shape)
-    if packed and bits in (4, 6):
+    if packed and bits in (4, 6) and not as_ml_dtypes:
         elements = _pack(elements, bits)
     if bf.scale == E8M0:
         scales = scale_code.astype(np.uint8)
@@ -446,6 +516,9 @@ def encode(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, stre
         scales = np.asarray(_encode_values(np.where(nan, 0.0, scale_val), bf.scale)).astype(np.uint8).reshape(
             scale_val.shape)
         scales[nan] = (1 << bf.scale.bits) - 1
+    if as_ml_dtypes:
+        elements = elements.view(el_dt)
+        scales = scales if sc_dt is None else scales.view(sc_dt)
     return BlockEncoding(elements, scales, np.float32(s_t) if bf.tensor_scale else None)
 
 
@@ -476,19 +549,22 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
 
 
 def decode(elements, scales, fmt, *, axis=None, tensor_scale=None, packed: bool = True,
-           dtype=np.float64) -> np.ndarray:
+           dtype=np.float64, backend: str = "auto") -> np.ndarray:
     """The block values ``q * X`` of encoded elements and scales (what :func:`encode` returned).
 
     Parameters
     ----------
     elements, scales : ndarray
         Element bit patterns (fp4/fp6 packed along the last axis unless ``packed=False``) and the
-        scales (E8M0 codes, UE4M3 patterns or fp32 values).
+        scales (E8M0 codes, UE4M3 patterns or fp32 values); or the ml_dtypes arrays of
+        ``encode(..., as_ml_dtypes=True)`` (one element per byte).
     fmt : BlockFormat or str
     axis : as :func:`quantize`
     tensor_scale : float, optional
         The per-tensor scale of a two-level format (NVFP4); required there.
     dtype : float64 (default, exact) or float32
+    backend : {"auto", "cpu", "cuda"}
+        Where the element patterns are decoded (:func:`lowprec.decode`); the scales multiply in float64 (exact).
 
     Examples
     --------
@@ -499,15 +575,15 @@ def decode(elements, scales, fmt, *, axis=None, tensor_scale=None, packed: bool 
     [896.0, 896.0, 1.0]
     """
     bf = get_block_format(fmt)
-    el = np.asarray(elements)
+    el, from_ml = _from_ml_dtypes(np.asarray(elements), bf.element, "elements")
     if el.dtype.kind not in "ui":
         raise TypeError(f"elements must be an integer array of bit patterns, got dtype {el.dtype}")
-    if packed and bf.element.bits in (4, 6):
+    if packed and bf.element.bits in (4, 6) and not from_ml:
         el = _unpack(el, bf.element.bits)
-    values = _decode_codes(el, bf.element)
+    values = _decode_codes(el, bf.element, backend=backend)
     axis = bf.default_axis if axis is None else (tuple(axis) if isinstance(axis, list) else axis)
     P, A, Q, TA, TQ, scale_shape = _layout(values.shape, bf.block, axis)
-    sc = np.asarray(scales)
+    sc, _ = _from_ml_dtypes(np.asarray(scales), bf.scale, "scales")
     if sc.shape != scale_shape:
         raise ValueError(f"scales must have shape {scale_shape} for elements of shape {values.shape}, got {sc.shape}")
     if bf.scale == E8M0:

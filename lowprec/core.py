@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .formats import FixedFormat, get_format
+from .formats import FixedFormat, FloatFormat, get_format
 from .kernels import dispatch
 from .rng import RandomStream, resolve_seed
 from .rounding import MAX_RANDOM_BITS, DEFAULT_RANDOM_BITS, Rounding, get_rounding
@@ -89,8 +89,18 @@ def as_float_input(x, name: str = "x") -> tuple:
                     f"got an array of dtype {arr.dtype}")
 
 
+def _via_float64(fmt, dtype) -> bool:
+    """True when float32 holds every value of ``fmt`` but the kernels cannot round to it in float32: they round
+    on the carrier's binades, which end at its smallest normal 2**-126, and a format without zero has a normal
+    binade below it (E8M0's 2**-127). Such a float32 array is rounded as its (exact) float64 copy and the result,
+    a float32 value, converted back exactly."""
+    return (np.dtype(dtype) == np.float32 and isinstance(fmt, FloatFormat) and not fmt.has_zero
+            and not fmt.fits_in(np.float32) and fmt.man_bits <= 23 and fmt.emax <= 127
+            and fmt.emin - fmt.man_bits >= -149)
+
+
 def _check_fmt_for_dtype(fmt, dtype) -> None:
-    if not fmt.fits_in(dtype):
+    if not fmt.fits_in(dtype) and not _via_float64(fmt, dtype):
         raise ValueError(f"fmt {fmt.name} has values that {np.dtype(dtype).name} cannot hold exactly; "
                          "pass float64 input")
 
@@ -122,6 +132,9 @@ def _prepare(x, fmt, rounding, random_bits, saturate):
     rbits = _check_rbits(random_bits)
     arr, out_dtype, is_scalar = as_float_input(x)
     _check_fmt_for_dtype(fmt, arr.dtype)
+    if _via_float64(fmt, arr.dtype):
+        with np.errstate(invalid="ignore"):  # (a signalling NaN converts to a quiet one)
+            arr = arr.astype(np.float64)
     p = _params(fmt, saturate)
     flat = np.ascontiguousarray(arr).reshape(-1)
     return fmt, mode, rbits, arr, out_dtype, is_scalar, p, flat
@@ -251,7 +264,7 @@ class PreparedRounding:
     """
 
     __slots__ = ("fmt", "rounding", "dtype", "random_bits", "saturate", "backend", "_p", "_mode", "_carrier",
-                 "_stochastic", "_cpu", "_choices")
+                 "_stochastic", "_cpu", "_choices", "_via64")
 
     def __init__(self, fmt, rounding, dtype, random_bits, saturate, backend):
         self.fmt = get_format(fmt)
@@ -263,7 +276,8 @@ class PreparedRounding:
         self.saturate = bool(self._p[7]) if self._p[0] == 0 else self.fmt.saturate
         self.backend = dispatch.resolve_backend(backend)
         self._mode = int(self.rounding)
-        self._carrier = _CARRIER[dt]
+        self._via64 = _via_float64(self.fmt, dt)
+        self._carrier = _CARRIER[np.dtype(np.float64) if self._via64 else dt]
         self._stochastic = self.rounding is Rounding.STOCHASTIC
         self._cpu = self.backend == "cpu"
         ity = self._carrier[3]
@@ -301,6 +315,16 @@ class PreparedRounding:
 
     def _run(self, flat, res, k0, k1, off) -> None:
         """Round the flat array ``flat`` into ``res`` (both of this dtype) with counters from (k0, k1, off)."""
+        if self._via64:
+            wide = np.empty(flat.size, dtype=np.float64)
+            with np.errstate(invalid="ignore"):  # (a signalling NaN converts to a quiet one: the result is NaN)
+                wide_in = flat.astype(np.float64)
+            self._run_carrier(wide_in, wide, k0, k1, off)
+            res[...] = wide.astype(res.dtype)  # exact: every value of the format is a float32 value
+            return
+        self._run_carrier(flat, res, k0, k1, off)
+
+    def _run_carrier(self, flat, res, k0, k1, off) -> None:
         n = flat.size
         CW, CM, CB, ity = self._carrier
         keys = (np.uint32(k0), np.uint32(k1), np.int64(off)) if self._stochastic else _NO_KEYS
@@ -425,6 +449,8 @@ def decode(bits, fmt, dtype=np.float64, *, backend: str = "auto"):
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     _check_fmt_for_dtype(fmt, dtype)
+    if _via_float64(fmt, dtype):
+        return decode(bits, fmt, np.float64, backend=backend).astype(np.float32)
     if b.size:
         if b.dtype.kind == "i" and b.min() < 0:
             raise ValueError(f"bits must be non-negative patterns, got {b.min()}")

@@ -122,16 +122,19 @@ def pow2_scale_exponent(amax: float, rule: str, elem, dtype=np.float32) -> int:
     return min(max(e, -127), 127)
 
 
-def _elem_round(v, elem, mode, u):
+def _elem_round(v, elem, mode, u, symmetric=False):
     if isinstance(elem, FixedFormat):
-        return round_fraction(v, elem, mode, u=u, rbits=32 if u is not None else None)
+        q = round_fraction(v, elem, mode, u=u, rbits=32 if u is not None else None)
+        # a symmetric integer element (MXINT8) has no -2**(bits-1): what rounds there saturates at -max
+        return max(q, -float(_elem_max(elem))) if symmetric else q
     return round_fraction(v, elem.replace(saturate=True), mode, u=u, rbits=32 if u is not None else None)
 
 
 def quantize_block(values, elem, rule, *, scale_fmt=None, s_t=1.0, mode="nearest_even", us=None,
-                   dtype=np.float32):
+                   dtype=np.float32, symmetric=False):
     """(block values as floats, E8M0 exponent or scale value) of one block of floats.
 
+    ``symmetric``: a signed integer element without its most negative code (MXINT8).
     ``us``: the stochastic draws (Fractions in [0, 1)) of the block's elements. A NaN anywhere gives all NaN;
     an Inf (the "nan" policy) too."""
     vals = [float(v) for v in values]
@@ -146,7 +149,7 @@ def quantize_block(values, elem, rule, *, scale_fmt=None, s_t=1.0, mode="nearest
             if v == 0:  # Fraction(-0.0) has no sign: a float element keeps -0, a fixed one has none
                 out.append(0.0 if isinstance(elem, FixedFormat) else v)
                 continue
-            q = _elem_round(Fraction(v) / X, elem, mode, None if us is None else us[i])
+            q = _elem_round(Fraction(v) / X, elem, mode, None if us is None else us[i], symmetric)
             out.append(float(Fraction(q) * X) if q != 0 else q)  # keeps a float element's -0
         scale = e
     else:
@@ -160,7 +163,7 @@ def quantize_block(values, elem, rule, *, scale_fmt=None, s_t=1.0, mode="nearest
             if S == 0:
                 out.append(0.0 * v)
                 continue
-            q = _elem_round(v / float(S), elem, mode, None if us is None else us[i])
+            q = _elem_round(v / float(S), elem, mode, None if us is None else us[i], symmetric)
             val = Fraction(q) * S
             out.append(float(val) if val != 0 else q)
         scale = Sb

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import lowprec
 import lowprec.block as lb
 from block_reference import draws, pow2_scale_exponent, quantize_block, round_e8m0, round_ue4m3
-from lowprec.formats import E8M0, FP32, UE4M3, FloatFormat, get_format
+from lowprec.formats import E8M0, FP32, UE4M3, FixedFormat, FloatFormat, get_format
 from lowprec.rng import derive_key
 
 RULES = ["floor", "ceil", "even", "rceil"]
@@ -98,9 +98,30 @@ def test_e8m0_nearest_away_matches_ml_dtypes():
     assert lowprec.round_to(3.0, "e8m0") == 2.0 and lowprec.round_to(6.0, "e8m0") == 8.0
 
 
-def test_e8m0_float32_input_is_refused_with_a_reason():
-    with pytest.raises(ValueError, match="float32 cannot hold exactly"):
-        lowprec.round_to(np.float32(1.0), "e8m0")
+def test_e8m0_of_float32_input_matches_ml_dtypes_and_float64():
+    """float32 holds every E8M0 value (2**-127 as a subnormal): float32 input rounds like its float64 copy and
+    stays float32; nearest_away is ml_dtypes' own float32 -> float8_e8m0fnu cast."""
+    rng = np.random.default_rng(12)
+    with np.errstate(over="ignore"):
+        edges = np.array(_E8M0_EDGES, dtype=np.float64).astype(np.float32)
+    x32 = np.concatenate([edges, np.float32([2.0 ** -127, 1.5 * 2.0 ** -127, 1.4 * 2.0 ** -127, 2.0 ** -149]),
+                          rng.integers(0, 1 << 32, 20_000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    with np.errstate(all="ignore"):
+        ref = x32.astype(ml_dtypes.float8_e8m0fnu).astype(np.float32)
+    ours = lowprec.round_to(x32, "e8m0", "nearest_away")
+    assert ours.dtype == np.float32
+    _same(ours, ref)
+    with np.errstate(invalid="ignore"):  # (signalling NaNs among the random patterns)
+        x64 = x32.astype(np.float64)
+    for mode in ("nearest_even", "up", "down"):
+        _same(lowprec.round_to(x32, "e8m0", mode), lowprec.round_to(x64, "e8m0", mode).astype(np.float32))
+    assert lowprec.round_to(np.float32(1.4 * 2.0 ** -127), "e8m0") == np.float32(2.0 ** -127)
+    assert lowprec.round_to(np.float32(1.6 * 2.0 ** -127), "e8m0") == np.float32(2.0 ** -126)
+    codes = lowprec.encode(x32, "e8m0", "nearest_away")
+    ok = ~np.isnan(ref)
+    assert np.array_equal(codes[ok], ref[ok].astype(ml_dtypes.float8_e8m0fnu).view(np.uint8))
+    _same(lowprec.decode(np.arange(256, dtype=np.uint8), "e8m0", np.float32),
+          np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e8m0fnu).astype(np.float32))
 
 
 @pytest.mark.parametrize("saturate", [False, True])
@@ -257,7 +278,7 @@ def test_mx_blocks_match_the_fraction_reference(name, rule, data):
     kind, vals, k = data
     x = _shape_block(kind, vals, k)
     bf = lb.get_block_format(name)
-    ref, e = quantize_block(x, bf.element, rule)
+    ref, e = quantize_block(x, bf.element, rule, symmetric=bf.symmetric)
     _same(lb.quantize(x, name, scale_rule=rule), np.array(ref, dtype=np.float32))
     assert lb.encode(x, name, scale_rule=rule, packed=False).scales.tolist() == [e + 127]
 
@@ -274,7 +295,7 @@ def test_block_sizes_match_the_reference_float64(name, rule, block):
     ours = lb.quantize(x, bf)
     for r in range(3):
         for b0 in range(0, 256, block):
-            ref, _ = quantize_block(x[r, b0:b0 + block], bf.element, rule, dtype=np.float64)
+            ref, _ = quantize_block(x[r, b0:b0 + block], bf.element, rule, dtype=np.float64, symmetric=bf.symmetric)
             _same(ours[r, b0:b0 + block], np.array(ref))
 
 
@@ -314,7 +335,7 @@ def test_amax_scales_match_the_reference(name, data):
 
 def test_fp8_128x128_tiles():
     rng = np.random.default_rng(3)
-    x = (rng.standard_normal((2, 256, 200)) * 10).astype(np.float32)
+    x = (rng.standard_normal((2, 192, 150)) * 10).astype(np.float32)  # (below dispatch.BLOCK_SPECIALISE_FROM)
     x[1, :128, :128] *= 1000
     ours = lb.quantize(x, "fp8_128x128")
     enc = lb.encode(x, "fp8_128x128")
@@ -323,7 +344,7 @@ def test_fp8_128x128_tiles():
     for p in range(2):
         for i in range(2):
             for j in range(2):
-                tile = x[p, 128 * i:128 * (i + 1), 128 * j:128 * (j + 1)]  # the last column tile is 72 wide
+                tile = x[p, 128 * i:128 * (i + 1), 128 * j:128 * (j + 1)]  # the last tiles are 64 x 22
                 ref, s = quantize_block(tile.ravel(), el, "amax", scale_fmt=FP32)
                 _same(ours[p, 128 * i:128 * (i + 1), 128 * j:128 * (j + 1)].ravel(), np.array(ref, dtype=np.float32))
                 assert enc.scales[p, i, j] == s
@@ -361,10 +382,8 @@ def test_encode_decode_round_trip(name):
     enc = lb.encode(x, name)
     dec = lb.decode(enc.elements, enc.scales, name, tensor_scale=enc.tensor_scale)
     _same(dec, lb.quantize(x, name))
-    # every representable input comes back unchanged (not for mxint8: an element rounded to -2 = -128 * 2**-6
-    # lies in the binade above the block's, so the floor rule picks a twice larger scale the second time)
-    if name == "mxint8":
-        return
+    # every representable input comes back unchanged (mxint8 too: its elements stop at -127 * 2**-6, so no
+    # element lands in the binade above the block's)
     enc2 = lb.encode(dec, name)
     _same(lb.decode(enc2.elements, enc2.scales, name, tensor_scale=enc2.tensor_scale), dec)
     if lb.get_block_format(name).scale == E8M0:
@@ -395,20 +414,36 @@ def test_packed_bytes_by_hand():
 # ---------------------------------------------------------------------------------------------------
 # threads and the counter stream
 # ---------------------------------------------------------------------------------------------------
-def test_one_and_two_threads_give_the_same_bits():
+def _large_calls(x, calls):
+    return [lb.encode(x, n, scale_rule="rceil").elements if m == "encode" else lb.quantize(x, n, rounding=m, seed=3)
+            for n, m in calls]
+
+
+@pytest.mark.parametrize("calls", [
+    # CI: one loop per kind of scale (lowprec warm compiles them); slow: stochastic and encode
+    pytest.param([("mxfp8_e4m3", "nearest_even"), ("nvfp4", "nearest_even")], id="pow2-amax"),
+    pytest.param([("mxfp4", "stochastic"), ("mxfp8_e4m3", "encode")], id="stochastic-encode", marks=pytest.mark.slow)])
+def test_one_and_two_threads_and_both_loops_give_the_same_bits(calls, monkeypatch):
+    """The specialised loops (from dispatch.BLOCK_SPECIALISE_FROM elements) on 1 and 2 threads, and the
+    runtime-argument loop: the same bits."""
+    from lowprec.kernels import block_cpu, dispatch
+
     rng = np.random.default_rng(8)
-    x = (rng.standard_normal(1 << 16) * 3).astype(np.float32)
+    x = (rng.standard_normal(dispatch.BLOCK_SPECIALISE_FROM) * 3).astype(np.float32)
+    x[100] = np.nan
     old = numba.get_num_threads()
     try:
         res = []
         for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(t)
-            res.append([lb.quantize(x, n) for n in ("mxfp8_e4m3", "mxfp4", "nvfp4")]
-                       + [lb.quantize(x, "mxfp4", rounding="stochastic", seed=3)])
+            res.append(_large_calls(x, calls))
     finally:
         numba.set_num_threads(old)
-    for a, b in zip(*res):
-        _same(a, b)
+    monkeypatch.setattr(block_cpu, "block_loop", lambda spec: block_cpu.block_any())
+    res.append(_large_calls(x, calls))
+    for r in res[1:]:
+        for a, b in zip(res[0], r):
+            _same(a, b)
 
 
 def test_stochastic_rounding_follows_the_counter_stream():
@@ -428,3 +463,110 @@ def test_stochastic_rounding_follows_the_counter_stream():
     s = lowprec.RandomStream(11, offset=5)
     _same(lb.quantize(x, "mxfp4", rounding="stochastic", seed=s), ours)
     assert s.offset == 5 + 96
+
+
+# ---------------------------------------------------------------------------------------------------
+# MXINT8's symmetric range, ml_dtypes arrays, lowprec.analysis, CUDA
+# ---------------------------------------------------------------------------------------------------
+def test_mxint8_is_symmetric():
+    """OCP MX v1.0 section 5.3.4: two's complement elements with the most negative code (-2) left unused,
+    as microxcaling does: -1.999 (X = 1) saturates at -127/64, code 0x81; the asymmetric variant gives -2."""
+    x = np.array([-1.999, 1.999, -1.0, 1 / 64] + [0.0] * 28)
+    assert lb.get_block_format("mxint8").symmetric
+    assert lb.quantize(x, "mxint8")[:4].tolist() == [-127 / 64, 127 / 64, -1.0, 1 / 64]
+    enc = lb.encode(x, "mxint8")
+    assert enc.scales.tolist() == [127] and enc.elements[:4].tolist() == [0x81, 0x7F, 0xC0, 0x01]
+    full = lb.get_block_format("mxint8").replace(symmetric=False)
+    assert lb.quantize(x, full)[0] == -2.0 and lb.encode(x, full).elements[0] == 0x80
+    assert lb.decode(np.array([0x80] + [0] * 31, dtype=np.uint8), np.array([127], dtype=np.uint8), "mxint8")[0] == -2.0
+    with pytest.raises(ValueError, match="symmetric=True is for signed"):
+        lb.BlockFormat("fp8_e4m3fn", "e8m0", 32, "floor", symmetric=True)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp8_e4m3", "mxfp6_e2m3", "nvfp4", "mxint8"])
+def test_ml_dtypes_arrays_match_ml_dtypes_casts(name):
+    """encode(as_ml_dtypes=True): ml_dtypes' own casts of the arrays give the block values, and ml_dtypes'
+    cast of x / X to the element type gives the same element bytes; decode takes the arrays back."""
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((4, 64)) * np.exp2(rng.integers(-20, 20, (4, 1)))).astype(np.float32)
+    bf = lb.get_block_format(name)
+    enc = lb.encode(x, name, as_ml_dtypes=True)
+    B = bf.block[0]
+    scale = enc.scales.astype(np.float64)  # ml_dtypes' decoding of the E8M0 / UE4M3 (as e4m3fn) bytes
+    if bf.tensor_scale:
+        scale = scale * float(enc.tensor_scale)
+    X = np.repeat(scale, B, axis=-1)
+    assert enc.elements.shape == x.shape and enc.elements.dtype.itemsize == 1
+    quantum = bf.element.eps if isinstance(bf.element, FixedFormat) else 1.0  # MXINT8: int8 codes * 2**-6
+    _same(enc.elements.astype(np.float64) * quantum * X, lb.quantize(x.astype(np.float64), name) if not bf.tensor_scale
+          else lb.decode(enc.elements, enc.scales, name, tensor_scale=enc.tensor_scale))
+    _same(lb.decode(enc.elements, enc.scales, name, tensor_scale=enc.tensor_scale).astype(np.float32),
+          lb.quantize(x, name))
+    if name != "mxint8":  # ml_dtypes rounds nearest-even; clip first (its fn types give NaN beyond max)
+        m = bf.max_elem
+        with np.errstate(divide="ignore"):  # (an nvfp4 block scale can underflow to 0: its elements are +-0)
+            y = np.where(X == 0, x * 0.0, x.astype(np.float64) / X)
+        ref = np.clip(y, -m, m).astype(enc.elements.dtype)
+        assert np.array_equal(ref.view(np.uint8), enc.elements.view(np.uint8))
+    packed = lb.encode(x, name)
+    assert np.array_equal(lb.decode(packed.elements, packed.scales, name, tensor_scale=packed.tensor_scale),
+                          lb.decode(enc.elements, enc.scales, name, tensor_scale=enc.tensor_scale))
+    with pytest.raises(TypeError, match="do not hold"):
+        lb.decode(enc.elements.view(np.uint8).view(ml_dtypes.float8_e5m2), enc.scales, "mxfp4")
+
+
+def test_compare_scale_rules_in_analysis():
+    """lowprec.analysis.compare_scale_rules is block.analyze per rule; the microxcaling block clips under
+    floor and even (2 elements, the maximum among them), never under ceil and rceil."""
+    from lowprec.analysis import compare_scale_rules
+
+    x = np.array([960.0, 957.0, 0.001] + [1.0] * 29)
+    st = compare_scale_rules(x, "mxfp8_e4m3")
+    assert list(st) == RULES
+    assert [int(st[r].clipped.sum()) for r in RULES] == [2, 0, 2, 0]
+    assert [bool(st[r].max_clipped[0]) for r in RULES] == [True, False, True, False]
+    assert st["floor"].max_abs_error[0] == 64.0 and st["floor"].scale[0] == 2.0 and st["ceil"].scale[0] == 4.0
+    assert int(st["ceil"].underflow[0]) == 1  # 0.001 / 4 is below half e4m3's smallest 2**-9: zero
+    direct = lb.analyze(x, "mxfp8_e4m3", scale_rule="even")
+    assert np.array_equal(direct.sum_sq_error, st["even"].sum_sq_error)
+    assert list(compare_scale_rules(x[:16], "nvfp4")) == ["amax"]
+
+
+def test_cpu_equals_cuda_simulator():
+    """The CUDA block kernel (one thread per block; run by numba's simulator in CI) gives the CPU's bits:
+    values, element codes, scales, the stochastic stream (counter = flat index, whatever the grid), NaN blocks."""
+    from lowprec.kernels import cuda as kcuda
+
+    if not kcuda.is_available():
+        pytest.skip("no CUDA target (neither a GPU nor the simulator)")
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal((2, 80)) * 7).astype(np.float32)
+    x[1, 40] = np.nan
+    x[0, 5] = 960.0
+    for name, kw in [("mxfp8_e4m3", dict(scale_rule="rceil")), ("mxfp4", dict(rounding="stochastic", seed=5, offset=7)),
+                     ("nvfp4", {})]:
+        _same(lb.quantize(x, name, backend="cuda", **kw), lb.quantize(x, name, backend="cpu", **kw))
+        g, c = lb.encode(x[:, :64], name, backend="cuda", **kw), lb.encode(x[:, :64], name, backend="cpu", **kw)
+        assert np.array_equal(g.elements, c.elements) and np.array_equal(g.scales, c.scales)
+        assert g.tensor_scale == c.tensor_scale
+        _same(lb.decode(g.elements, g.scales, name, tensor_scale=g.tensor_scale, backend="cuda"),
+              lb.decode(c.elements, c.scales, name, tensor_scale=c.tensor_scale, backend="cpu"))
+
+
+def test_quantize_into_out():
+    rng = np.random.default_rng(15)
+    x = (rng.standard_normal((3, 64)) * 5).astype(np.float32)
+    want = lb.quantize(x, "mxfp8_e4m3")
+    out = np.empty_like(x)
+    assert lb.quantize(x, "mxfp8_e4m3", out=out) is out
+    _same(out, want)
+    y = x.copy()
+    lb.quantize(y, "mxfp8_e4m3", out=y)  # in place
+    _same(y, want)
+    buf = np.concatenate([x.reshape(-1), np.zeros(32, np.float32)])
+    lb.quantize(buf[:192].reshape(3, 64), "mxfp8_e4m3", out=buf[32:].reshape(3, 64))  # overlapping: read from a copy
+    _same(buf[32:].reshape(3, 64), want)
+    with pytest.raises(ValueError, match="out must be a writable, C-contiguous float32 array of shape \\(3, 64\\)"):
+        lb.quantize(x, "mxfp8_e4m3", out=np.empty((3, 64)))
+    with pytest.raises(TypeError, match="out must be a numpy ndarray"):
+        lb.quantize(x, "mxfp8_e4m3", out=[0.0])

@@ -10,6 +10,8 @@
   (first calls on a few values, no compiler);
 - ``mma.py`` (a matrix unit's fused step, the definition) and ``mma_cpu.py``: the hardware matrix units
   (lowprec.matrix_units);
+- ``block_cpu.py`` (block-scaled formats: the scale and element steps, their loops) and ``block_cuda.py``
+  (its CUDA twin) (lowprec.block);
 - ``cuda.py`` / ``linalg_cuda.py``: the CUDA twins (cuda.py is the only module that imports numba.cuda);
 - ``dispatch.py``: every backend and kernel choice (with the fast kernels' tables); ``linalg_cpu.py``: the
   predicates those tables call; ``jit.py``: numba plumbing (the kernel decorator, cache keys, source

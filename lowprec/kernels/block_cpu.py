@@ -8,10 +8,11 @@ divide holds what is left (as if padded with zeros, which change neither amax no
 Block ``b`` is ``(p, ba, bq)`` in C order; element ``(p, a, q)`` draws the random counter
 ``offset + (p*A + a)*Q + q`` (its flat C-order index): the same bits on any thread count or chunking.
 
-Every value rounded here goes through kernels/scalar.py (``round_float_carrier``, ``round_fixed_carrier``,
-``round_bits``, the encode helpers); this module only chooses the scale:
+The steps (inlined functions; the CUDA kernel of kernels/block_cuda.py calls the same ones); every value
+rounded here goes through kernels/scalar.py (``round_bits``, ``encode_bits``, ``round_float_carrier``):
 
-- power-of-two rules (``FLOOR``, ``CEIL``, ``EVEN``, ``RCEIL``): the E8M0 exponent ``e`` from amax's
+- the scale of a block from its amax (carrier bits; :func:`block_scale_called` for any rule).
+  Power-of-two rules (``FLOOR``, ``CEIL``, ``EVEN``, ``RCEIL``): the E8M0 exponent ``e`` from amax's
   carrier bits (:func:`pow2_exponent`), clamped to [-127, 127]. The element is ``y = x * 2**-e`` (a
   carrier multiplication) rounded to the element format, the value ``q * 2**e``. Both products are
   exact: ``|y| < 2**(emax_elem + 1)`` cannot overflow, ``q * 2**e`` is a float32 value for every element
@@ -19,16 +20,27 @@ Every value rounded here goes through kernels/scalar.py (``round_float_carrier``
   rule on a block maximum near 2**128), and ``y`` is inexact only below the carrier's smallest normal,
   ``2**-126``, far below half the element format's smallest value, where nearest-even gives 0 and
   stochastic rounding with at most 64 random bits rounds up with probability 0 either way (the block
-  API offers only these two modes). The element format's parameters are the same for every block, so
-  their constants stay out of the loop.
-- ``AMAX``: the scale ``S_b = round(amax / (max_elem * s_t), scale format)`` (float64 quotient, rounded
-  once to the scale format by ``round_bits``), ``S = S_b * s_t`` (exact in float64), the element
+  API offers only these two modes).
+  ``AMAX``: the scale ``S_b = round(amax / (max_elem * s_t), scale format)`` (float64 quotient, rounded
+  once to the scale format), ``S = S_b * s_t`` (exact in float64), the element
   ``q = round(fl64(x / S), element format)``, the value ``q * S`` (exact in float64, rounded to float32
   for float32 arrays). ``S == 0`` (an all-zero block) gives zeros.
+- one element's value bits (``QUANTIZE``) or element pattern (``ENCODE``; :func:`block_element_called`). The
+  scaled element is first raised to ``lo`` (``-max_elem`` for a symmetric integer element, MXINT8;
+  ``-inf`` otherwise): rounding is monotone, so this is saturation at ``-max_elem``.
 
 A block holding a NaN gets the NaN scale (E8M0 code 255, scale value NaN) and NaN values; a block
 holding an Inf (and no NaN) is counted, and treated like a NaN block (the caller raises first when its
 policy is "error"). The loops return (blocks with a NaN, blocks with an Inf).
+
+Two kinds of loop, the same steps and bits (kernels/dispatch.py chooses):
+
+- **the runtime-argument loop** (:data:`block_any`): op, format kind, flags, scale rule, rounding mode and
+  carrier are arguments; the rounding is scalar.py's *called* definitions. One kernel (three carrier
+  signatures) serves every block format: it compiles in seconds and runs at scalar speed.
+- **specialised loops** (:func:`block_loop`): the op, the element kind and flags, power-of-two or
+  ``amax`` scales, the mode and the carrier are compile-time constants and the rounding is inlined: the
+  element loop vectorises. The power-of-two rule stays an argument (it is computed once per block).
 """
 
 import numpy as np
@@ -41,6 +53,8 @@ FLOOR, CEIL, EVEN, RCEIL, AMAX = 0, 1, 2, 3, 4
 RULES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL, "amax": AMAX}
 QUANTIZE, ENCODE = 0, 1
 E8M0_BIAS = 127
+_CHUNK = 16  # blocks per parallel work item
+_called = scalar.DEFINITIONS.called()
 
 
 @njit(inline="always")
@@ -98,9 +112,6 @@ def pow2_exponent(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem):
     return min(max(e, np.int64(-127)), np.int64(127))
 
 
-# ---------------------------------------------------------------------------------------------------
-# the scale of a block: (e, S, scale code, scale value)
-# ---------------------------------------------------------------------------------------------------
 @njit(inline="always")
 def pow2_f64(e):
     """2.0**e for an int e in [-1022, 1023], built from its bits (no libm pow)."""
@@ -108,176 +119,214 @@ def pow2_f64(e):
 
 
 @njit(inline="always")
-def _scale_pow2(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t):
-    e = pow2_exponent(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem)
-    return e, np.float64(0.0), e + E8M0_BIAS, pow2_f64(e)
-
-
-@njit(inline="always")
-def _scale_amax(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t):
-    ratio = _carrier_float(amax, CW) / (max_elem * s_t)
-    Sb = scalar.i64_as_f64(scalar.round_float_carrier(
-        scalar.f64_as_i64(ratio), 64, 52, 1023, ps[1], ps[2], ps[3], ps[4], ps[5], ps[6], ps[7],
-        scalar.NEAREST_EVEN, np.uint64(0), 32))
-    return np.int64(0), Sb * s_t, np.int64(0), Sb
-
-
-# ---------------------------------------------------------------------------------------------------
-# one element: value bits (QUANTIZE) or element pattern (ENCODE)
-# ---------------------------------------------------------------------------------------------------
-@njit(inline="always")
-def _prescale(u, CW, f):
-    """Carrier bits of (the value of u) * f, in u's integer type; exact where the kernels use it."""
+def _scaled(u, CW, f, lo):
+    """Carrier bits (u's integer type) of max(value(u) * f, lo); exact where the steps use it."""
     if CW == 32:
-        return scalar._like(u, scalar.f32_as_i32(scalar.i32_as_f32(np.int32(u)) * np.float32(f)))
-    return scalar._like(u, scalar.f64_as_i64(scalar.i64_as_f64(np.int64(u)) * f))
+        y = scalar.i32_as_f32(np.int32(u)) * np.float32(f)
+        y = np.float32(lo) if y < np.float32(lo) else y
+        return scalar._like(u, scalar.f32_as_i32(y))
+    y = scalar.i64_as_f64(np.int64(u)) * f
+    y = lo if y < lo else y
+    return scalar._like(u, scalar.f64_as_i64(y))
 
 
 @njit(inline="always")
-def _pow2_float_value(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    r = scalar.round_float_carrier(_prescale(u, CW, s_in), CW, CM, CB, pe[1], pe[2], pe[3], pe[4], pe[5],
-                                   pe[6], pe[7], mode, rnd, rb)
-    return _prescale(r, CW, s_out)
-
-
-@njit(inline="always")
-def _pow2_float_pattern(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    r = scalar.round_float_carrier(_prescale(u, CW, s_in), CW, CM, CB, pe[1], pe[2], pe[3], pe[4], pe[5],
-                                   pe[6], pe[7], mode, rnd, rb)
-    sg, T, cls = scalar.carrier_to_float_code(r, CW, CM, CB, pe[1], pe[2], pe[5])
-    return scalar.float_code_to_pattern(sg, T, cls, pe[1], pe[5], pe[8])
-
-
-@njit(inline="always")
-def _pow2_fixed_value(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    r = scalar.round_fixed_carrier(_prescale(u, CW, s_in), CW, CM, CB, pe[1], pe[2], pe[3], pe[4], mode, rnd, rb)
-    return _prescale(r, CW, s_out)
-
-
-@njit(inline="always")
-def _pow2_fixed_pattern(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    k, cls = scalar.round_fixed_int(_prescale(u, CW, s_in), CW, CM, CB, pe[1], pe[2], pe[3], pe[4], mode, rnd, rb)
-    return np.int64(k) & ((np.int64(1) << pe[1]) - 1)
-
-
-@njit(inline="always")
-def _quotient_bits(u, CW, S):
-    """float64 bits of fl64(x / S) (+-0 when S == 0)."""
-    xf = _carrier_float(u, CW)
-    return scalar.f64_as_i64(xf / S if S != 0.0 else xf * 0.0)
-
-
-@njit(inline="always")
-def _amax_store(u, CW, q, S):
-    """Carrier bits (u's type) of q * S (float64), rounded to float32 for a float32 carrier."""
-    v = q * S if S != 0.0 else q
+def _store(u, CW, v):
+    """Carrier bits (u's type) of the float64 ``v``, rounded to float32 for a float32 carrier."""
     if CW == 32:
         return scalar._like(u, scalar.f32_as_i32(np.float32(v)))
     return scalar._like(u, scalar.f64_as_i64(v))
 
 
 @njit(inline="always")
-def _amax_float_value(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    q = scalar.round_float_carrier(_quotient_bits(u, CW, S), 64, 52, 1023, pe[1], pe[2], pe[3], pe[4], pe[5], pe[6],
-                                   pe[7], mode, rnd, rb)
-    return _amax_store(u, CW, scalar.i64_as_f64(q), S)
+def _quotient(u, CW, S, lo):
+    """float64 bits of max(fl64(x / S), lo) (+-0 when S == 0)."""
+    xf = _carrier_float(u, CW)
+    y = xf / S if S != 0.0 else xf * 0.0
+    return scalar.f64_as_i64(lo if y < lo else y)
 
 
 @njit(inline="always")
-def _amax_float_pattern(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    r = scalar.round_float_carrier(_quotient_bits(u, CW, S), 64, 52, 1023, pe[1], pe[2], pe[3], pe[4], pe[5], pe[6],
-                                   pe[7], mode, rnd, rb)
-    sg, T, cls = scalar.carrier_to_float_code(r, 64, 52, 1023, pe[1], pe[2], pe[5])
-    return scalar.float_code_to_pattern(sg, T, cls, pe[1], pe[5], pe[8])
+def _scale_pow2(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t):
+    """(E8M0 code, 2**e, s_in = 2**-e, s_out = 2**e, S = 0) of a block with finite amax (carrier bits)."""
+    e = pow2_exponent(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem)
+    return e + E8M0_BIAS, pow2_f64(e), pow2_f64(-e), pow2_f64(e), 0.0
+
+
+def _steps(round_float_carrier, round_bits, encode_bits):
+    """The scale and element steps on the given scalar definitions (inlined ones for the specialised loops,
+    called ones for the runtime-argument loop and CUDA): ``(scale of an amax block, {(is_amax, op): element
+    step})``."""
+
+    @njit(inline="always")
+    def scale_amax(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t):
+        """(0, S_b, s_in = 1, s_out = 1, S = S_b * s_t) of a block with finite amax (carrier bits)."""
+        ratio = _carrier_float(amax, CW) / (max_elem * s_t)
+        Sb = scalar.i64_as_f64(round_float_carrier(
+            scalar.f64_as_i64(ratio), 64, 52, 1023, ps[1], ps[2], ps[3], ps[4], ps[5], ps[6], ps[7],
+            scalar.NEAREST_EVEN, np.uint64(0), 32))
+        return np.int64(0), Sb, 1.0, 1.0, Sb * s_t
+
+    @njit(inline="always")
+    def pow2_value(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
+        y = _scaled(u, CW, s_in, lo)  # x * 2**-e: exact (or, far below the element grid, what rounds to 0 anyway)
+        return np.int64(_scaled(round_bits(y, CW, CM, CB, pe, mode, rnd, rbits), CW, s_out, -np.inf))
+
+    @njit(inline="always")
+    def pow2_pattern(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
+        return encode_bits(_scaled(u, CW, s_in, lo), CW, CM, CB, pe, mode, rnd, rbits)
+
+    @njit(inline="always")
+    def amax_value(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
+        q = scalar.i64_as_f64(round_bits(_quotient(u, CW, S, lo), 64, 52, 1023, pe, mode, rnd, rbits))
+        return np.int64(_store(u, CW, q * S if S != 0.0 else q))
+
+    @njit(inline="always")
+    def amax_pattern(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
+        return encode_bits(_quotient(u, CW, S, lo), 64, 52, 1023, pe, mode, rnd, rbits)
+
+    return scale_amax, {(False, QUANTIZE): pow2_value, (False, ENCODE): pow2_pattern,
+                        (True, QUANTIZE): amax_value, (True, ENCODE): amax_pattern}
+
+
+_scale_amax, _ELEMENT = _steps(scalar.round_float_carrier, scalar.round_bits, scalar.encode_bits)
+_scale_amax_called, _ELEMENT_CALLED = _steps(_called.round_float_carrier, _called.round_bits, _called.encode_bits)
 
 
 @njit(inline="always")
-def _amax_fixed_value(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    q = scalar.round_fixed_carrier(_quotient_bits(u, CW, S), 64, 52, 1023, pe[1], pe[2], pe[3], pe[4], mode, rnd, rb)
-    return _amax_store(u, CW, scalar.i64_as_f64(q), S)
+def block_scale_called(amax, CW, CM, CB, is_amax, rule, emax_elem, m_elem, max_elem, ps, s_t):
+    """(scale code, scale value, s_in, s_out, S) of a block with finite amax (carrier bits), any rule, on the
+    called definitions: power-of-two rules give (E8M0 code, 2**e, 2**-e, 2**e, 0), ``amax`` (0, S_b, 1, 1,
+    S_b * s_t)."""
+    if is_amax:
+        return _scale_amax_called(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t)
+    return _scale_pow2(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t)
+
+
+_pow2_value_c, _pow2_pattern_c = _ELEMENT_CALLED[False, QUANTIZE], _ELEMENT_CALLED[False, ENCODE]
+_amax_value_c, _amax_pattern_c = _ELEMENT_CALLED[True, QUANTIZE], _ELEMENT_CALLED[True, ENCODE]
 
 
 @njit(inline="always")
-def _amax_fixed_pattern(u, CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb):
-    k, cls = scalar.round_fixed_int(_quotient_bits(u, CW, S), 64, 52, 1023, pe[1], pe[2], pe[3], pe[4], mode, rnd, rb)
-    return np.int64(k) & ((np.int64(1) << pe[1]) - 1)
+def block_element_called(op, u, CW, CM, CB, pe, is_amax, s_in, s_out, S, lo, mode, rnd, rbits):
+    """Value bits (op QUANTIZE, u's carrier) or element pattern (ENCODE) of the element with carrier bits ``u``
+    in a block of scale (s_in, s_out, S) (:func:`block_scale_called`), any op and rule, on the called
+    definitions. The scaled element is raised to ``lo`` first."""
+    if is_amax:
+        if op == QUANTIZE:
+            return _amax_value_c(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits)
+        return _amax_pattern_c(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits)
+    if op == QUANTIZE:
+        return _pow2_value_c(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits)
+    return _pow2_pattern_c(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits)
 
 
-_STEPS = {
-    (True, scalar.KIND_FLOAT, QUANTIZE): _pow2_float_value, (True, scalar.KIND_FLOAT, ENCODE): _pow2_float_pattern,
-    (True, scalar.KIND_FIXED, QUANTIZE): _pow2_fixed_value, (True, scalar.KIND_FIXED, ENCODE): _pow2_fixed_pattern,
-    (False, scalar.KIND_FLOAT, QUANTIZE): _amax_float_value, (False, scalar.KIND_FLOAT, ENCODE): _amax_float_pattern,
-    (False, scalar.KIND_FIXED, QUANTIZE): _amax_fixed_value, (False, scalar.KIND_FIXED, ENCODE): _amax_fixed_pattern,
-}
+def _build(spec):
+    """The loop over tiles ``TA x TQ`` of ``(P, A, Q)`` (any layout). ``spec`` None: the runtime-argument
+    loop; else ``(op, kind, is_amax, mode, r32, carrier32, flag0, flag1, flag2)``, compile-time constants
+    (closure cells and part of the cache key). A float element's flags are (NaN encoding, subnormals,
+    saturation), a fixed one's (signed, wrap, 0)."""
+    generic = spec is None
+    op_c, kind_c, amax_c, mode_c, r32, carrier32, f0, f1, f2 = (0, 0, False, 0, False, True, 0, 0, 0) if generic else spec
+    stochastic_c = mode_c == scalar.STOCHASTIC
+    rand = _called.random_bits_split if generic else scalar.random_bits_split
+    # the specialised loops inline exactly the steps of their spec (numba types every branch it inlines, dead
+    # or not: the choice is made here); the runtime-argument loop calls block_scale_called / block_element_called
+    scale_of = block_scale_called if generic else (_scale_amax if amax_c else _scale_pow2)
+    element = block_element_called
+    step = _ELEMENT[bool(amax_c), op_c]
 
-
-def _build(op, kind, rule, mode, r32, carrier32):
-    """The loop over tiles ``TA x TQ`` of ``(P, A, Q)`` (any layout); every argument is a compile-time
-    constant (a closure cell and part of the cache key).
-
-    The rule and the carrier are constants because a runtime choice costs more than the rounding itself
-    here: the compiler computes every branch of a short per-block computation (the ``rceil`` division
-    included) and keeps carrier selects in the element loop."""
-    stochastic = mode == scalar.STOCHASTIC
-    pow2 = rule != AMAX
-    step = _STEPS[pow2, kind, op]
-    scale_of = _scale_pow2 if pow2 else _scale_amax
-    CW, CM, CB = (32, 23, 127) if carrier32 else (64, 52, 1023)
-    absmask = (1 << (CW - 1)) - 1
-    infbits = ((1 << (CW - 1 - CM)) - 1) << CM
-    nanbits = infbits | (1 << (CM - 1))
-    bad_out = nanbits if op == QUANTIZE else 0
-
-    @kernel(parallel=True, spec=(op, kind, rule, mode, r32, carrier32), error_model="numpy")
-    def loop(xi, out, scale_code, scale_val, P, A, Q, TA, TQ, pe, ps, emax_elem, m_elem, max_elem, s_t,
-             key0, key1, offset, rbits):
-        rb = 32 if r32 else rbits
+    @kernel(parallel=True, spec=("any",) if generic else tuple(spec), error_model="numpy")
+    def loop(op_arg, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW_arg, CM_arg, CB_arg, pe_arg, ps, rule_arg,
+             emax_elem, m_elem, max_elem, s_t, lo, mode_arg, key0, key1, offset, rbits):
+        if generic:
+            op, is_amax, mode, rb = op_arg, rule_arg == AMAX, mode_arg, rbits
+            stochastic = mode_arg == scalar.STOCHASTIC
+            CW, CM, CB = CW_arg, CM_arg, CB_arg
+            pe = pe_arg
+        else:
+            op, is_amax, mode, stochastic = op_c, amax_c, mode_c, stochastic_c
+            rb = 32 if r32 else rbits  # a constant 32 (the default) folds the r-dependent shifts
+            CW, CM, CB = (32, 23, 127) if carrier32 else (64, 52, 1023)
+            if kind_c == scalar.KIND_FLOAT:
+                pe = (kind_c, pe_arg[1], pe_arg[2], pe_arg[3], pe_arg[4], f0, f1, f2, pe_arg[8])
+            else:
+                pe = (kind_c, pe_arg[1], pe_arg[2], f0, f1, 0, 0, 0, 0)
+        absmask = (np.int64(1) << (CW - 1)) - 1
+        infbits = ((np.int64(1) << (CW - 1 - CM)) - 1) << CM
+        bad_out = (infbits | (np.int64(1) << (CM - 1))) if op == QUANTIZE else np.int64(0)
         nA = (A + TA - 1) // TA
         nQ = (Q + TQ - 1) // TQ
         nblocks = P * nA * nQ
+        # counters offset + i: while they share their high word (every array below 2**32 elements, unless its
+        # offset crosses a multiple of 2**32), _mix32 of it is computed once (random_bits_split: the same bits)
+        n = xi.size
+        one_hi = ((offset + n - 1) >> 32) == (offset >> 32)
+        mixed_hi0 = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))
         n_nan = 0
         n_inf = 0
-        for b in prange(nblocks):
-            p = b // (nA * nQ)
-            rest = b - p * (nA * nQ)
-            ba = rest // nQ
-            bq = rest - ba * nQ
-            a0 = ba * TA
-            a1 = min(a0 + TA, A)
-            q0 = bq * TQ
-            q1 = min(q0 + TQ, Q)
-            # unsigned indices counted from 0 (range(n), then base + j): numba then omits its negative-index
-            # wraparound and the loops vectorise (with range(start, stop) they did not)
-            lane = xi[0]
-            amax = scalar._like(lane, 0)
-            width = np.uint64(q1 - q0)
-            for a in range(a0, a1):
-                row = np.uint64((p * A + a) * Q + q0)
-                for j in range(width):
-                    amax = max(amax, scalar._like(lane, xi[row + j] & scalar._like(lane, absmask)))
-            amax64 = np.int64(amax)
-            n_nan += np.int64(amax64 > infbits)
-            n_inf += np.int64(amax64 == infbits)
-            if amax64 >= infbits:
-                scale_code[b] = 255
-                scale_val[b] = np.nan
+        # chunks of _CHUNK blocks: block b = (p, ba, bq) is found by division once per chunk, then counted up
+        # (an integer division per block of 16 or 32 elements costs as much as rounding them)
+        for c in prange((nblocks + _CHUNK - 1) // _CHUNK):
+            b0 = c * _CHUNK
+            pn = b0 // (nA * nQ)
+            rest = b0 - pn * (nA * nQ)
+            ban = rest // nQ
+            bqn = rest - ban * nQ
+            for b in range(b0, min(b0 + _CHUNK, nblocks)):
+                p, ba, bq = pn, ban, bqn
+                bqn += 1
+                if bqn == nQ:
+                    bqn = 0
+                    ban += 1
+                    if ban == nA:
+                        ban = 0
+                        pn += 1
+                a0 = ba * TA
+                a1 = min(a0 + TA, A)
+                q0 = bq * TQ
+                q1 = min(q0 + TQ, Q)
+                # unsigned indices counted from 0 (range(n), then base + j): numba then omits its negative-index
+                # wraparound and the loops vectorise (with range(start, stop) they did not)
+                lane = xi[0]
+                amax = scalar._like(lane, 0)
+                width = np.uint64(q1 - q0)
                 for a in range(a0, a1):
                     row = np.uint64((p * A + a) * Q + q0)
                     for j in range(width):
-                        out[row + j] = bad_out
-                continue
-            e, S, code, val = scale_of(amax64, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t)
-            scale_code[b] = code
-            scale_val[b] = val
-            # x * 2**-e is exact (or, far below the element grid, rounds to what rounds to zero anyway)
-            s_in = pow2_f64(-e)
-            s_out = pow2_f64(e)
-            for a in range(a0, a1):
-                row = np.uint64((p * A + a) * Q + q0)
-                for j in range(width):
-                    i = row + j
-                    rnd = scalar.random_bits(key0, key1, offset + np.int64(i), rb) if stochastic else np.uint64(0)
-                    out[i] = step(xi[i], CW, CM, CB, pe, e, s_in, s_out, S, mode, rnd, rb)
+                        amax = max(amax, scalar._like(lane, xi[row + j] & scalar._like(lane, absmask)))
+                amax64 = np.int64(amax)
+                n_nan += np.int64(amax64 > infbits)
+                n_inf += np.int64(amax64 == infbits)
+                if amax64 >= infbits:
+                    scale_code[b] = 255
+                    scale_val[b] = np.nan
+                    for a in range(a0, a1):
+                        row = np.uint64((p * A + a) * Q + q0)
+                        for j in range(width):
+                            out[row + j] = bad_out
+                    continue
+                if generic:
+                    code, val, s_in, s_out, S = scale_of(amax64, CW, CM, CB, is_amax, rule_arg, emax_elem, m_elem,
+                                                         max_elem, ps, s_t)
+                else:
+                    code, val, s_in, s_out, S = scale_of(amax64, CW, CM, CB, rule_arg, emax_elem, m_elem, max_elem,
+                                                         ps, s_t)
+                scale_code[b] = code
+                scale_val[b] = val
+                for a in range(a0, a1):
+                    row = np.uint64((p * A + a) * Q + q0)
+                    for j in range(width):
+                        i = row + j
+                        rnd = np.uint64(0)
+                        if stochastic:
+                            c = offset + np.int64(i)
+                            mixed_hi = mixed_hi0 if one_hi else scalar._mix32(np.uint32((c >> 32) & 0xFFFFFFFF))
+                            rnd = rand(key0, key1, np.uint32(c & 0xFFFFFFFF), mixed_hi, rb)
+                        if generic:
+                            out[i] = element(op, xi[i], CW, CM, CB, pe, is_amax, s_in, s_out, S, lo, mode, rnd, rb)
+                        else:
+                            out[i] = step(xi[i], CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rb)
         return n_nan, n_inf
 
     return loop
@@ -286,14 +335,29 @@ def _build(op, kind, rule, mode, r32, carrier32):
 _LOOPS: dict = {}
 
 
-def block_loop(op: int, kind: int, rule: int, mode: int, rbits: int, carrier32: bool):
-    """The block loop for (QUANTIZE or ENCODE, element kind, scale rule, rounding mode, float32 carrier or
-    float64), built once. ``out`` receives carrier bits (QUANTIZE, the
-    carrier's int view) or element patterns (ENCODE, int64)."""
-    key = (op, kind, rule, mode, mode == scalar.STOCHASTIC and rbits == 32, bool(carrier32))
-    loop = _LOOPS.get(key)
+def block_any():
+    """The runtime-argument loop (one kernel for every op, element kind, rule, mode and carrier)."""
+    loop = _LOOPS.get(None)
     if loop is None:
-        loop = _LOOPS[key] = _build(*key)
+        loop = _LOOPS[None] = _build(None)
+    return loop
+
+
+def spec_of(op: int, pe, is_amax: bool, mode: int, rbits: int, carrier32: bool) -> tuple:
+    """The compile-time constants of a specialised loop (:func:`_build`)."""
+    flags = (int(pe[5]), int(pe[6]), int(pe[7])) if pe[0] == scalar.KIND_FLOAT else (int(pe[3]), int(pe[4]), 0)
+    return (int(op), int(pe[0]), bool(is_amax), int(mode), mode == scalar.STOCHASTIC and rbits == 32,
+            bool(carrier32)) + flags
+
+
+def block_loop(spec: tuple):
+    """The specialised loop of ``spec`` (:func:`spec_of`), built once. All loops take the same arguments
+    ``(op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, pe, ps, rule, emax_elem, m_elem,
+    max_elem, s_t, lo, mode, key0, key1, offset, rbits)``; ``out`` receives carrier bits (QUANTIZE, the
+    carrier's int view) or element patterns (ENCODE, int64)."""
+    loop = _LOOPS.get(spec)
+    if loop is None:
+        loop = _LOOPS[spec] = _build(spec)
     return loop
 
 

@@ -445,17 +445,58 @@ def narrow_kind(a, bt, ia, M, N, K, has_prod, pprod, fused, pacc, mode, order, c
 # ---------------------------------------------------------------------------------------------------
 # hardware matrix units (lowprec.matrix_units)
 # ---------------------------------------------------------------------------------------------------
-def matrix_unit_array(backend, a, b, c, ia, ib, params: dict) -> np.ndarray:
+def matrix_unit_array(backend, a, b, c, ia, ib, params: dict, sa=None, sb=None) -> np.ndarray:
     """``c[t] + a[ia[t]] @ b[ib[t]]`` for each batch ``t`` under a matrix unit: float64 stacks ``a`` (.., M, K),
     ``b`` (.., K, N), ``c`` (T, M, N) holding values of the unit's formats; ``params`` the keyword arguments of
     kernels/mma_cpu.matmul_mma_cpu (``MatrixUnit._kernel_params()``). Returns float64 (T, M, N). One kernel per
     backend, the same bits: kernels/mma_cpu.py (tiled, parallel) on the CPU, kernels/linalg_cuda.py (one thread
-    per output) on CUDA, both built from kernels/mma.py."""
+    per output) on CUDA, both built from kernels/mma.py. Block-scaled units: ``sa`` (.., M, blocks) and ``sb``
+    (.., blocks, N) int32 scale exponents, indexed by batch as ``a`` and ``b``."""
     if resolve_backend(backend) == "cuda":
         from .linalg_cuda import _matmul_mma_cuda as run
     else:
         from .mma_cpu import matmul_mma_cpu as run
     out = np.empty((ia.size,) + c.shape[1:])
     for t in range(ia.size):
-        out[t] = run(a[ia[t]], b[ib[t]], c[t], **params)
+        scales = () if sa is None else (sa[ia[t]], sb[ib[t]])
+        out[t] = run(a[ia[t]], b[ib[t]], c[t], *scales, **params)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# block-scaled formats (lowprec.block)
+# ---------------------------------------------------------------------------------------------------
+#: From this many elements a block quantization runs its specialised loop (compiled on first use); below,
+#: the runtime-argument loop (kernels/block_cpu.block_any), unless the specialised one is already compiled
+#: or in the on-disk cache. Same bits either way.
+BLOCK_SPECIALISE_FROM = 1 << 16
+
+_BLOCK_READY: dict = {}  # (spec, carrier dtypes) -> whether the specialised loop is compiled or cached
+
+
+def block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, pe, ps, rule, emax_elem,
+                m_elem, max_elem, s_t, lo, mode, key0, key1, offset, rbits):
+    """Block-quantize (``op`` QUANTIZE) or encode (ENCODE) the flat carrier view ``xi`` into ``out``, one scale per
+    block into ``scale_code`` / ``scale_val`` (arguments as kernels/block_cpu.py's loops); returns (blocks holding a
+    NaN, blocks holding an Inf). CUDA: kernels/block_cuda.py; CPU: the specialised loop from
+    ``BLOCK_SPECIALISE_FROM`` elements or when it is compiled, else the runtime-argument loop."""
+    from . import block_cpu
+
+    args = (op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, pe, ps, rule, emax_elem, m_elem,
+            max_elem, s_t, lo, mode, key0, key1, offset, rbits)
+    if resolve_backend(backend) == "cuda":
+        from . import block_cuda
+
+        return block_cuda._block_cuda(*args)
+    spec = block_cpu.spec_of(op, pe, rule == block_cpu.AMAX, mode, rbits, CW == 32)
+    loop = block_cpu.block_loop(spec)
+    if xi.size < BLOCK_SPECIALISE_FROM and _POLICY != "always":
+        key = (spec, xi.dtype.num, out.dtype.num)
+        ready = _BLOCK_READY.get(key)
+        if ready is None:
+            ready = _BLOCK_READY[key] = is_cached(loop, *args)
+        if not ready:
+            loop = block_cpu.block_any()
+    else:
+        _BLOCK_READY[(spec, xi.dtype.num, out.dtype.num)] = True
+    return loop(*args)
