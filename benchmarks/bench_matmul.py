@@ -16,7 +16,9 @@ lowprec call started in that time shares the cores with them (measured: the
 fp16-fp32 product at 1024^3 on 2 threads took 0.03-0.06 s right after a BLAS
 call, 0.017 s after 0.2 s of idle). Targets (issue 3): fp16/bf16 inputs with fp32 accumulation >= 0.5,
 fp16/bf16 accumulators >= 0.1, stochastic accumulation >= 0.05; hardware matrix units
-(``lowprec.matrix_units``: alignment, truncation and one rounding per fused step) >= 0.05.
+(``lowprec.matrix_units``: alignment, truncation and one rounding per fused step) >= 0.05; the
+block-scaled ``nv-blackwell-mxfp8`` is timed with its block quantization of float32 inputs (lowprec.block,
+OCP floor rule) included.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _set_threads(n: int) -> None:
 
 
 CASES = ["fp16-fp32", "bf16-fp32", "fp32", "e4m3-fp32", "fp16", "bf16", "fp16-sr", "bf16-sr", "e4m3-chunk128",
-         "nv-ampere-bf16", "nv-hopper-fp8", "nv-hopper-fp8-promote128"]
+         "nv-ampere-bf16", "nv-hopper-fp8", "nv-hopper-fp8-promote128", "nv-blackwell-mxfp8"]
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ from .core import as_float_input, round_to
 from .formats import get_format
 from .kernels import accum as _accum
 from .kernels import dispatch
-from .matrix_units import get_matrix_unit, is_matrix_unit
+from .matrix_units import block_unit_array, get_matrix_unit, is_matrix_unit
 from .rng import resolve_seed
 
 __all__ = ["matmul", "dot", "sum", "prepare_matmul", "PreparedMatmul"]
@@ -413,11 +413,55 @@ def _matmul_matrix_unit(a, b, accumulation, c, backend):
             raise ValueError(f"c with shape {c_in.shape} does not broadcast to the result's shape {final}") from None
         C = _unit_operand(c_in, unit.c_format, False)
         C = C.reshape(batch + (M, N))
+    ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
+    if unit.block_format is not None:
+        out = _matmul_block_unit(A, B, C, c is not None, ia, ib, unit, backend).reshape(batch + (M, N))
+        return _result(out, a_in, b_in, out_dtype)
     Ar = _unit_operand(A, unit.a_format, unit.truncate_inputs)
     Br = _unit_operand(B, unit.b_format, unit.truncate_inputs)
-    ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
     A3 = Ar.reshape(int(np.prod(A.shape[:-2], dtype=np.int64)), M, K)
     B3 = Br.reshape(int(np.prod(B.shape[:-2], dtype=np.int64)), K, N)
     C3 = np.broadcast_to(C, batch + (M, N)).reshape(ia.size, M, N)
     out = dispatch.matrix_unit_array(backend, A3, B3, C3, ia, ib, unit._kernel_params()).reshape(batch + (M, N))
     return _result(out, a_in, b_in, out_dtype)
+
+
+def _block_quantized(x: np.ndarray, bf, axis: int):
+    """x block-quantized along ``axis`` (lowprec.block): (element x block scale as float64, the block scales as
+    float64 values, the per-tensor scale or None). The per-tensor scale is not folded into the values."""
+    from . import block
+    from .core import decode
+
+    enc = block.encode(x, bf, axis=axis, packed=False)
+    q = np.asarray(decode(enc.elements, bf.element), dtype=np.float64)
+    sv = np.asarray(decode(enc.scales, bf.scale), dtype=np.float64)
+    n = x.shape[axis]
+    full = np.repeat(sv, bf.block[0], axis=axis).take(np.arange(n), axis=axis)
+    ts = None if enc.tensor_scale is None else float(enc.tensor_scale)
+    return q * full, sv, ts
+
+
+def _matmul_block_unit(A, B, C, has_c, ia, ib, unit, backend) -> np.ndarray:
+    """matmul under a block-scaled unit: a quantized along K (its last axis), b along K (axis -2) with the unit's
+    block formats, then the block-scaled chain (matrix_units.block_unit_array). A per-tensor scale (NVFP4) stays outside the
+    instruction: the chain runs from c = 0 and the result is ``fp32(alpha * D + c)`` with ``alpha =
+    fp32(s_a * s_b)``, one rounding (a GEMM epilogue's fused multiply-add)."""
+    from .ops import fma
+
+    M, K = A.shape[-2:]
+    N = B.shape[-1]
+    Av, SA, ta = _block_quantized(A, unit.operand_block_format("a"), -1)
+    Bv, SB, tb = _block_quantized(B, unit.operand_block_format("b"), -2)
+    Ta, Tb, nb = int(np.prod(A.shape[:-2], dtype=np.int64)), int(np.prod(B.shape[:-2], dtype=np.int64)), SA.shape[-1]
+    A3, B3 = Av.reshape(Ta, M, K), Bv.reshape(Tb, K, N)
+    SA3, SB3 = SA.reshape(Ta, M, nb), SB.reshape(Tb, nb, N)
+    T = ia.size
+    C3 = np.ascontiguousarray(C).reshape(T, M, N)
+    if ta is None and tb is None:
+        return block_unit_array(A3, SA3, B3, SB3, C3, ia, ib, unit, backend)
+    D = block_unit_array(A3, SA3, B3, SB3, np.zeros((T, M, N)), ia, ib, unit, backend)
+    alpha = np.float32(np.float64(1.0 if ta is None else ta) * np.float64(1.0 if tb is None else tb))
+    with np.errstate(all="ignore"):
+        out = np.asarray(fma(np.full(D.shape, float(alpha)), D, C3 if has_c else np.zeros(D.shape),
+                             "fp32"), dtype=np.float64)
+    return out

@@ -9,7 +9,8 @@ Checks, each CPU (backend="cpu") against CUDA (backend="cuda"), bit for bit:
      zeros, subnormals, Inf, NaN and ties);
   2. lowprec.linalg.matmul for every accumulation preset at a few shapes
      (batched, K across chunk boundaries), stochastic ones with a seed;
-     and every hardware matrix-unit preset (lowprec.matrix_units) with an addend;
+     and every hardware matrix-unit preset (lowprec.matrix_units) with an addend, and the block-scaled
+     units on pre-quantized operands (block_matmul: E8M0's whole range, a NaN scale);
   3. the elementwise ops in bf16 and fp16, nearest and stochastic.
 Then it times the CUDA matmul kernels (no throughput under the simulator).
 Exit status 0 when every comparison is bit-identical, 1 otherwise.
@@ -130,6 +131,31 @@ def main(argv=None) -> int:
             check(f"matrix unit {name} {sa}x{sb}", lambda: matmul(a, b, name, c=c, backend="cpu"),
                   lambda: matmul(a, b, name, c=c, backend="cuda"))
     log(f"matrix units: {len(UNITS)} presets x {len(shapes)} shapes checked")
+
+    # 2c. the block-scaled units on operands quantized elsewhere (block_matmul): scales over the whole scale
+    # format (E8M0 from 2**-127 to 2**127), a NaN scale, a zero block
+    from lowprec.matrix_units import block_matmul
+
+    for name, u in UNITS.items():
+        if u.block_format is None:
+            continue
+        M, K, N = (3, 2 * u.step_k + 5, 2) if args.quick else (64, 1000, 48)
+        nb = -(-K // u.block)
+        qa = np.asarray(lowprec.round_to(rng.uniform(-1, 1, (M, K)) * float(u.a_format.max), u.a_format))
+        qb = np.asarray(lowprec.round_to(rng.uniform(-1, 1, (K, N)) * float(u.b_format.max), u.b_format))
+        if u.block_format.scale.name == "e8m0":
+            sa, sb = 2.0 ** rng.integers(-127, 128, (M, nb)), 2.0 ** rng.integers(-127, 128, (nb, N))
+        else:
+            sa = np.asarray(lowprec.round_to(rng.uniform(0, 448, (M, nb)), "ue4m3"), dtype=np.float64)
+            sb = np.asarray(lowprec.round_to(rng.uniform(0, 448, (nb, N)), "ue4m3"), dtype=np.float64)
+        sa[0, 0] = np.nan
+        qa[1, :u.block] = 0.0
+        av = qa * np.where(np.isnan(np.repeat(sa, u.block, 1)[:, :K]), 1.0, np.repeat(sa, u.block, 1)[:, :K])
+        bv = qb * np.repeat(sb, u.block, 0)[:K]
+        c = rng.standard_normal((M, N)).astype(np.float32)
+        check(f"block_matmul {name} {M}x{K}x{N}", lambda: block_matmul(av, sa, bv, sb, u, c=c, backend="cpu"),
+              lambda: block_matmul(av, sa, bv, sb, u, c=c, backend="cuda"))
+    log("block-scaled matrix units: block_matmul checked")
 
     # 3. ops
     m = 16 if args.quick else 100_000

@@ -7,8 +7,10 @@ as IEEE says. Slow (about 10^4 terms per second); tests use it on small inputs.
 
 The unit's parameters are read as plain attributes (``a_format``, ``b_format``, ``step_k``,
 ``frac_bits``, ``e_zero``, ``out_format``, ``out_rounding``, ``c_format``, ``truncate_inputs``,
-``promote_every``), so a test may pass a :class:`lowprec.matrix_units.MatrixUnit` or any object
-with those attributes.
+``promote_every``; for block-scaled units also ``block_format`` and ``group``), so a test may pass a
+:class:`lowprec.matrix_units.MatrixUnit` or any object with those attributes. Block-scaled steps
+(:func:`block_step`) follow the block-scaled part of the matrix-unit issue and MMA-Sim's ST-FDPA and
+GST-FDPA as docs/matrix_units.md states them.
 """
 
 from __future__ import annotations
@@ -94,7 +96,6 @@ def round_input(x: float, fmt) -> float:
 # -- one fused step -------------------------------------------------------------
 def fused_step(a, b, c: float, unit) -> float:
     """One fused dot-add step: ``c + sum(a_l * b_l)`` of values already in the operand formats."""
-    out, mode = unit.out_format, ("rz" if unit.out_rounding.name == "TOWARD_ZERO" else "rne")
     # Inf/NaN: the IEEE result of the exact sum (Python floats: inf*0 = nan, inf - inf = nan)
     values = [float(x) for x in a] + [float(x) for x in b] + [c]
     if not all(math.isfinite(x) for x in values):
@@ -112,6 +113,13 @@ def fused_step(a, b, c: float, unit) -> float:
         terms.append((p, e, neg))
     cv = Fraction(c)
     terms.append((cv, unit.e_zero if cv == 0 else exponent_of(cv, unit.c_format.emin), signbit(c)))
+    return sum_terms(terms, unit)
+
+
+def sum_terms(terms, unit) -> float:
+    """Terms ``(exact value, alignment exponent, negative-zero sign)`` aligned to the largest exponent,
+    truncated to ``frac_bits`` fractional bits, summed exactly, rounded once to the output format."""
+    out, mode = unit.out_format, ("rz" if unit.out_rounding.name == "TOWARD_ZERO" else "rne")
     e_max = max(e for _, e, _ in terms)
     grid = Fraction(2) ** (e_max - unit.frac_bits)
     total = 0
@@ -186,4 +194,96 @@ def mma_matmul(A, B, C, unit) -> np.ndarray:
     for i in range(M):
         for j in range(N):
             out[i, j] = mma_dot(A[i, :], B[:, j], C[i, j], unit)
+    return out
+
+
+# -- block-scaled steps (Blackwell mxf8f6f4, mxf4, mxf4nvf4) --------------------------------------------
+def scale_exponent(s: float, fmt) -> int:
+    """E(s) of a block scale: log2 s for E8M0, max(floor(log2 s), -6) for UE4M3 (fmt.emin)."""
+    return exponent_of(Fraction(s), fmt.emin)
+
+
+def block_step(qa, sa, qb, sb, c: float, unit) -> float:
+    """One block-scaled fused step: elements ``qa``/``qb`` (values of the element formats) with the scale of
+    each element's block ``sa``/``sb`` (values of the scale format, NaN allowed), the addend ``c``.
+
+    From the issue and MMA-Sim's ST-FDPA / GST-FDPA: a NaN scale makes the step NaN; otherwise, NaN/Inf
+    among the elements or c: the IEEE result of the exact sum of the scaled products and c. Finite: with
+    ``unit.group == 0`` every product ``qa * qb * sa * sb`` is a term with exponent ``E(qa) + E(qb) +
+    E(sa) + E(sb)`` (e_zero when it is zero); with ``group = G`` each run of G products is summed exactly
+    and its sum times the scales is a term with exponent ``E(sa) + E(sb)`` (e_zero when every product of
+    the group is zero; a sum that cancels keeps the scales' exponent; the group's sign of zero is IEEE's).
+    The addend as in :func:`fused_step`; then :func:`sum_terms`."""
+    sfmt = unit.block_format.scale
+    if any(x != x for x in list(sa) + list(sb)):
+        return NAN
+    values = [float(x) for x in qa] + [float(x) for x in qb] + [c]
+    if not all(math.isfinite(x) for x in values):
+        acc = c
+        for x, y, u, v in zip(qa, qb, sa, sb):
+            acc = acc + float(x) * float(y) * float(u) * float(v)
+        return NAN if acc != acc else acc
+    terms = []
+    G = unit.group
+    if G == 0:
+        for x, y, u, v in zip(qa, qb, sa, sb):
+            p = Fraction(x) * Fraction(y) * Fraction(u) * Fraction(v)
+            e = unit.e_zero if p == 0 else (exponent_of(Fraction(x), unit.a_format.emin)
+                                            + exponent_of(Fraction(y), unit.b_format.emin)
+                                            + scale_exponent(u, sfmt) + scale_exponent(v, sfmt))
+            terms.append((p, e, signbit(x) != signbit(y)))
+    else:
+        for g in range(0, len(qa), G):
+            prods = [Fraction(x) * Fraction(y) for x, y in zip(qa[g:g + G], qb[g:g + G])]
+            u, v = sa[g], sb[g]
+            assert all(w == u for w in sa[g:g + G]) and all(w == v for w in sb[g:g + G]), "a group has one scale"
+            value = sum(prods, Fraction(0)) * Fraction(u) * Fraction(v)
+            zero = all(p == 0 for p in prods) or u * v == 0
+            e = unit.e_zero if zero else scale_exponent(u, sfmt) + scale_exponent(v, sfmt)
+            all_neg = all(signbit(x) != signbit(y) for x, y in zip(qa[g:g + G], qb[g:g + G]))
+            terms.append((value, e, value < 0 if value != 0 else zero and all_neg))
+    cv = Fraction(c)
+    terms.append((cv, unit.e_zero if cv == 0 else exponent_of(cv, unit.c_format.emin), signbit(c)))
+    return sum_terms(terms, unit)
+
+
+def block_mma_dot(qa, sa, qb, sb, c: float, unit) -> float:
+    """``c + sum(qa * sa * qb * sb)`` as the block-scaled unit's chain computes it: steps of ``step_k``
+    (K padded with +0 elements), promotion as :func:`mma_dot`. ``sa``/``sb``: one scale per element."""
+    k = unit.step_k
+    qa, sa, qb, sb = list(qa), list(sa), list(qb), list(sb)
+    pad = (-len(qa)) % k
+    qa, qb = qa + [0.0] * pad, qb + [0.0] * pad
+    sa, sb = sa + [1.0] * pad, sb + [1.0] * pad
+    steps = range(0, len(qa), k)
+    if unit.promote_every is None:
+        d = c
+        for g in steps:
+            d = block_step(qa[g:g + k], sa[g:g + k], qb[g:g + k], sb[g:g + k], d, unit)
+        return d
+    total = c
+    for g0 in range(0, len(qa), unit.promote_every):
+        d = 0.0
+        for g in range(g0, min(g0 + unit.promote_every, len(qa)), k):
+            d = block_step(qa[g:g + k], sa[g:g + k], qb[g:g + k], sb[g:g + k], d, unit)
+        total = fp32_add(total, d)
+    return total
+
+
+def block_mma_matmul(QA, SA, QB, SB, C, unit) -> np.ndarray:
+    """Elements QA (M, K), QB (K, N); block scales SA (M, ceil(K / block)), SB (ceil(K / block), N)."""
+    QA, QB = np.asarray(QA, dtype=np.float64), np.asarray(QB, dtype=np.float64)
+    M, K = QA.shape
+    N = QB.shape[1]
+    blk = unit.block_format.block[0]
+    C = np.zeros((M, N)) if C is None else np.broadcast_to(np.asarray(C, dtype=np.float64), (M, N))
+    out = np.empty((M, N))
+    Kb = -(-K // blk) * blk  # the last block's padding (+0 elements) keeps that block's scale
+    for i in range(M):
+        for j in range(N):
+            sa = [float(SA[i, l // blk]) for l in range(Kb)]
+            sb = [float(SB[l // blk, j]) for l in range(Kb)]
+            qa = list(QA[i, :]) + [0.0] * (Kb - K)
+            qb = list(QB[:, j]) + [0.0] * (Kb - K)
+            out[i, j] = block_mma_dot(qa, sa, qb, sb, float(C[i, j]), unit)
     return out

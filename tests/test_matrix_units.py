@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 import mma_reference as ref
 from lowprec import round_to
 from lowprec.linalg import dot, matmul
-from lowprec.matrix_units import PRESETS, MatrixUnit, get_matrix_unit, is_matrix_unit
+from lowprec.matrix_units import PRESETS, MatrixUnit, block_matmul, get_matrix_unit, is_matrix_unit
 
-NAMES = list(PRESETS)
+NAMES = [n for n, u in PRESETS.items() if u.block_format is None]  # block-scaled presets: tests at the end
+SCALED = [n for n, u in PRESETS.items() if u.block_format is not None]
 FP32_OUT = [n for n, u in PRESETS.items() if u.out_format.name == "fp32"]
 
 
@@ -314,3 +315,331 @@ def test_empty_k_returns_the_addend():
     for name in ("nv-hopper-fp8", "nv-hopper-fp8-promote128", "nv-ampere-fp16"):
         assert same_bits(matmul(np.zeros((1, 0)), np.zeros((0, 1)), name, c=c), c)
         assert same_bits(ref.mma_matmul(np.zeros((1, 0)), np.zeros((0, 1)), c, PRESETS[name]), c)
+
+
+# -- block-scaled presets (Blackwell mxf8f6f4, mxf4, mxf4nvf4) ----------------------------------------------
+def test_block_preset_parameters():
+    mx8, mx4, nv4 = (PRESETS[n] for n in ("nv-blackwell-mxfp8", "nv-blackwell-mxfp4", "nv-blackwell-nvfp4"))
+    assert (mx8.step_k, mx8.frac_bits, mx8.e_zero, mx8.block, mx8.group, mx8.block_format.scale.name,
+            mx8.block_format.scale_rule, mx8.a_format.name) == (32, 25, -133, 32, 0, "e8m0", "floor", "fp8_e4m3fn")
+    assert (mx4.step_k, mx4.frac_bits, mx4.e_zero, mx4.block, mx4.group, mx4.block_format.scale.name,
+            mx4.a_format.name) == (64, 35, -139, 32, 16, "e8m0", "fp4_e2m1fn")
+    assert (nv4.step_k, nv4.frac_bits, nv4.block, nv4.group, nv4.block_format.scale.name,
+            nv4.block_format.tensor_scale) == (64, 35, 16, 16, "ue4m3", True)
+    assert all(PRESETS[n].out_format.name == "fp32" and PRESETS[n].source for n in SCALED)
+    e5 = mx8.replace(b_format="fp8_e5m2")
+    assert e5.operand_block_format("b").element.name == "fp8_e5m2" and e5.operand_block_format("a") == mx8.block_format
+    with pytest.raises(ValueError, match="E8M0 powers of two"):
+        mx8.replace(block_format="nvfp4")
+    with pytest.raises(ValueError, match="group=16 must divide"):
+        mx4.replace(k=40)
+    with pytest.raises(ValueError, match="exceed 53 bits"):
+        mx4.replace(a_format="fp8_e5m2", b_format="fp8_e5m2")
+    with pytest.raises(ValueError, match="needs a block_format"):
+        MatrixUnit(group=16)
+    with pytest.raises(ValueError, match="1-D blocks"):
+        mx8.replace(block_format="fp8_128x128")
+
+
+def _one(unit, qa, sa, qb, sb, c=0.0):
+    """c + sum(qa * sa * qb * sb) for one row and column: per-element scales given as one per block."""
+    u = PRESETS[unit] if isinstance(unit, str) else unit
+    qa, qb = np.asarray(qa, float), np.asarray(qb, float)
+    SA, SB = np.asarray(sa, float)[None, :], np.asarray(sb, float)[:, None]
+    fa, fb = np.repeat(SA, u.block, 1)[:, :qa.size], np.repeat(SB, u.block, 0)[:qb.size]
+    with np.errstate(invalid="ignore"):
+        got = block_matmul(qa[None, :] * np.where(np.isnan(fa), 1, fa), SA, qb[:, None] * np.where(np.isnan(fb), 1, fb),
+                           SB, u, c=np.array([[c]]))
+    exp = ref.block_mma_matmul(qa[None, :], SA, qb[:, None], SB, np.array([[c]]), u)
+    assert same_bits(got, exp), (got, exp)
+    return float(got[0, 0])
+
+
+def _vec(n, pairs):
+    """A length-n vector of zeros with the given {index: value}."""
+    v = np.zeros(n)
+    for i, x in pairs.items():
+        v[i] = x
+    return v
+
+
+def test_mxfp8_hand_vectors():
+    """nv-blackwell-mxfp8: one E8M0 scale per 32 elements along K and one step of 32 products; every product
+    q_a q_b s_a s_b is a term at exponent E(q_a) + E(q_b) + log2 s_a + log2 s_b, truncated to 25 fractional bits."""
+    u = "nv-blackwell-mxfp8"
+    ones = np.ones(32)
+    # scales at the ends of E8M0's range: 2**127 * 2**-127 = 1, so 32 products of 1
+    assert _one(u, ones, [2.0**127], ones, [2.0**-127]) == 32.0
+    # 2**127 * 2**127: the exact sum 32 * 2**254 is beyond fp32: the toward-zero conversion overflows to Inf
+    assert _one(u, ones, [2.0**127], ones, [2.0**127]) == np.inf
+    # 2**-127 * 2**-127: products 448**2 * 2**-254 sit far below the grid 2**(-133 - 25) that the zero
+    # addend (e_zero = -133) sets: truncated to 0
+    assert _one(u, np.full(32, 448.0), [2.0**-127], np.full(32, 448.0), [2.0**-127]) == 0.0
+    # 2**-127 * 2**-13: 32 products 2**-140, exact on that grid: 2**-135, an fp32 subnormal
+    assert _one(u, ones, [2.0**-127], ones, [2.0**-13]) == 2.0**-135
+    # alignment truncation inside a step: 448 * 448 = 1.53 * 2**17 sets the grid 2**(16 - 25) = 2**-9, the
+    # product -2**-9 * 2**-9 = -2**-18 is cut: 200704 (round toward zero of the exact sum: 200704 - 2**-6)
+    a, b = _vec(32, {0: 448.0, 1: -2.0**-9}), _vec(32, {0: 448.0, 1: 2.0**-9})
+    assert _one(u, a, [1.0], b, [1.0]) == 200704.0
+    assert float(round_to(np.array([200704 - 2.0**-18]), "fp32", "toward_zero")[0]) == 200704 - 2.0**-6
+    # the addend large: c = 2**40 sets the grid 2**15; -200704 is truncated to -196608 (6 * 2**15), and
+    # 2**40 - 196608 is an fp32 value (the exact sum rounds toward zero to 2**40 - 262144)
+    a, b = _vec(32, {0: -448.0}), _vec(32, {0: 448.0})
+    assert _one(u, a, [1.0], b, [1.0], c=2.0**40) == 2.0**40 - 196608
+    # ... and small: c = -2**-30 below the grid 2**-25 of the product 1: cut (round toward zero of 1 - 2**-30
+    # would give 1 - 2**-24)
+    assert _one(u, _vec(32, {0: 1.0}), [1.0], _vec(32, {0: 1.0}), [1.0], c=-2.0**-30) == 1.0
+
+
+def test_mxfp8_nan_scale_and_e5m2():
+    u = "nv-blackwell-mxfp8"
+    nan_bits = np.float32(np.nan).view(np.uint32)
+    # a NaN scale (E8M0 0xFF) makes every product of its block NaN, even zero elements; the chain keeps it
+    r = _one(u, np.zeros(64), [np.nan, 1.0], np.ones(64), [1.0, 1.0])
+    assert r != r
+    qa, qb = np.ones((2, 64)), np.ones((64, 1))
+    out = block_matmul(qa, np.array([[1.0, np.nan], [1.0, 1.0]]), qb, np.ones((2, 1)), u)
+    assert out.dtype == np.float64 and out[0, 0] != out[0, 0] and out[1, 0] == 64.0
+    assert np.float32(out[0, 0]).view(np.uint32) == nan_bits
+    # e5m2 operands for b (the backward pass): Inf elements follow the IEEE sum
+    e5 = PRESETS[u].replace(b_format="fp8_e5m2")
+    assert _one(e5, np.ones(32), [2.0**-3], _vec(32, {0: 57344.0, 1: np.inf}), [1.0]) == np.inf
+    assert _one(e5, np.ones(32), [1.0], _vec(32, {0: -np.inf, 1: np.inf}), [1.0]) != 0  # NaN
+
+
+@pytest.mark.parametrize("unit", ["nv-blackwell-mxfp4", "nv-blackwell-nvfp4"])
+def test_fp4_hand_vectors(unit):
+    """mxf4 / mxf4nvf4: four exact sums of 16 products per step, each aligned at the exponent of its two scales
+    (not at its own magnitude), truncated to 35 fractional bits."""
+    u = PRESETS[unit]
+    nb = 64 // u.block
+    ones_a = [1.0] * nb
+
+    def scales(first, second):  # first scale for elements 0..31, second for 32..63
+        return [first] * (nb // 2) + [second] * (nb // 2)
+
+    # group 0: 6 * 6 * 2**16 at scale exponent 16; group 2: -0.5 * 0.5 * 2**-15 = -2**-17 at scale exponent
+    # -15. The grid is 2**(16 - 35) = 2**-19 (from the scales, not from the value's exponent 21, which would
+    # cut it): kept, and the exact 2359296 - 2**-17 rounds toward zero to 2359296 - 0.25
+    a, b = _vec(64, {0: 6.0, 32: -0.5}), _vec(64, {0: 6.0, 32: 0.5})
+    assert _one(u, a, scales(256.0, 2.0**-9), b, scales(256.0, 2.0**-6)) == 2359296 - 0.25
+    # at scale exponent -18 the term -2**-20 is below the grid: cut
+    assert _one(u, a, scales(256.0, 2.0**-9), b, scales(256.0, 2.0**-9)) == 2359296.0
+    # the addend large: c = 2**20 sets the grid 2**-15 and cuts the group -2**-20 (scales 2**-9 * 2**-9):
+    # 2**20, where rounding the exact sum toward zero gives 2**20 - 2**-4
+    a, b = _vec(64, {0: -0.5}), _vec(64, {0: 0.5})
+    assert _one(u, a, [2.0**-9] * nb, b, [2.0**-9] * nb, c=2.0**20) == 2.0**20
+    # ... and small: c = -2**-37 against a group 1 at exponent 0: cut
+    assert _one(u, _vec(64, {0: 1.0}), ones_a, _vec(64, {0: 1.0}), ones_a, c=-2.0**-37) == 1.0
+    # a sum that cancels keeps its scales' exponent: the group 6*6 - 6*6 at exponent 16 sets the grid 2**-19 and
+    # cuts -2**-20 (a zero group would sit at e_zero, the grid would come from c = 2**-10 and keep it)
+    a, b = _vec(64, {0: 6.0, 1: -6.0, 32: -0.5}), _vec(64, {0: 6.0, 1: 6.0, 32: 0.5})
+    assert _one(u, a, scales(256.0, 2.0**-9), b, scales(256.0, 2.0**-9), c=2.0**-10) == 2.0**-10
+    a[1] = 0.0
+    b[0] = 0.0
+    assert _one(u, a, scales(256.0, 2.0**-9), b, scales(256.0, 2.0**-9), c=2.0**-10) == 2.0**-10 - 2.0**-20
+    # a NaN scale: NaN
+    assert _one(u, np.ones(64), scales(1.0, np.nan), np.ones(64), ones_a) != _one(u, np.ones(64), ones_a,
+                                                                                    np.ones(64), ones_a)
+    if u.block_format.scale.name == "e8m0":
+        # scales at the ends of E8M0: 2**127 * 2**-127 = 1; 2**127 * 2**127 overflows; 2**-127 * 2**-127 is lost
+        assert _one(u, np.full(64, 6.0), [2.0**127] * nb, np.full(64, 6.0), [2.0**-127] * nb) == 64 * 36.0
+        assert _one(u, np.full(64, 0.5), [2.0**127] * nb, np.full(64, 0.5), [2.0**127] * nb) == np.inf
+        assert _one(u, np.full(64, 6.0), [2.0**-127] * nb, np.full(64, 6.0), [2.0**-127] * nb) == 0.0
+        # e_zero = -139: the zero addend sets the grid 2**-174. Group 0: 2 * 2**-150 = 2**-149 (scales 2**-127,
+        # 2**-23); group 2: -0.25 * 2**-178 = -2**-180, cut, so the result is 2**-149 (aligned at -150 instead,
+        # the grid 2**-185 would keep it and 2**-149 - 2**-180 rounds toward zero to 0)
+        a, b = _vec(64, {0: 2.0, 32: 0.5}), _vec(64, {0: 1.0, 32: -0.5})
+        assert _one(u, a, [2.0**-127] * nb, b, scales(2.0**-23, 2.0**-51)) == 2.0**-149
+    else:
+        # UE4M3 scales carry significands: 1.125 * 1.125 * 36 = 45.5625; the smallest UE4M3 (2**-9, a
+        # subnormal at exponent -6) times 448
+        assert _one(u, _vec(64, {0: 6.0}), [1.125] * nb, _vec(64, {0: 6.0}), [1.125] * nb) == 45.5625
+        assert _one(u, _vec(64, {0: 1.0}), [2.0**-9] * nb, _vec(64, {0: 1.0}), [448.0] * nb) == 448 * 2.0**-9
+        # a zero scale makes its groups zero groups (at e_zero)
+        assert _one(u, np.ones(64), [0.0] * nb, np.ones(64), ones_a, c=3.0) == 3.0
+
+
+def _block_values(fmt, codes):
+    """Element values of fmt (zeros, subnormals, the largest, random significands) from integer codes."""
+    return np.array(_values(fmt, codes, len(codes)))
+
+
+def _scale_values(fmt, codes):
+    """Scale values spread over the whole scale format, its ends often, NaN sometimes."""
+    out = []
+    for code in codes:
+        kind = code % 16
+        if fmt.name == "e8m0":
+            e = (-127, 127, -126, 126)[kind] if kind < 4 else (code >> 4) % 255 - 127
+            out.append(np.nan if kind == 15 and code % 64 == 15 else 2.0 ** e)
+        else:
+            v = float(lowprec_decode(np.array([(code >> 4) % 127], np.uint8), fmt)[0])
+            out.append(np.nan if kind == 15 and code % 64 == 15 else (448.0 if kind == 1 else v))
+    return np.array(out)
+
+
+def lowprec_decode(codes, fmt):
+    from lowprec import decode
+
+    return decode(codes, fmt)
+
+
+@st.composite
+def block_problems(draw):
+    u = PRESETS[draw(st.sampled_from(SCALED))]
+    if u.group == 0 and draw(st.booleans()):
+        u = u.replace(**{draw(st.sampled_from(["a_format", "b_format"])): "fp8_e5m2"})
+    M, N = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    K = draw(st.integers(1, 2 * u.step_k + 5))
+    nb = -(-K // u.block)
+    codes = draw(st.lists(st.integers(0, 2**40), min_size=M * K + K * N + M * nb + nb * N,
+                          max_size=M * K + K * N + M * nb + nb * N))
+    QA = _block_values(u.a_format, codes[:M * K]).reshape(M, K)
+    QB = _block_values(u.b_format, codes[M * K:M * K + K * N]).reshape(K, N)
+    rest = codes[M * K + K * N:]
+    sf = u.block_format.scale
+    SA = _scale_values(sf, rest[:M * nb]).reshape(M, nb)
+    SB = _scale_values(sf, rest[M * nb:]).reshape(nb, N)
+    C = np.array(draw(st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=M * N,
+                               max_size=M * N))).reshape(M, N) * 2.0 ** draw(st.integers(-140, 60))
+    if draw(st.booleans()):  # an exact cancellation, and a group that cancels
+        QA[0, 0], QB[0, 0] = 1.0, 1.0
+        if K > 1 and u.group:
+            QA[0, 1], QB[1, 0] = -1.0, 1.0
+    return u, QA, SA, QB, SB, C
+
+
+def _dequantized(u, QA, SA, QB, SB):
+    fa = np.repeat(SA, u.block, 1)[:, :QA.shape[1]]
+    fb = np.repeat(SB, u.block, 0)[:QB.shape[0]]
+    with np.errstate(all="ignore"):
+        return QA * np.where(np.isnan(fa), 1, fa), QB * np.where(np.isnan(fb), 1, fb)
+
+
+@settings(max_examples=60, deadline=None)
+@given(block_problems())
+def test_block_kernel_matches_reference(problem):
+    u, QA, SA, QB, SB, C = problem
+    C = np.asarray(round_to(C, "fp32"), dtype=np.float64)
+    A, B = _dequantized(u, QA, SA, QB, SB)
+    with np.errstate(all="ignore"):
+        got = block_matmul(A, SA, B, SB, u, c=C)
+    exp = ref.block_mma_matmul(QA, SA, QB, SB, C, u)
+    assert same_bits(got, exp), (u, QA, SA, QB, SB, C, got, exp)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None)
+@given(block_problems())
+def test_block_kernel_matches_reference_long(problem):
+    test_block_kernel_matches_reference.hypothesis.inner_test(problem)
+
+
+@pytest.mark.parametrize("name", SCALED)
+def test_block_path1_is_quantize_then_path2(name):
+    """matmul(a, b, preset) == block_matmul of lowprec.block's quantization (a along K = its last axis, b along
+    axis 0), and for NVFP4 the epilogue fp32(fp32(s_a * s_b) * D + c), one rounding."""
+    import lowprec.block as lb
+
+    u = PRESETS[name]
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 100)) * 2.0 ** rng.integers(-10, 10, (3, 100))
+    b = rng.standard_normal((100, 2)).astype(np.float32)
+    a[1, 32:64] = 0.0  # a zero block
+    parts = []
+    for x, axis in ((a, -1), (b, 0)):
+        enc = lb.encode(x, u.block_format, axis=axis, packed=False)
+        ts = enc.tensor_scale
+        values = lb.decode(enc.elements, enc.scales, u.block_format, axis=axis, packed=False,
+                           tensor_scale=None if ts is None else 1.0)
+        sv = lowprec_decode(enc.scales, u.block_format.scale)
+        parts.append((values, sv, ts))
+    (A, SA, ta), (B, SB, tb) = parts
+    got = matmul(a, b, name)
+    assert got.dtype == np.float64 and got.shape == (3, 2)
+    d = block_matmul(A, SA, B, SB, u)
+    if ta is None:
+        assert same_bits(got, d)
+        c = np.array([[0.5], [-3.0], [1e-3]], np.float32)
+        assert same_bits(matmul(a, b, name, c=c), block_matmul(A, SA, B, SB, u, c=c))
+    else:
+        alpha = np.float32(float(ta) * float(tb))
+        assert same_bits(got, np.float32(float(alpha) * d).astype(np.float64))  # alpha * D is exact in float64
+    scale = 1.0 if ta is None else float(np.float32(float(ta) * float(tb)))
+    assert np.allclose(got, A @ B * scale, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(A) @ np.abs(B))) * scale)
+
+
+def test_block_rceil_quantizer_and_batches():
+    """replace(block_format=...) changes the quantizer: the microxcaling block (960 clipped to 896 by the OCP
+    floor rule) keeps 960 under rceil; batched operands quantize per matrix."""
+    import lowprec.block as lb
+
+    a = np.array([[960.0, 957.0] + [1.0] * 30])
+    b = _vec(32, {0: 1.0})[:, None]
+    u = get_matrix_unit("nv-blackwell-mxfp8")
+    assert float(matmul(a, b, u)[0, 0]) == 896.0
+    rceil = u.replace(block_format=u.block_format.replace(scale_rule="rceil"))
+    assert float(matmul(a, b, rceil)[0, 0]) == 960.0
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    y = rng.standard_normal((64, 4)).astype(np.float32)
+    out = matmul(x, y, "nv-blackwell-mxfp4")
+    assert out.shape == (2, 3, 4) and out.dtype == np.float32
+    assert same_bits(out[1], matmul(x[1], y, "nv-blackwell-mxfp4"))
+    assert np.array_equal(lb.quantize(x[1], "mxfp4") @ lb.quantize(y, "mxfp4", axis=0), out[1])
+    e5 = u.replace(b_format="fp8_e5m2")  # b quantized to mxfp8_e5m2 (its element format replaced)
+    xy = (x[0].astype(np.float64), y.astype(np.float64) * 1e4)
+    assert np.array_equal(matmul(*xy, e5), lb.quantize(xy[0], "mxfp8_e4m3") @ lb.quantize(xy[1], "mxfp8_e5m2", axis=0))
+    for n in SCALED:  # K = 0: the addend as it is; a NaN input: its block's NaN scale
+        assert same_bits(matmul(np.zeros((1, 0)), np.zeros((0, 2)), n, c=np.array([[1.5, -2.0]])),
+                         np.array([[1.5, -2.0]]))
+        r = matmul(np.array([[np.nan] + [1.0] * 40]), np.ones((41, 1)), n)
+        assert r[0, 0] != r[0, 0]
+    v = dot(x[0, 0], y[:, 0], "nv-blackwell-mxfp8")
+    assert v.shape == () and float(v) == float(matmul(x[0, :1], y[:, :1], "nv-blackwell-mxfp8")[0, 0])
+
+
+def test_block_matmul_validation():
+    u = "nv-blackwell-mxfp8"
+    ones = np.ones((2, 64))
+    s = np.ones((2, 2))
+    with pytest.raises(ValueError, match="unit must be block-scaled"):
+        block_matmul(ones, s, ones.T, s.T, "nv-blackwell-fp8")
+    with pytest.raises(ValueError, match=r"a_scales must have shape \(2, 2\)"):
+        block_matmul(ones, np.ones((2, 1)), ones.T, s.T, u)
+    with pytest.raises(ValueError, match="b_scales must hold e8m0 scale values"):
+        block_matmul(ones, s, ones.T, np.full((2, 2), 3.0), u)
+    bad = ones.copy()
+    bad[1, 5] = 0.3
+    with pytest.raises(ValueError, match=r"a_values\[1, 5\] = 0.3 divided by its scale"):
+        block_matmul(bad, s, ones.T, s.T, u)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        block_matmul(ones, s, ones, s, u)
+    with pytest.raises(ValueError, match="b_values must be a 2-D array"):
+        block_matmul(ones, s, np.ones(64), s.T, u)
+    from lowprec.matrix_units.explain import explain_mma
+
+    with pytest.raises(ValueError, match="explain_mma shows unscaled units"):
+        explain_mma([1.0], [1.0], u)
+    with pytest.raises(ValueError, match="not a value of fp4_e2m1fn"):
+        block_matmul(np.full((1, 64), 5.0), np.ones((1, 4)), np.ones((64, 1)), np.ones((4, 1)), "nv-blackwell-nvfp4")
+
+
+@pytest.mark.parametrize("name", SCALED)
+def test_block_one_thread_equals_two(name):
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((9, 200)) * 2.0 ** rng.integers(-20, 20, (9, 200))
+    b = rng.standard_normal((200, 300))  # two column panels, the second partial
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        r1 = matmul(a, b, name)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        r2 = matmul(a, b, name)
+    finally:
+        numba.set_num_threads(old)
+    assert same_bits(r1, r2)
+    if not PRESETS[name].block_format.tensor_scale:  # (NVFP4's tensor scale of one column differs)
+        for j in (0, 257, 299):  # the tiles do not change the bits: one column alone (one panel, one lane)
+            assert same_bits(r1[:, j:j + 1], matmul(a, b[:, j:j + 1], name))

@@ -10,14 +10,14 @@ import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from test_matrix_units import _values, problems, same_bits
+from test_matrix_units import SCALED, _dequantized, _values, block_problems, problems, same_bits
 
 from lowprec import round_to
 from lowprec.kernels import dispatch
 from lowprec.kernels.cuda import is_available
 from lowprec.kernels.mma_cpu import TILE_I, TILE_J
 from lowprec.linalg import dot, matmul
-from lowprec.matrix_units import PRESETS
+from lowprec.matrix_units import PRESETS, block_matmul
 
 pytestmark = pytest.mark.skipif(not is_available(), reason="no CUDA device and no simulator")
 
@@ -83,8 +83,8 @@ def test_dot_batches_and_broadcast_cpu_equals_cuda():
     assert same_bits(dot(x, y, "nv-hopper-bf16", c=1.0, backend="cpu"), dot(x, y, "nv-hopper-bf16", c=1.0, backend="cuda"))
 
 
-@pytest.mark.parametrize("name", ["nv-ampere-bf16", "nv-hopper-fp8-promote128",
-                                  "nv-volta-fp16-f16"])
+@pytest.mark.parametrize("name", ["nv-ampere-bf16", "nv-hopper-fp8-promote128", "nv-volta-fp16-f16",
+                                  pytest.param("nv-blackwell-nvfp4", marks=pytest.mark.slow)])
 def test_tiled_parallel_size_cpu_equals_cuda(name):
     """(TILE_I + 1) x K x (TILE_J + 4): the CPU kernel runs two row tiles and two column panels (the second
     partial) on two threads; CUDA gives the same bits."""
@@ -124,3 +124,45 @@ def test_cpu_equals_cuda_on_reference_problems(problem):
     with np.errstate(all="ignore"):
         C = np.asarray(round_to(C, u.c_format), dtype=np.float64)
     assert same_bits(*_both(A, B, u, C))
+
+
+@pytest.mark.parametrize("name", SCALED)
+def test_block_scaled_cpu_equals_cuda(name):
+    """Path 2 (block_matmul) with scales over the whole scale format, E8M0's ends, a NaN scale, a zero block and
+    K not a multiple of the step; CPU against CUDA and both against the exact reference."""
+    import mma_reference as ref
+
+    u = PRESETS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    M, N, K = 3, 2, 2 * u.step_k + 5
+    nb = -(-K // u.block)
+    QA = np.array(_values(u.a_format, rng.integers(0, 2**40, M * K).tolist(), M * K)).reshape(M, K)
+    QB = np.array(_values(u.b_format, rng.integers(0, 2**40, K * N).tolist(), K * N)).reshape(K, N)
+    if u.block_format.scale.name == "e8m0":
+        SA = 2.0 ** rng.integers(-127, 128, (M, nb)).astype(float)
+        SB = 2.0 ** rng.integers(-127, 128, (nb, N)).astype(float)
+        SA[0, 0], SB[0, 0], SA[1, 0], SB[0, 1] = 2.0**127, 2.0**-127, 2.0**-127, 2.0**-127
+    else:
+        SA = np.asarray(round_to(rng.uniform(0, 448, (M, nb)) * 2.0 ** -rng.integers(0, 16, (M, nb)), "ue4m3"))
+        SB = np.asarray(round_to(rng.uniform(0, 448, (nb, N)), "ue4m3"))
+        SA[2, 1] = 0.0
+    SA[2, -1] = np.nan
+    QA[1, :u.block] = 0.0
+    C = np.asarray(round_to(rng.standard_normal((M, N)) * 2.0 ** rng.integers(-20, 10, (M, N)), "fp32"),
+                   dtype=np.float64)
+    A, B = _dequantized(u, QA, SA, QB, SB)
+    cpu, gpu = (block_matmul(A, SA, B, SB, u, c=C, backend=be) for be in ("cpu", "cuda"))
+    assert same_bits(cpu, gpu)
+    assert same_bits(cpu, ref.block_mma_matmul(QA, SA, QB, SB, C, u))
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None)
+@given(block_problems())
+def test_block_cpu_equals_cuda_on_reference_problems(problem):
+    u, QA, SA, QB, SB, C = problem
+    C = np.asarray(round_to(C, "fp32"), dtype=np.float64)
+    A, B = _dequantized(u, QA, SA, QB, SB)
+    with np.errstate(all="ignore"):
+        cpu, gpu = (block_matmul(A, SA, B, SB, u, c=C, backend=be) for be in ("cpu", "cuda"))
+    assert same_bits(cpu, gpu)

@@ -86,33 +86,50 @@ def _ops_cuda(x, y, z, out, *rest):
 _mma_kernels: dict = {}
 
 
-def _get_mma_kernel():
+def _get_mma_kernel(groups: bool = False):
     """One thread per output element running ``mma.output`` (every step of that element: the building blocks
-    mma_cpu.py runs on vector lanes), so the bits equal the CPU's."""
-    if _mma_kernels:
-        return _mma_kernels["mma"]
+    mma_cpu.py runs on vector lanes), or ``mma.output_groups`` for a group-scaled unit, so the bits equal the
+    CPU's."""
+    key = "groups" if groups else "mma"
+    if key in _mma_kernels:
+        return _mma_kernels[key]
     from . import mma
 
     if is_simulator():
-        def output(a, b, *rest):
-            return mma.output(_sim_array(a), _sim_array(b), *rest)
+        def output(a, b, c, sa, sb, *rest):
+            return mma.output(_sim_array(a), _sim_array(b), c, _sim_array(sa), _sim_array(sb), *rest)
+
+        def output_groups(a, b, c, ga, gb, *rest):
+            return mma.output_groups(_sim_array(a), _sim_array(b), c, _sim_array(ga), _sim_array(gb), *rest)
     else:
-        output = mma.output
+        output, output_groups = mma.output, mma.output_groups
 
-    @cuda.jit
-    def mma_kernel(a, b, c, out, M, N, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg):
-        o = cuda.grid(1)
-        if o < M * N:
-            i = o // N
-            j = o - i * N
-            out[i, j] = output(a, b, c[i, j], i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg)
+    if groups:
+        @cuda.jit
+        def kernel(a, b, c, ga, gb, out, M, N, K, k, GS, F, ez, cemin, om, oemin, overflow, rz, pg):
+            o = cuda.grid(1)
+            if o < M * N:
+                i = o // N
+                j = o - i * N
+                out[i, j] = output_groups(a, b, c[i, j], ga, gb, i, j, K, k, GS, F, ez, cemin, om, oemin, overflow,
+                                          rz, pg)
+    else:
+        @cuda.jit
+        def kernel(a, b, c, sa, sb, out, M, N, K, blk, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz,
+                   pg):
+            o = cuda.grid(1)
+            if o < M * N:
+                i = o // N
+                j = o - i * N
+                out[i, j] = output(a, b, c[i, j], sa, sb, blk, i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin,
+                                   overflow, rz, pg)
 
-    _mma_kernels["mma"] = mma_kernel
-    return mma_kernel
+    _mma_kernels[key] = kernel
+    return kernel
 
 
-def _matmul_mma_cuda(a, b, c, *, k, frac_bits, e_zero, a_emin, b_emin, c_emin, out_man, out_emin, out_emax,
-                     toward_zero, promote_steps):
+def _matmul_mma_cuda(a, b, c, sa=None, sb=None, *, k, frac_bits, e_zero, a_emin, b_emin, c_emin, out_man, out_emin,
+                     out_emax, toward_zero, promote_steps, block=0, group=0):
     """``c + a @ b`` as kernels/mma_cpu.matmul_mma_cpu (same arguments, same bits), on the device."""
     M, K = a.shape
     N = b.shape[1]
@@ -125,8 +142,23 @@ def _matmul_mma_cuda(a, b, c, *, k, frac_bits, e_zero, a_emin, b_emin, c_emin, o
     d = [cuda.to_device(np.ascontiguousarray(v, dtype=np.float64)) for v in (a, b, c)]
     d_out = cuda.device_array_like(out)
     i64 = np.int64
-    _launch(_get_mma_kernel(), M * N, *d, d_out, i64(M), i64(N), i64(K), i64(k), i64(frac_bits), i64(e_zero),
-            i64(a_emin), i64(b_emin), i64(c_emin), i64(out_man), i64(out_emin), np.float64(2.0 ** (out_emax + 1)),
-            bool(toward_zero), i64(promote_steps))
+    tail = (i64(frac_bits), i64(e_zero))
+    rest = (i64(c_emin), i64(out_man), i64(out_emin), np.float64(2.0 ** (out_emax + 1)), bool(toward_zero),
+            i64(promote_steps))
+    if group > 0:
+        from .mma_cpu import _expand
+
+        Kp = -(-K // k) * k
+        ga = cuda.to_device(np.ascontiguousarray(_expand(sa, block, 1, Kp)[:, ::group]))
+        gb = cuda.to_device(np.ascontiguousarray(_expand(sb, block, 0, Kp)[::group, :]))
+        _launch(_get_mma_kernel(True), M * N, *d, ga, gb, d_out, i64(M), i64(N), i64(K), i64(k), i64(group), *tail,
+                *rest)
+    else:
+        if block > 0:
+            sa_, sb_ = np.ascontiguousarray(sa, dtype=np.int32), np.ascontiguousarray(sb, dtype=np.int32)
+        else:
+            sa_ = sb_ = np.zeros((1, 1), dtype=np.int32)
+        _launch(_get_mma_kernel(False), M * N, *d, cuda.to_device(sa_), cuda.to_device(sb_), d_out, i64(M), i64(N),
+                i64(K), i64(block), i64(k), *tail, i64(a_emin), i64(b_emin), *rest)
     d_out.copy_to_host(out)
     return out

@@ -27,6 +27,20 @@ exactly in float64:
 - promotion (DeepSeek-V3's recipe, :func:`promote`): a block's chain result is added to the fp32 total
   with float64 addition rounded to float32, one IEEE fp32 addition (double rounding through 53 bits is
   innocuous for a sum of two fp32 values: 53 >= 2*24 + 2).
+
+Block-scaled steps (Blackwell's mxf8f6f4 and mxf4nvf4 instructions; ``lowprec.matrix_units``):
+
+- per-product scales (mxf8f6f4, MMA-Sim's ST-FDPA): the operands hold their dequantized values ``q * 2**s``
+  (E8M0 scales are powers of two), so a product is still exact in float64 (at most 8 significant bits,
+  exponents within -290..290) and its exponent ``E(q_a) + s_a + E(q_b) + s_b`` is :func:`operand_exponent`
+  of the value with the format's ``emin`` moved by the block's scale exponent ``s`` (``floor(log2|q * 2**s|)
+  = floor(log2|q|) + s``, and the subnormal floor moves with it); everything else is the unscaled step;
+- group sums (mxf4nvf4, GST-FDPA, :func:`output_groups`): each group of ``G`` products is summed exactly
+  first (fp4/fp6 products of one group share their scales: the sum is a multiple of the smallest product
+  grid below ``2**53`` of it, checked by ``MatrixUnit``), and a group is one term whose exponent is the
+  scales' ``E(s_a) + E(s_b)`` (:func:`group_exponent`; ``e_zero`` when every product of the group is zero),
+  not its value's. Its aligned value is below ``G * max_a * max_b * 4 * 2**frac_bits <= 2**50`` (checked by
+  ``MatrixUnit``), so the float64 sum of the truncated groups and the addend stays exact.
 """
 
 from __future__ import annotations
@@ -104,11 +118,19 @@ def promote(total, v):
     return np.nan if t != t else t
 
 
+@_jit
+def group_exponent(nonzero, es, ez):
+    """The alignment exponent of a group sum: the scales' exponent ``es``, or ``ez`` (e_zero) when every
+    product of the group is zero (a sum that cancels to zero keeps ``es``)."""
+    return es if nonzero else ez
+
+
 @kernel
-def output(a, b, c, i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg):
+def output(a, b, c, sa, sb, blk, i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflow, rz, pg):
     """Element (i, j) of ``c + a @ b`` (``a`` (M, K), ``b`` (K, N), the addend ``c`` a float64 scalar): the steps
     of ``k`` products in k order, K padded with zero products to a multiple of ``k``; ``pg`` > 0: promote every
-    ``pg`` steps (the chain restarts from +0, ``c`` is the fp32 total's initial value)."""
+    ``pg`` steps (the chain restarts from +0, ``c`` is the fp32 total's initial value). ``blk`` > 0: per-product
+    block scales, ``sa[i, l // blk]`` and ``sb[l // blk, j]`` the scale exponents of element l's blocks."""
     G = (K + k - 1) // k
     total = c
     v = 0.0 if pg > 0 else c
@@ -119,7 +141,9 @@ def output(a, b, c, i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflo
             if l < K:
                 x = a[i, l]
                 y = b[l, j]
-                e = ez if x == 0.0 or y == 0.0 else operand_exponent(x, a_emin) + operand_exponent(y, b_emin)
+                ea = a_emin + (sa[i, l // blk] if blk > 0 else 0)
+                eb = b_emin + (sb[l // blk, j] if blk > 0 else 0)
+                e = ez if x == 0.0 or y == 0.0 else operand_exponent(x, ea) + operand_exponent(y, eb)
             else:
                 e = ez
             m = max(m, e)
@@ -130,6 +154,37 @@ def output(a, b, c, i, j, K, k, F, ez, a_emin, b_emin, cemin, om, oemin, overflo
             acc += aligned(a[i, l] * b[l, j], s)
         if l0 + k > K:
             acc += 0.0  # the padding's zero products (+0: the sum is -0 only when every term is -0)
+        v = round_out(acc * pow2(m - F), om, oemin, overflow, rz)
+        if pg > 0 and ((g + 1) % pg == 0 or g == G - 1):
+            total = promote(total, v)
+            v = 0.0
+    return total if pg > 0 else v
+
+
+@kernel
+def output_groups(a, b, c, ga, gb, i, j, K, k, GS, F, ez, cemin, om, oemin, overflow, rz, pg):
+    """Element (i, j) of ``c + a @ b`` on a group-scaled unit: steps of ``k`` products made of ``k / GS`` group
+    sums, each aligned at its scales' exponent ``ga[i, q] + gb[q, j]`` (q the group's index along K, K padded
+    with zero groups); otherwise as :func:`output`."""
+    G = (K + k - 1) // k
+    total = c
+    v = 0.0 if pg > 0 else c
+    for g in range(G):
+        l0 = g * k
+        m = addend_exponent(v, cemin, ez)
+        for q in range(l0 // GS, (l0 + k) // GS):
+            nz = False
+            for l in range(q * GS, min(q * GS + GS, K)):
+                nz = nz or (a[i, l] * b[l, j] != 0.0)
+            m = max(m, group_exponent(nz, ga[i, q] + gb[q, j], ez))
+        m = capped(m)
+        s = pow2(F - m)
+        acc = aligned(v, s)
+        for q in range(l0 // GS, (l0 + k) // GS):
+            t = -0.0 if q * GS + GS <= K else 0.0  # IEEE: -0 only if every product is -0 (padding adds +0)
+            for l in range(q * GS, min(q * GS + GS, K)):
+                t += a[i, l] * b[l, j]
+            acc += aligned(t, s)
         v = round_out(acc * pow2(m - F), om, oemin, overflow, rz)
         if pg > 0 and ((g + 1) % pg == 0 or g == G - 1):
             total = promote(total, v)

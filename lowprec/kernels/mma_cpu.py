@@ -18,6 +18,11 @@ inner loops index rows from 0 and LLVM emits plain vector loads, not gathers). A
 panel; per step it reads a k x TILE_J slice of the panel for each of its rows. The inner loops run over
 columns, so they are elementwise loops that LLVM vectorises (8 float64 lanes with AVX-512); the step's
 products are taken four at a time per pass over the row (fewer loads and stores of the running values).
+Block-scaled units: per-product scales (mxf8f6f4) run this same tile, with the operands' exponents computed
+with each block's scale exponent added to the format's ``emin`` (``_scaled_exponents_kernel``); group-scaled
+units (mxf4, mxf4nvf4) run ``_tile_groups``: per step and row, the ``k / G`` exact group sums over the panel's
+columns (a plain multiply-add loop), their exponents (the scales', or e_zero for a group whose products are
+all zero: checked product by product only where a sum is zero), then the truncated sum and the one rounding.
 Measured on one core of the development machine (a shared AMD EPYC, so +-30%): 1024^3 in 0.23-0.30 s of
 CPU time for bf16 steps of 8, 0.20-0.24 s for fp8 steps of 32, 0.28-0.33 s for Volta's steps of 4.
 """
@@ -130,6 +135,102 @@ def mma_kernel(A, EA, ZA, BP, EBP, ZBP, C, out, k, F, ez, cemin, om, oemin, oema
               F, ez, cemin, om, oemin, oemax, rz, pg)
 
 
+@njit(nogil=True)
+def _tile_groups(A, GA, B, GB, C, out, i0, i1, j0, j1, NG, K, k, GS, F, ez, cemin, om, oemin, oemax, rz, pg):
+    """A group-scaled unit's steps (mma.output_groups on vector lanes) for rows i0..i1 of the panel B, GB
+    (group exponents): per step, the ``k / GS`` exact group sums, their exponents (the scales', or e_zero for a
+    group whose products are all zero), the largest exponent, the truncated sum, the one rounding."""
+    ni = i1 - i0
+    nj = B.shape[1]
+    nout = j1 - j0
+    nq = k // GS
+    overflow = 2.0 ** (oemax + 1)
+    cval = np.empty((ni, nj))
+    tot = np.empty((ni, nj))
+    for r in range(ni):
+        for j in range(nj):
+            cj = C[i0 + r, j0 + j] if j < nout else 0.0
+            if pg > 0:
+                tot[r, j] = cj
+                cval[r, j] = 0.0
+            else:
+                cval[r, j] = cj
+    mx = np.empty(nj, dtype=np.int32)
+    s = np.empty(nj)
+    sinv = np.empty(nj)
+    acc = np.empty(nj)
+    T = np.empty((nq, nj))
+    for g in range(NG):
+        l0 = g * k
+        for r in range(ni):
+            i = i0 + r
+            for j in range(nj):
+                mx[j] = np.int32(mma.addend_exponent(cval[r, j], cemin, ez))
+            for u in range(nq):
+                q = l0 // GS + u
+                start = -0.0 if q * GS + GS <= K else 0.0  # IEEE: -0 only if every product is -0
+                for j in range(nj):
+                    T[u, j] = start
+                for l in range(q * GS, q * GS + GS):  # the group's exact sum
+                    al = A[i, l]
+                    for j in range(nj):
+                        T[u, j] += al * B[l, j]
+                ga = GA[i, q]
+                for j in range(nj):
+                    nz = T[u, j] != 0.0
+                    if not nz:  # a zero sum: all products zero (e_zero), or a cancellation (the scales' exponent)
+                        for l in range(q * GS, q * GS + GS):
+                            if A[i, l] * B[l, j] != 0.0:
+                                nz = True
+                    mx[j] = max(mx[j], np.int32(mma.group_exponent(nz, ga + GB[q, j], ez)))
+            for j in range(nj):
+                m = mma.capped(mx[j])
+                s[j] = mma.pow2(F - m)
+                sinv[j] = mma.pow2(m - F)
+            for j in range(nj):
+                acc[j] = mma.aligned(cval[r, j], s[j])
+            for u in range(nq):
+                for j in range(nj):
+                    acc[j] += mma.aligned(T[u, j], s[j])
+            if rz:
+                for j in range(nj):
+                    cval[r, j] = mma.round_out(acc[j] * sinv[j], om, oemin, overflow, True)
+            else:
+                for j in range(nj):
+                    cval[r, j] = mma.round_out(acc[j] * sinv[j], om, oemin, overflow, False)
+        if pg > 0 and ((g + 1) % pg == 0 or g == NG - 1):
+            for r in range(ni):
+                for j in range(nj):
+                    tot[r, j] = mma.promote(tot[r, j], cval[r, j])
+                    cval[r, j] = 0.0
+    for r in range(ni):
+        for j in range(nout):
+            out[i0 + r, j0 + j] = tot[r, j] if pg > 0 else cval[r, j]
+
+
+@kernel(parallel=True, spec=("mma-groups", TILE_I, TILE_J))
+def groups_kernel(A, GA, BP, GBP, C, out, K, k, GS, F, ez, cemin, om, oemin, oemax, rz, pg):
+    M = A.shape[0]
+    N = out.shape[1]
+    NG = A.shape[1] // k
+    ni = (M + TILE_I - 1) // TILE_I
+    nj = BP.shape[0]
+    for t in prange(ni * nj):
+        ti = t % ni
+        tj = t // ni
+        i0 = ti * TILE_I
+        j0 = tj * TILE_J
+        _tile_groups(A, GA, BP[tj], GBP[tj], C, out, i0, min(i0 + TILE_I, M), j0, min(j0 + TILE_J, N), NG, K, k,
+                     GS, F, ez, cemin, om, oemin, oemax, rz, pg)
+
+
+@kernel(parallel=True, spec=("mma-scaled-exponents",))
+def _scaled_exponents_kernel(x, emin, off, out):
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = mma.operand_exponent(x[i, j], emin + off[i, j])
+
+
 @kernel(parallel=True, spec=("mma-exponents",))
 def _exponents_kernel(x, emin, out):
     for i in prange(x.shape[0]):
@@ -155,11 +256,25 @@ def _panels(x: np.ndarray, width: int) -> np.ndarray:
     return np.ascontiguousarray(p.reshape(R, n, width).transpose(1, 0, 2))
 
 
-def matmul_mma_cpu(a: np.ndarray, b: np.ndarray, c: np.ndarray, *, k: int, frac_bits: int, e_zero: int,
-                   a_emin: int, b_emin: int, c_emin: int, out_man: int, out_emin: int, out_emax: int,
-                   toward_zero: bool, promote_steps: int) -> np.ndarray:
+def _expand(s: np.ndarray, block: int, axis: int, n: int) -> np.ndarray:
+    """Per-block values repeated over their ``block`` elements along ``axis`` and cut (or zero-padded) to ``n``."""
+    full = np.repeat(np.asarray(s, dtype=np.int32), block, axis=axis)
+    if full.shape[axis] < n:
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (0, n - full.shape[axis])
+        full = np.pad(full, pad)
+    return np.ascontiguousarray(full[:, :n] if axis == 1 else full[:n, :])
+
+
+def matmul_mma_cpu(a: np.ndarray, b: np.ndarray, c: np.ndarray, sa=None, sb=None, *, k: int, frac_bits: int,
+                   e_zero: int, a_emin: int, b_emin: int, c_emin: int, out_man: int, out_emin: int, out_emax: int,
+                   toward_zero: bool, promote_steps: int, block: int = 0, group: int = 0) -> np.ndarray:
     """``c + a @ b`` for float64 (M, K) ``a``, (K, N) ``b`` and (M, N) ``c`` whose values are already in
-    their formats; returns float64 (M, N). ``promote_steps``: steps per promotion block (0: none)."""
+    their formats; returns float64 (M, N). ``promote_steps``: steps per promotion block (0: none).
+
+    Block-scaled units (``block`` > 0): ``a``/``b`` hold the dequantized values (NaN for a block with a NaN
+    scale), ``sa`` (M, ceil(K / block)) and ``sb`` (ceil(K / block), N) the int32 scale exponents. ``group`` > 0:
+    products are summed exactly in groups of ``group`` along K, each aligned at its scales' exponent."""
     M, K = a.shape
     N = b.shape[1]
     if K == 0:  # no step: the addend as it is
@@ -173,14 +288,29 @@ def matmul_mma_cpu(a: np.ndarray, b: np.ndarray, c: np.ndarray, *, k: int, frac_
         A[:, :K] = a
         B = np.zeros((Kp, N))
         B[:K, :] = b
-    EA = _exponents(A, a_emin)
-    ZA = np.ascontiguousarray((A == 0).reshape(M, G, k).any(axis=2), dtype=np.uint8)
-    ZB = np.ascontiguousarray((B == 0).reshape(G, k, N).any(axis=1), dtype=np.uint8)
-    BP, EBP, ZBP = _panels(B, TILE_J), _panels(_exponents(B, b_emin), TILE_J), _panels(ZB, TILE_J)
     C = np.ascontiguousarray(c, dtype=np.float64)
     out = np.empty((M, N))
+    args = (np.int64(frac_bits), np.int64(e_zero), np.int64(c_emin), np.int64(out_man), np.int64(out_emin),
+            np.int64(out_emax), bool(toward_zero), np.int64(promote_steps))
+    if group > 0:
+        # one exponent per group of `group` elements (a group lies in one scale block)
+        GA = np.ascontiguousarray(_expand(sa, block, 1, Kp)[:, ::group])
+        GB = _expand(sb, block, 0, Kp)[::group, :]
+        if M and N:
+            groups_kernel(A, GA, _panels(np.ascontiguousarray(B), TILE_J), _panels(np.ascontiguousarray(GB), TILE_J),
+                          C, out, np.int64(K), np.int64(k), np.int64(group), *args)
+        return out
+    if block > 0:
+        EA = np.empty((M, Kp), dtype=np.int32)
+        _scaled_exponents_kernel(A, np.int64(a_emin), _expand(sa, block, 1, Kp), EA)
+        EB = np.empty((Kp, N), dtype=np.int32)
+        _scaled_exponents_kernel(np.ascontiguousarray(B, dtype=np.float64), np.int64(b_emin),
+                                 _expand(sb, block, 0, Kp), EB)
+    else:
+        EA, EB = _exponents(A, a_emin), _exponents(B, b_emin)
+    ZA = np.ascontiguousarray((A == 0).reshape(M, G, k).any(axis=2), dtype=np.uint8)
+    ZB = np.ascontiguousarray((B == 0).reshape(G, k, N).any(axis=1), dtype=np.uint8)
+    BP, EBP, ZBP = _panels(B, TILE_J), _panels(EB, TILE_J), _panels(ZB, TILE_J)
     if M and N:
-        mma_kernel(A, EA, ZA, BP, EBP, ZBP, C, out, np.int64(k), np.int64(frac_bits), np.int64(e_zero),
-                   np.int64(c_emin), np.int64(out_man), np.int64(out_emin), np.int64(out_emax), bool(toward_zero),
-                   np.int64(promote_steps))
+        mma_kernel(A, EA, ZA, BP, EBP, ZBP, C, out, np.int64(k), *args)
     return out

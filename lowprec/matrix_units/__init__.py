@@ -48,7 +48,11 @@ bit-accurate reference model of tensor cores and matrix cores", arXiv 2511.10909
 reference implementation (``frac_bits``, step sizes, split k, e8m13, ``e_zero``, tf32 truncation,
 overflow to Inf, canonical NaN); Khattak and Mikaitis, "Accurate models of NVIDIA tensor cores",
 arXiv 2512.07004 (2025); DeepSeek-AI, "DeepSeek-V3 technical report", arXiv 2412.19437, section
-3.3.2 (promotion every 128 elements). See ``docs/matrix_units.md``.
+3.3.2 (promotion every 128 elements). Block-scaled steps: MMA-Sim's ``st_fdpa`` and ``gst_fdpa``
+(``mmasim/arithmetic/fdpa.py``: scale significands multiply the significand, scale exponents add to the
+exponent, group sums of 16 in float32, exact for fp4; ``MMA_ST_FDPA(F=25, L_max=32, e_zero=-133)``,
+``MMA_GST_FDPA(G=16, F=35, L_max=64)``), the PTX ISA's block-scaling section (scale_A per row and k-block,
+scale_B per k-block and column). See ``docs/matrix_units.md``.
 
 Examples
 --------
@@ -65,10 +69,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional, Union
 
-from ..formats import FP16, FP32, FloatFormat, get_format
+import numpy as np
+
+from ..block import BlockFormat, get_block_format
+from ..formats import E8M0, FP16, FP32, UE4M3, FloatFormat, get_format
 from ..rounding import Rounding
 
-__all__ = ["MatrixUnit", "get_matrix_unit", "is_matrix_unit", "PRESETS", "preset_names", "E8M13"]
+__all__ = ["MatrixUnit", "get_matrix_unit", "is_matrix_unit", "PRESETS", "preset_names", "E8M13", "block_matmul"]
 
 #: fp32's exponent range with 13 fraction bits: what Ada's and Hopper's fp8 instructions write to an
 #: fp32 output (the low 10 bits are zero).
@@ -116,6 +123,16 @@ class MatrixUnit:
     promote_every : int or None
         N_C: promote the chain into an fp32 accumulator every N_C elements of K (a multiple of
         ``step_k``); the result is then fp32.
+    block_format : BlockFormat, preset name or None
+        Block-scaled instructions (Blackwell ``mxf8f6f4``, ``mxf4``, ``mxf4nvf4``): the operands are
+        elements of ``a_format``/``b_format`` with one scale (E8M0 or UE4M3) per ``block`` elements along K,
+        and :func:`lowprec.linalg.matmul` block-quantizes float inputs with this format (its element format
+        replaced by ``a_format`` for ``a``, ``b_format`` for ``b``; 1-D blocks only). See "Block-scaled
+        steps" below.
+    group : int
+        0: every scaled product is a term of the step (ST-FDPA, ``mxf8f6f4``; E8M0 scales only). G > 0:
+        products are summed exactly in groups of G and each group sum is one term, aligned at the exponent of
+        its two scales (GST-FDPA, ``mxf4``/``mxf4nvf4``, G = 16); G must divide ``block`` and ``step_k``.
     name : str, optional
         A label (presets carry their name); not part of equality.
     source : str, optional
@@ -143,6 +160,8 @@ class MatrixUnit:
     e_zero: int = -132
     truncate_inputs: bool = False
     promote_every: Optional[int] = None
+    block_format: Optional[Union[str, BlockFormat]] = None
+    group: int = 0
     name: Optional[str] = field(default=None, compare=False)
     source: Optional[str] = field(default=None, compare=False)
 
@@ -174,8 +193,40 @@ class MatrixUnit:
             p = self.promote_every
             if isinstance(p, bool) or not isinstance(p, int) or p < 1 or p % self.step_k:
                 raise ValueError(f"promote_every must be a positive multiple of step_k={self.step_k}, got {p!r}")
+        self._check_block(a, b)
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"name must be a str or None, got {type(self.name).__name__}")
+
+    def _check_block(self, a: FloatFormat, b: FloatFormat) -> None:
+        g = self.group
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= 256:
+            raise ValueError(f"group must be an int in 0..256 (0: no groups), got {g!r}")
+        if self.block_format is None:
+            if g:
+                raise ValueError(f"group={g} sums products under one pair of block scales: it needs a block_format")
+            return
+        bf = get_block_format(self.block_format)
+        object.__setattr__(self, "block_format", bf)
+        if len(bf.block) != 1 or bf.scale not in (E8M0, UE4M3):
+            raise ValueError("block_format must have 1-D blocks along K and E8M0 or UE4M3 scales (the scales a "
+                             f"tensor core reads), got {bf.name}")
+        if self.truncate_inputs:
+            raise ValueError("truncate_inputs (tf32) does not apply to block-scaled operands")
+        blk = bf.block[0]
+        if g == 0:
+            if bf.scale != E8M0:
+                raise ValueError("per-product block scales (group=0, mxf8f6f4) are E8M0 powers of two; a "
+                                 f"{bf.scale.name} scale needs group sums (group > 0), got {bf.name}")
+            return
+        if blk % g or self.step_k % g:
+            raise ValueError(f"group={g} must divide the block size ({blk}) and step_k ({self.step_k})")
+        # a group sum is exact in float64, and the aligned terms of a step sum exactly (mma.py)
+        grid = (a.emin - a.man_bits) + (b.emin - b.man_bits)
+        top = float(a.max) * float(b.max) * g
+        if top / 2.0 ** grid >= 2.0 ** 52 or (self.step_k // g) * top * 4 * 2.0 ** self.frac_bits \
+                + 2.0 ** (self.frac_bits + 1) >= 2.0 ** 53:
+            raise ValueError(f"group sums of {g} products of {a.name} x {b.name} with frac_bits={self.frac_bits} "
+                             "exceed 53 bits: group-scaled units take small element formats (fp4, fp6)")
 
     # -- derived facts ---------------------------------------------------------
     @property
@@ -204,7 +255,22 @@ class MatrixUnit:
         return dict(k=self.step_k, frac_bits=self.frac_bits, e_zero=self.e_zero, a_emin=self.a_format.emin,
                     b_emin=self.b_format.emin, c_emin=self.c_format.emin, out_man=o.man_bits, out_emin=o.emin,
                     out_emax=o.emax, toward_zero=self.out_rounding is Rounding.TOWARD_ZERO,
-                    promote_steps=0 if self.promote_every is None else self.promote_every // self.step_k)
+                    promote_steps=0 if self.promote_every is None else self.promote_every // self.step_k,
+                    block=0 if self.block_format is None else self.block_format.block[0], group=self.group)
+
+    @property
+    def block(self) -> int:
+        """Elements per scale along K (0 for an unscaled unit)."""
+        return 0 if self.block_format is None else self.block_format.block[0]
+
+    def operand_block_format(self, operand: str) -> BlockFormat:
+        """The block format that quantizes operand ``"a"`` or ``"b"``: ``block_format`` with that operand's
+        element format."""
+        el = self.a_format if operand == "a" else self.b_format
+        bf = self.block_format
+        if bf is None:
+            raise ValueError(f"{self.name or 'this matrix unit'} has no block scales")
+        return bf if bf.element == el else bf.replace(element=el)
 
     def replace(self, **changes) -> "MatrixUnit":
         """A copy with some fields changed (the name and source are dropped unless given)."""
@@ -218,8 +284,10 @@ class MatrixUnit:
             if f.name in ("name", "source"):
                 continue
             v = getattr(self, f.name)
-            if f.name == "promote_every" and v is None:
+            if f.name in ("promote_every", "block_format") and v is None or f.name == "group" and v == 0:
                 continue
+            if isinstance(v, BlockFormat):
+                v = v.name
             if isinstance(v, FloatFormat):
                 v = v.name
             parts.append(f"{f.name}={v!r}")
@@ -233,6 +301,12 @@ _ADA8 = "MMA-Sim (Ada mma m16n8k32 fp8, split in halves: n = 13, e8m13 output, e
 _HOPPER = "MMA-Sim (Hopper wgmma k = 16 fp16/bf16, 8 tf32: n = 25, e_zero -133)"
 _HOPPER8 = "MMA-Sim (Hopper wgmma k = 32 fp8: n = 13, e8m13 output, e_zero -133); DeepSeek-V3 sec. 3.3.2"
 _BLACKWELL = "MMA-Sim (Blackwell tcgen05 k = 16 fp16/bf16, 8 tf32, 32 fp8: n = 25, e_zero -133)"
+_MXF8 = ("MMA-Sim (Blackwell tcgen05.mma.kind::mxf8f6f4 block_scale, m128n8k32, ue8m0 scale per 32: ST-FDPA, "
+         "n = 25, L = 32, e_zero -133); OCP MX v1.0 (mxfp8_e4m3 quantizer); PTX ISA 9.7.16.10.7 (block scaling)")
+_MXF4 = ("MMA-Sim (Blackwell tcgen05.mma.kind::mxf4 / mxf4nvf4 block_scale, m128n8k64: GST-FDPA, exact sums of "
+         "16 products, n = 35, L = 64, e_zero -139); OCP MX v1.0 (mxfp4 quantizer: ue8m0 scale per 32)")
+_NVF4 = ("MMA-Sim (Blackwell tcgen05.mma.kind::mxf4nvf4 block16 ue4m3: GST-FDPA, exact sums of 16 products, "
+         "n = 35, L = 64, e_zero -139); NVIDIA NVFP4 (two-level quantizer: ue4m3 per 16, fp32 per tensor)")
 
 
 def _p(name, source, **kw) -> MatrixUnit:
@@ -277,6 +351,12 @@ PRESETS: dict = {mu.name: mu for mu in (
     _p("nv-blackwell-fp8", _BLACKWELL, a_format="fp8_e4m3fn", k=32, frac_bits=25, e_zero=-133),
     _p("nv-blackwell-fp8-f16", _BLACKWELL, a_format="fp8_e4m3fn", k=32, frac_bits=25, out_format="fp16",
        e_zero=-133),
+    _p("nv-blackwell-mxfp8", _MXF8, a_format="fp8_e4m3fn", k=32, frac_bits=25, e_zero=-133,
+       block_format="mxfp8_e4m3"),
+    _p("nv-blackwell-mxfp4", _MXF4, a_format="fp4_e2m1fn", k=64, frac_bits=35, e_zero=-139, block_format="mxfp4",
+       group=16),
+    _p("nv-blackwell-nvfp4", _NVF4, a_format="fp4_e2m1fn", k=64, frac_bits=35, e_zero=-139, block_format="nvfp4",
+       group=16),
 )}
 
 
@@ -315,3 +395,158 @@ def get_matrix_unit(unit) -> MatrixUnit:
     if key in PRESETS:
         return PRESETS[key]
     raise ValueError(f"unknown matrix unit {unit!r}; expected one of {', '.join(PRESETS)} or a MatrixUnit object")
+
+
+# -- block-scaled operands --------------------------------------------------------------------------
+def scale_exponents(scales: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """E(s) = max(floor(log2 s), emin of the scale format) as int32 (0 for a zero or NaN scale): the exponent a
+    scale adds to its products (a UE4M3 subnormal sits at -6 with a significand below 1)."""
+    s = np.asarray(scales, dtype=np.float64)
+    ok = np.isfinite(s) & (s > 0)
+    e = np.frexp(np.where(ok, s, 1.0))[1].astype(np.int64) - 1
+    return np.where(ok, np.maximum(e, fmt.emin), 0).astype(np.int32)
+
+
+def _expand(s: np.ndarray, block: int, axis: int, n: int) -> np.ndarray:
+    return np.repeat(s, block, axis=axis).take(np.arange(n), axis=axis)
+
+
+def _check_scales(s: np.ndarray, fmt: FloatFormat, name: str) -> None:
+    from ..core import round_to
+
+    bad = ~np.isnan(s) & ((s < 0) | (np.asarray(round_to(np.where(np.isnan(s), 0.0, s), fmt.replace(saturate=False)),
+                                                  dtype=np.float64) != s))
+    if fmt == E8M0:
+        bad |= (s == 0)
+    if bad.any():
+        v = float(s[bad].flat[0])
+        raise ValueError(f"{name} must hold {fmt.name} scale values (or NaN), got {v!r} at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}")
+
+
+def _check_values(v: np.ndarray, sfull: np.ndarray, fmt: FloatFormat, name: str) -> None:
+    """Each value divided by its scale is a value of the element format (blocks with a NaN scale: any)."""
+    from ..core import round_to
+
+    live = ~np.isnan(sfull)
+    with np.errstate(all="ignore"):
+        q = np.where(live & (sfull != 0), v / np.where(sfull == 0, 1.0, sfull), v)
+        rq = np.asarray(round_to(np.where(np.isfinite(q), q, 0.0), fmt), dtype=np.float64)
+        exact = (rq == q) & (q * sfull == v) & (np.abs(q) <= float(fmt.max))
+        special = ~np.isfinite(q) & (np.isnan(q) & (fmt.nan != "none") | np.isinf(q) & fmt.has_inf)
+        bad = live & ~(exact | special) & ~((sfull == 0) & (v == 0))
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}[{', '.join(map(str, idx))}] = {float(v[idx])!r} divided by its scale {float(sfull[idx])!r} is not "
+                         f"a value of {fmt.name}: pass element x scale for elements of the unit's format")
+
+
+def block_unit_array(A3, SA3, B3, SB3, C3, ia, ib, unit, backend) -> np.ndarray:
+    """``C3[t] + A3[ia[t]] @ B3[ib[t]]`` on a block-scaled unit: values (element x scale, float64), scale values
+    (SA3 (.., M, blocks), SB3 (.., blocks, N)); a NaN scale makes its block NaN. The one kernel entry of
+    block-scaled units: :func:`block_matmul` and lowprec.linalg.matmul's block-scaled path call it (operands
+    checked by their callers)."""
+    from ..kernels import dispatch
+
+    blk = unit.block
+    K = A3.shape[-1]
+    if np.isnan(SA3).any():
+        A3 = np.where(np.isnan(np.repeat(SA3, blk, axis=-1)[..., :K]), np.nan, A3)
+    if np.isnan(SB3).any():
+        B3 = np.where(np.isnan(np.repeat(SB3, blk, axis=-2)[..., :K, :]), np.nan, B3)
+    sf = unit.block_format.scale
+    return dispatch.matrix_unit_array(backend, A3, B3, C3, ia, ib, unit._kernel_params(),
+                                      sa=scale_exponents(SA3, sf), sb=scale_exponents(SB3, sf))
+
+
+def block_matmul(a_values, a_scales, b_values, b_scales, unit, *, c=None, backend: str = "auto") -> np.ndarray:
+    """``a @ b (+ c)`` on a block-scaled matrix unit, for operands the caller has already block-quantized.
+
+    Parameters
+    ----------
+    a_values : array_like (M, K), float32 or float64
+        The dequantized elements ``q * s`` (``q`` of ``unit.a_format``, ``s`` its block's scale).
+    a_scales : array_like (M, ceil(K / block))
+        The scale of each block of ``block = unit.block`` elements along K: values of the unit's scale
+        format (powers of two 2**-127 .. 2**127 for E8M0, 0 .. 448 for UE4M3) or NaN (the NaN scale, 0xFF:
+        every product of the block is NaN, whatever its values hold).
+    b_values : array_like (K, N); b_scales : array_like (ceil(K / block), N)
+        The same for ``b``, blocks along K (axis 0).
+    unit : MatrixUnit or preset name
+        A block-scaled unit (``nv-blackwell-mxfp8``, ``-mxfp4``, ``-nvfp4`` or one with a ``block_format``).
+    c : array_like, optional
+        The addend, broadcast to (M, N) and rounded nearest-even to fp32: the chain's first ``c``.
+    backend : {"auto", "cpu", "cuda"}
+
+    Other scale layouts map onto this one: a 16 x 16 weight tile's scale is the scale of every (k-block,
+    column) pair it covers, so expand it to per-(k-block, column) scales. NVFP4's per-tensor fp32 scales
+    are not part of the instruction: pass ``q * s_block`` and ``s_block`` (UE4M3), then multiply the result
+    by ``alpha = fp32(s_a * s_b)`` as the GEMM epilogue does (``lowprec.linalg.matmul`` with an ``nvfp4``
+    unit computes ``fp32(alpha * D + c)`` with one rounding, ``D`` the chain from ``c = 0``).
+
+    Returns
+    -------
+    ndarray (M, N), dtype ``numpy.result_type(a_values, b_values)``: values of the unit's output format.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a block-scaled unit, shapes that do not match, scales outside the scale format, a value whose
+        quotient by its scale is not an element (the message names the argument and the index).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.full((1, 32), 2.0**-120)       # elements 1.0 with the scale 2**-120
+    >>> b = np.full((32, 1), 2.0**100)        # elements 1.0 with the scale 2**100
+    >>> float(block_matmul(a, np.full((1, 1), 2.0**-120), b, np.full((1, 1), 2.0**100), "nv-blackwell-mxfp8")[0, 0])
+    3.0517578125e-05
+    """
+    from ..core import as_float_input, round_to
+    from ..kernels import dispatch
+
+    u = get_matrix_unit(unit)
+    if u.block_format is None:
+        raise ValueError(f"unit must be block-scaled (nv-blackwell-mxfp8, -mxfp4, -nvfp4 or a MatrixUnit with a "
+                         f"block_format), got {u.name or u!r}")
+    backend = dispatch.resolve_backend(backend)
+    arrays = {}
+    for nm, x in (("a_values", a_values), ("a_scales", a_scales), ("b_values", b_values), ("b_scales", b_scales)):
+        arr = as_float_input(x, nm)[0]
+        if arr.ndim != 2:
+            raise ValueError(f"{nm} must be a 2-D array, got shape {arr.shape}")
+        arrays[nm] = arr
+    A, B = arrays["a_values"], arrays["b_values"]
+    M, K = A.shape
+    if B.shape[0] != K:
+        raise ValueError(f"block_matmul shape mismatch: a_values has shape {A.shape} and b_values {B.shape}; "
+                         f"a_values' K ({K}) must equal b_values' rows ({B.shape[0]})")
+    N = B.shape[1]
+    blk = u.block
+    nb = -(-K // blk)
+    SA = np.asarray(arrays["a_scales"], dtype=np.float64)
+    SB = np.asarray(arrays["b_scales"], dtype=np.float64)
+    if SA.shape != (M, nb):
+        raise ValueError(f"a_scales must have shape {(M, nb)} (one scale per {blk} elements of each row of a), "
+                         f"got {SA.shape}")
+    if SB.shape != (nb, N):
+        raise ValueError(f"b_scales must have shape {(nb, N)} (one scale per {blk} elements of each column of b), "
+                         f"got {SB.shape}")
+    sf = u.block_format.scale
+    _check_scales(SA, sf, "a_scales")
+    _check_scales(SB, sf, "b_scales")
+    A64, B64 = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
+    _check_values(A64, _expand(SA, blk, 1, K), u.a_format, "a_values")
+    _check_values(B64, _expand(SB, blk, 0, K), u.b_format, "b_values")
+    if c is None:
+        C = np.zeros((M, N))
+    else:
+        c_in = as_float_input(c, "c")[0]
+        try:
+            c_in = np.broadcast_to(c_in, (M, N))
+        except ValueError:
+            raise ValueError(f"c with shape {c_in.shape} does not broadcast to the result's shape {(M, N)}") from None
+        C = np.asarray(round_to(c_in, u.c_format, backend="cpu"), dtype=np.float64)
+    out = block_unit_array(A64[None], SA[None], B64[None], SB[None], C[None], np.zeros(1, np.int64),
+                          np.zeros(1, np.int64), u, backend)[0]
+    return out.astype(np.result_type(A, B), copy=False)

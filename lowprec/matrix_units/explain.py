@@ -22,10 +22,11 @@ __all__ = ["unit_table", "explain_mma", "add_parser"]
 
 
 def unit_table(names=None) -> str:
-    """A Markdown table of matrix-unit presets: operands, k (split), fractional bits, output, e_zero, N_C."""
+    """A Markdown table of matrix-unit presets: operands, k (split), fractional bits, output, e_zero, N_C, and
+    the block scales of the block-scaled units (scale format per block, group sums)."""
     names = list(PRESETS) if not names else names
-    rows = ["| preset | operands | k | step | frac bits | output | e_zero | promote |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| preset | operands | k | step | frac bits | output | e_zero | promote | block scales |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         u = get_matrix_unit(n)
         ops = u.a_format.name if u.a_format == u.b_format else f"{u.a_format.name} x {u.b_format.name}"
@@ -33,8 +34,15 @@ def unit_table(names=None) -> str:
             ops += " (truncated)"
         out = f"{u.out_format.name} {'toward zero' if u.out_rounding.name == 'TOWARD_ZERO' else 'nearest-even'}"
         rows.append(f"| {u.name or n} | {ops} | {u.k}{' (split)' if u.split_k else ''} | {u.step_k} | "
-                    f"{u.frac_bits} | {out} | {u.e_zero} | {u.promote_every or '-'} |")
+                    f"{u.frac_bits} | {out} | {u.e_zero} | {u.promote_every or '-'} | {_scales(u)} |")
     return "\n".join(rows)
+
+
+def _scales(u) -> str:
+    if u.block_format is None:
+        return "-"
+    text = f"{u.block_format.scale.name} per {u.block}"
+    return text + (f", exact sums of {u.group}" if u.group else "")
 
 
 def _log2(x: Fraction) -> int:
@@ -68,6 +76,9 @@ def explain_mma(a, b, unit, c: float = 0.0) -> str:
     result   2.0
     """
     u = get_matrix_unit(unit)
+    if u.block_format is not None:
+        raise ValueError(f"explain_mma shows unscaled units; {u.name or 'this unit'} is block-scaled (its terms and "
+                         "alignment are in docs/matrix_units.md, 'Block-scaled instructions')")
     a64 = np.asarray(a, dtype=np.float64).ravel()
     b64 = np.asarray(b, dtype=np.float64).ravel()
     if a64.shape != b64.shape or a64.size == 0:
