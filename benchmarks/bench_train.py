@@ -1,9 +1,13 @@
-"""One training epoch of a 64-256-256-10 MLP (batch 64, SGD momentum) on digits, three ways.
+"""One training epoch of a 64-256-256-10 MLP (batch 64, SGD momentum) on digits, several ways.
 
 1. plain numpy float32 (hand-written forward/backward, BLAS matmuls): the floor;
 2. lowprec with the ``fp32`` policy (bit-exact fixed-order matmuls, telemetry on);
 3. lowprec with ``bf16-mixed`` (every tensor rounded by role, fp32 master weights),
-   with telemetry on and off.
+   with telemetry on and off;
+4. the scaled recipes with the ideal fp32 accumulation, ``fp8-delayed`` and ``mxfp8``
+   (issue 15's target: within 4x of numpy), and on a hardware matrix unit,
+   ``fp8-delayed@nv-hopper`` and ``mxfp8@nv-blackwell`` (target: within 20x), telemetry off
+   (``--variants`` picks others: ``POLICY`` or ``POLICY@HARDWARE``, ``+tel`` for telemetry on).
 
 Compilation is excluded (a warm-up epoch of each variant runs first); then
 each variant runs ``--repeat`` epochs in a row, twice over (a second pass
@@ -77,6 +81,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--variants", default="fp32+tel,bf16-mixed+tel,bf16-mixed,fp8-delayed,mxfp8,"
+                    "fp8-delayed@nv-hopper,mxfp8@nv-blackwell",
+                    help="comma list of POLICY[@HARDWARE][+tel] (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.threads:
         import numba
@@ -90,12 +97,16 @@ def main(argv=None):
     params = [p.data.astype(np.float32) for p in ref.parameters()]
     bufs = [None] * len(params)
     variants = [("numpy float32", lambda: numpy_epoch(ds, params, bufs, perm))]
-    for name, tel in (("fp32", True), ("bf16-mixed", True), ("bf16-mixed", False)):
-        ctx = Precision(name, seed=0, telemetry=Telemetry(keep_steps=False) if tel else None)
+    targets = [None]
+    for spec in (v.strip() for v in args.variants.split(",") if v.strip()):
+        tel = spec.endswith("+tel")
+        name, _, hw = spec.removesuffix("+tel").partition("@")
+        ctx = Precision(name, seed=0, telemetry=Telemetry(keep_steps=False) if tel else None, hardware=hw or None)
         model = MLP(SIZES, seed=0, ctx=ctx)
         opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        variants.append((f"lowprec {name}" + ("" if tel else " (no telemetry)"),
+        variants.append((f"lowprec {name}" + (f"@{hw}" if hw else "") + ("" if tel else " (no telemetry)"),
                          lambda model=model, opt=opt: lowprec_epoch(ds, model, opt, perm)))
+        targets.append(20.0 if hw else (4.0 if name in ("fp8-delayed", "mxfp8") else None))
     for _, fn in variants:
         fn()  # warm-up: compiles the kernels
     best = [float("inf")] * len(variants)
@@ -106,9 +117,10 @@ def main(argv=None):
                 fn()
                 best[i] = min(best[i], time.perf_counter() - t)
     t_np = best[0]
-    print(f"{'variant':<36} {'epoch s':>9} {'x numpy':>9}")
-    for (label, _), t in zip(variants, best):
-        print(f"{label:<36} {t:9.4f} {t / t_np:9.2f}")
+    print(f"{'variant':<44} {'epoch s':>9} {'x numpy':>9} {'target':>8}")
+    for (label, _), t, target in zip(variants, best, targets):
+        goal = "" if target is None else f"<= {target:g}x" + (" ok" if t / t_np <= target else " MISSED")
+        print(f"{label:<44} {t:9.4f} {t / t_np:9.2f} {goal:>8}")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ def _table(fmt, master="fp32"):
 def test_package_reexports_each_module_public_names():
     """lowprec.amp is a package of one concept per module; the package re-exports their public names."""
     import lowprec.amp as amp
-    from lowprec.amp import policies, registry, runtime, scaler, scaling
+    from lowprec.amp import blockscaled, hardware, policies, registry, runtime, scaler, scaling
 
     homes = {policies: ["ROLES", "Policy", "policy_bytes"],
              registry: ["register_policy", "get_policy", "policy_names"],
              runtime: ["Precision"], scaler: ["LossScaler", "parse_loss_scale"],
-             scaling: ["ScalingRecipe", "TensorScaler", "scale_from_amax", "scaled_cast"]}
+             scaling: ["ScalingRecipe", "TensorScaler", "scale_from_amax", "scaled_cast"],
+             blockscaled: ["BlockRecipe", "block_policy"], hardware: ["resolve_hardware"]}
     for module, names in homes.items():
         assert set(names) <= set(module.__all__), module.__name__
         for name in names:

@@ -8,7 +8,7 @@ import pytest
 from lowprec import round_to
 from lowprec.amp import Precision, ScalingRecipe, TensorScaler, get_policy, policy_names, scale_from_amax, scaled_cast
 from lowprec.amp import scaling as S
-from lowprec.autograd import MLP, Tensor, softmax_cross_entropy
+from lowprec.autograd import MLP, softmax_cross_entropy
 from lowprec.formats import FP8_E4M3FN, FP8_E5M2, FP32
 from lowprec.linalg import matmul as lmatmul
 

@@ -515,3 +515,21 @@ def test_compare_figure_shows_every_policy_on_shared_axes(tmp_path, digits):
     assert any("fp16-mixed" in t.get_text() for t in under.texts)
     # end labels of close values share one label (they would overlap)
     assert _end_labels({257: ["a"], 253: ["b"], 0: ["c"]}, "{:,d}", False) == [(0, "0: c"), (257, "a 257, b 253")]
+
+
+# ----------------------------------------------------------------------------- issue 15: --hardware
+def test_cli_compares_a_policy_across_hardware(tmp_path, capsys):
+    out = tmp_path / "hw"
+    rc = cli.main(["train", "--compare", "fp8-current", "--hardware", "ideal,nv-hopper", "--epochs", "1",
+                   "--hidden", "16", "--batch-size", "256", "--out", str(out), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| fp8-current |" in text and "| fp8-current@nv-hopper |" in text
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["policy"] for r in rows] == ["fp8-current", "fp8-current@nv-hopper"]
+    rec = json.loads((out / "fp8-current@nv-hopper" / "run.json").read_text())
+    assert rec["config"]["hardware"] == "nv-hopper"
+    assert rec["policy"]["hardware"].startswith("nv-hopper-fp8 (forward fp8_e4m3fn x fp8_e4m3fn, dgrad fp8_e5m2")
+    assert json.loads((out / "fp8-current" / "run.json").read_text())["config"]["hardware"] is None
+    assert cli.main(["train", "--precision", "fp8-current", "--hardware", "nv-hopper,nv-ada", "--quiet"]) == 2
+    assert "goes with --compare" in capsys.readouterr().err

@@ -47,7 +47,11 @@ The package holds one concept per module, and re-exports their public names:
 * :mod:`lowprec.amp.scaler`: :class:`LossScaler`, :func:`parse_loss_scale`;
 * :mod:`lowprec.amp.scaling`: tensor scaling of matmul operands (:class:`ScalingRecipe`,
   :class:`TensorScaler`, :func:`scale_from_amax`, :func:`scaled_cast`) and the policies
-  ``fp8-current``, ``fp8-delayed``, ``fp8-rowwise``.
+  ``fp8-current``, ``fp8-delayed``, ``fp8-rowwise``;
+* :mod:`lowprec.amp.blockscaled`: block- and tile-scaled products (:class:`BlockRecipe`,
+  :func:`block_policy`) and the policies ``fp8-deepseek``, ``mxfp8``, ``nvfp4``, ``mxfp4``;
+* :mod:`lowprec.amp.hardware`: the matrix unit that runs a policy's matmuls
+  (:func:`resolve_hardware`, ``Precision(..., hardware="nv-hopper")``, ``lowprec train --hardware``).
 
 Examples
 --------
@@ -64,7 +68,9 @@ from .registry import get_policy, policy_names, register_policy
 from .runtime import Precision
 from .scaler import LossScaler, parse_loss_scale
 from .scaling import ScalingRecipe, TensorScaler, scale_from_amax, scaled_cast
+from .blockscaled import BlockRecipe, block_policy
+from .hardware import resolve_hardware
 
 __all__ = ["ROLES", "Policy", "register_policy", "get_policy", "policy_names", "Precision",
            "LossScaler", "parse_loss_scale", "policy_bytes", "ScalingRecipe", "TensorScaler", "scale_from_amax",
-           "scaled_cast"]
+           "scaled_cast", "BlockRecipe", "block_policy", "resolve_hardware"]

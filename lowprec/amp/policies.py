@@ -77,6 +77,16 @@ class Policy:
         its layer's output (the scaled fp8 recipes of :mod:`lowprec.amp.scaling`).
     description : str
         One line shown by ``lowprec train --help``.
+    matmul_quant : callable, optional
+        A factory ``f(layer_index, out_features, last)`` of the object that computes a layer's three
+        products with its own operand quantization (``forward(ctx, x, w)`` and ``backward(ctx, g, x, w,
+        need_x, need_w)``, see :func:`lowprec.autograd.quantized_matmul`): the block-scaled recipes of
+        :mod:`lowprec.amp.blockscaled`, which quantize each operand along the contraction axis of each
+        product. ``last`` is True for the network's last layer.
+    hardware : str, optional
+        The matrix unit that runs the matmuls (:mod:`lowprec.amp.hardware`): a family such as
+        ``"nv-hopper"`` or a preset name; None (or ``"ideal"``): the accumulations named above.
+        :class:`~lowprec.amp.Precision`'s ``hardware`` overrides it.
 
     Raises
     ------
@@ -103,6 +113,8 @@ class Policy:
     weight_fake_quant: Optional[Callable] = None
     act_fake_quant: Optional[Callable] = None
     description: str = ""
+    matmul_quant: Optional[Callable] = None
+    hardware: Optional[str] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -122,7 +134,10 @@ class Policy:
             if not isinstance(value, str):
                 raise TypeError(f"{which} must be an accumulation preset name, got {type(value).__name__}")
         parse_loss_scale(self.loss_scale)
-        for which in ("weight_fake_quant", "act_fake_quant"):
+        if self.hardware is not None and not isinstance(self.hardware, str):
+            raise TypeError(f"hardware must be None or a str (a family or a matrix-unit preset name), "
+                            f"got {type(self.hardware).__name__}")
+        for which in ("weight_fake_quant", "act_fake_quant", "matmul_quant"):
             value = getattr(self, which)
             if value is not None and not callable(value):
                 raise TypeError(f"{which} must be None or a factory f(layer_index, out_features), "
@@ -165,6 +180,11 @@ class Policy:
         lines.append(f"  {'forward matmul':<16} {self.forward_accumulation}")
         lines.append(f"  {'backward matmul':<16} {self.backward_accumulation}")
         lines.append(f"  {'loss scaling':<16} {self.loss_scale}")
+        if self.matmul_quant is not None and hasattr(self.matmul_quant, "recipe"):
+            r = self.matmul_quant.recipe
+            lines.append(f"  {'block formats':<16} x {r.x.name}, w {r.w.name}, dy {r.g.name}")
+        if self.hardware is not None:
+            lines.append(f"  {'hardware':<16} {self.hardware}")
         return "\n".join(lines)
 
 

@@ -2,13 +2,15 @@
 
 Importing this module registers the built-in policies
 (:data:`lowprec.amp.policies.PRESETS`, then the scaled fp8 recipes
-:data:`lowprec.amp.scaling.SCALED_PRESETS`); other modules register more (the
+:data:`lowprec.amp.scaling.SCALED_PRESETS`, the block-scaled recipes
+:data:`lowprec.amp.blockscaled.BLOCK_POLICIES`); other modules register more (the
 QAT policies of :mod:`lowprec.quant.qat`).
 """
 
 from __future__ import annotations
 
 from .policies import PRESETS, Policy
+from .blockscaled import BLOCK_POLICIES
 from .scaling import SCALED_PRESETS
 
 __all__ = ["register_policy", "get_policy", "policy_names"]
@@ -60,5 +62,5 @@ def get_policy(policy) -> Policy:
                          "(or register your own with lowprec.amp.register_policy)") from None
 
 
-for _p in PRESETS + SCALED_PRESETS:
+for _p in PRESETS + SCALED_PRESETS + BLOCK_POLICIES:
     register_policy(_p)

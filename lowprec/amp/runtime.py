@@ -41,6 +41,10 @@ class Precision:
         stream ``1000 + i`` for parameter ``i`` (see :mod:`lowprec.autograd.optim`).
     telemetry : Telemetry, optional
         Receives the counts of every rounding (None: no counting).
+    hardware : str, optional
+        The matrix unit that runs the matmuls (a family such as ``"nv-hopper"``, a preset name, or
+        ``"ideal"``); None: the policy's ``hardware`` (ideal accumulation unless it names one). Resolved
+        by :func:`lowprec.amp.hardware.resolve_hardware` into :attr:`hardware` (None for ideal).
 
     Examples
     --------
@@ -52,8 +56,12 @@ class Precision:
 
     MATMUL_STREAMS = {"forward": 100, "backward": 101}
 
-    def __init__(self, policy="fp32", seed: int = 0, telemetry: Optional[Telemetry] = None):
+    def __init__(self, policy="fp32", seed: int = 0, telemetry: Optional[Telemetry] = None,
+                 hardware: Optional[str] = None):
+        from .hardware import resolve_hardware
+
         self.policy = get_policy(policy)
+        self.hardware = resolve_hardware(self.policy, hardware if hardware is not None else self.policy.hardware)
         self.seed = int(seed)
         self.telemetry = telemetry
         root = RandomStream(self.seed)
@@ -120,8 +128,11 @@ class Precision:
         return prepare_rounding(fmt, rounding, np.float32)
 
     def accumulation(self, which: str):
-        """The Accumulation object of ``which`` in ("forward", "backward")."""
+        """The Accumulation object of ``which`` in ("forward", "backward"), or the MatrixUnit that runs it
+        (``hardware`` on a policy without per-operand scales)."""
         acc = self._accumulations.get(which)
+        if acc is None and self.hardware is not None and self.hardware.route == "plain":
+            acc = self._accumulations[which] = self.hardware.units["forward" if which == "forward" else "dgrad"]
         if acc is None:
             from ..accumulation import get_accumulation  # imported when first needed
 
@@ -136,7 +147,8 @@ class Precision:
         key = "matmul_" + which
         if key not in self._accumulations:
             acc = self.accumulation(which)
-            ok = dispatch.resolve_backend("auto") == "cpu" and acc.out_format.fits_in(np.float32)
+            ok = (self.hardware is None and dispatch.resolve_backend("auto") == "cpu"
+                  and acc.out_format.fits_in(np.float32))
             self._accumulations[key] = prepare_matmul(acc, "cpu") if ok else None
         return self._accumulations[key]
 

@@ -234,7 +234,7 @@ class TensorScaler:
         self.history = np.asarray(state["history"], dtype=np.float32)
 
     def cast(self, x: np.ndarray, ctx=None, role: str = "activation", name: Optional[str] = None,
-             update: bool = True) -> np.ndarray:
+             update: bool = True, full: bool = False):
         """The dequantized scaled cast of ``x`` (the values of :func:`scaled_cast`), with telemetry and,
         when ``update``, the delayed-scaling history step.
 
@@ -242,6 +242,8 @@ class TensorScaler:
         any rounding), and :meth:`~lowprec.telemetry.Telemetry.record_scale` with the scale, the amax,
         the clipped fraction (finite ``x * s`` beyond the format's max, saturated or overflowed, plus
         infinite ones) and the underflowed fraction (``x * s`` nonzero, ``q`` zero).
+
+        ``full=True`` returns ``(deq, q, scale)`` (what a matrix unit multiplies, :mod:`lowprec.amp.hardware`).
         """
         x = np.asarray(x, dtype=np.float32)
         scale, amax = self.current_scale(x)
@@ -269,7 +271,7 @@ class TensorScaler:
             tel.record_scale(name, role, fmt.name, float(np.min(scale)), float(np.max(amax)), o / size, u / size)
         if update and rec.mode == "delayed":
             self.observe(amax)
-        return deq
+        return (deq, q, scale) if full else deq
 
 
 def _training() -> bool:
@@ -288,12 +290,14 @@ class ScaledWeightCast:
         self.recipe = recipe
         self.name = f"layer{layer_index}.weight_fp8"
         self.scaler = TensorScaler(recipe, recipe.forward_format, axis=0)  # rowwise: one scale per column
+        self.last_cast = None  # (values, q, scale) of the last cast, for a matrix unit
 
     def __call__(self, w):
         from ..autograd.tensor import Tensor
 
         ctx = w.ctx
-        data = self.scaler.cast(w.data, ctx, "weight_used", self.name, update=_training())
+        self.last_cast = self.scaler.cast(w.data, ctx, "weight_used", self.name, update=_training(), full=True)
+        data = self.last_cast[0]
         out = Tensor(data, (w,), "fp8_cast", name=self.name, ctx=ctx)
         out._backward = lambda s=w, t=out: s._add_grad(t.grad, exact_from=t)
         return out
@@ -321,16 +325,20 @@ class ScaledInputCast:
         self.grad_name = f"layer{layer_index}.preact.grad"
         self.scaler = TensorScaler(recipe, recipe.forward_format, axis=-1)  # rowwise: one scale per row
         self.grad_scaler = TensorScaler(recipe, recipe.grad_format, axis=-1)
+        self.last_cast = self.last_grad = None  # (values, q, scale) of the last casts, for a matrix unit
 
     def grad_cast(self, ctx, g: np.ndarray) -> np.ndarray:
         """The scaled cast of the layer's output gradient ``g`` (the role ``activation_grad``)."""
-        return self.grad_scaler.cast(np.asarray(g, dtype=np.float32), ctx, "activation_grad", self.grad_name)
+        self.last_grad = self.grad_scaler.cast(np.asarray(g, dtype=np.float32), ctx, "activation_grad",
+                                               self.grad_name, full=True)
+        return self.last_grad[0]
 
     def __call__(self, x):
         from ..autograd.tensor import Tensor
 
         ctx = x.ctx
-        data = self.scaler.cast(x.data, ctx, "activation", self.name, update=_training())
+        self.last_cast = self.scaler.cast(x.data, ctx, "activation", self.name, update=_training(), full=True)
+        data = self.last_cast[0]
         out = Tensor(data, (x,), "fp8_cast", name=self.name, ctx=ctx)
         out._backward = lambda s=x, t=out: s._add_grad(t.grad, exact_from=t)  # straight through
         return out

@@ -8,8 +8,10 @@ precision runtime, :class:`lowprec.amp.Precision`.
 
 from .nn import MLP, Linear
 from .optim import SGD, Adam, Optimizer, clip_grad_norm
-from .tensor import Tensor, add_bias, cast_grad, is_grad_enabled, matmul, no_grad, softmax_cross_entropy
+from .tensor import (Tensor, add_bias, cast_grad, is_grad_enabled, matmul, no_grad, quantized_matmul,
+                     softmax_cross_entropy)
 
-__all__ = ["Tensor", "matmul", "add_bias", "cast_grad", "softmax_cross_entropy", "no_grad", "is_grad_enabled",
+__all__ = ["Tensor", "matmul", "quantized_matmul", "add_bias", "cast_grad", "softmax_cross_entropy", "no_grad",
+           "is_grad_enabled",
            "Linear", "MLP",
            "SGD", "Adam", "Optimizer", "clip_grad_norm"]

@@ -7,7 +7,10 @@ optimizer holds the float32 master copy and refreshes ``data`` from it
 after each step. In the forward pass a Linear layer rounds the stored
 weight to ``weight_used``, applies the policy's weight fake quantizer if
 any, rounds its input to ``activation`` and applies the activation fake
-quantizer if any, then computes ``x @ W + b``.
+quantizer if any, then computes ``x @ W + b``. A policy with a ``matmul_quant`` factory (the block-scaled
+recipes of :mod:`lowprec.amp.blockscaled`) computes ``x @ W`` and its two gradient products itself
+(:func:`~lowprec.autograd.tensor.quantized_matmul`), each quantizing its operands along its own
+contraction axis; so do the per-tensor scaled fp8 recipes on a matrix unit (:mod:`lowprec.amp.hardware`).
 
 Examples
 --------
@@ -25,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tensor import Tensor, add_bias, cast_grad, is_grad_enabled, matmul
+from .tensor import Tensor, add_bias, cast_grad, is_grad_enabled, matmul, quantized_matmul
 
 __all__ = ["Linear", "MLP", "ACTIVATIONS"]
 
@@ -50,10 +53,13 @@ class Linear:
         and used in telemetry names (``layer{i}.weight`` ...).
     init : {"he", "lecun"}
         He-uniform bound ``sqrt(6/in)`` (default) or LeCun-uniform ``sqrt(1/in)``.
+    last : bool
+        The network's last layer (told to the policy's ``matmul_quant`` factory: the fp4 recipes keep it
+        in bf16).
     """
 
     def __init__(self, in_features: int, out_features: int, rng: np.random.Generator, ctx=None,
-                 layer_index: int = 0, init: str = "he"):
+                 layer_index: int = 0, init: str = "he", last: bool = False):
         for nm, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{nm} must be a positive int, got {v!r}")
@@ -78,6 +84,13 @@ class Linear:
         aq = policy.act_fake_quant if policy is not None else None
         self.weight_quant = wq(self.index, self.out_features) if wq is not None else None
         self.act_quant = aq(self.index, self.out_features) if aq is not None else None
+        mq = policy.matmul_quant if policy is not None else None
+        self.matmul_quant = mq(self.index, self.out_features, bool(last)) if mq is not None else None
+        hw = getattr(ctx, "hardware", None)
+        if self.matmul_quant is None and hw is not None and hw.route == "tensor":
+            from ..amp.hardware import TensorScaledUnitMatmul  # scaled fp8 operands through the matrix unit
+
+            self.matmul_quant = TensorScaledUnitMatmul(self.act_quant, self.weight_quant)
 
     def parameters(self) -> list:
         """The trained tensors: weight, bias, then any fake-quantizer parameters."""
@@ -108,7 +121,10 @@ class Linear:
                              f"got shape {x.shape}")
         if self.act_quant is not None:
             x = self.act_quant(x)
-        y = matmul(x, self.weight_used(), name=f"layer{self.index}.matmul")
+        if self.matmul_quant is not None:
+            y = quantized_matmul(x, self.weight_used(), self.matmul_quant, name=f"layer{self.index}.matmul")
+        else:
+            y = matmul(x, self.weight_used(), name=f"layer{self.index}.matmul")
         y = add_bias(y, self.bias, name=f"layer{self.index}.preact")
         grad_cast = getattr(self.act_quant, "grad_cast", None)
         if grad_cast is not None and self.ctx is not None and is_grad_enabled():
@@ -146,7 +162,7 @@ class MLP:
         self.activation = activation
         self.ctx = ctx
         rng = np.random.default_rng(seed)
-        self.layers = [Linear(sizes[i], sizes[i + 1], rng, ctx=ctx, layer_index=i)
+        self.layers = [Linear(sizes[i], sizes[i + 1], rng, ctx=ctx, layer_index=i, last=i == len(sizes) - 2)
                        for i in range(len(sizes) - 1)]
 
     def parameters(self) -> list:

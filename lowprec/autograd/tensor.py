@@ -50,7 +50,8 @@ from ..formats import FP32
 from ..kernels import activations
 from ..rounding import Rounding
 
-__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "add_bias", "cast_grad", "no_grad", "is_grad_enabled"]
+__all__ = ["Tensor", "softmax_cross_entropy", "matmul", "quantized_matmul", "add_bias", "cast_grad", "no_grad",
+           "is_grad_enabled"]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -503,6 +504,35 @@ def matmul(a: Tensor, b: Tensor, name: Optional[str] = None) -> Tensor:
             a._add_grad(_mm(ctx, g, b.data.T, "backward", gf, b._data_fmt()))
         if b.requires_grad:  # dB = a.T @ g computed as (g.T @ a).T: the gradient is the left operand
             b._add_grad(_mm(ctx, g.T, a.data, "backward", gf, a._data_fmt(), t=True))
+    out._backward = _backward
+    return out
+
+
+@_quiet
+def quantized_matmul(a: Tensor, b: Tensor, qmm, name: Optional[str] = None) -> Tensor:
+    """``a @ b`` for 2-D tensors whose three products quantize their own operands.
+
+    ``qmm.forward(ctx, a, b)`` returns the forward product and ``qmm.backward(ctx, g, a, b, need_a, need_b)``
+    the pair ``(dA, dB)`` (None where not needed) for the output gradient ``g``; they get the Tensors, so
+    that each product can quantize each operand along its own contraction axis (the block-scaled
+    policies of :mod:`lowprec.amp.blockscaled`, the scaled fp8 products on a matrix unit of
+    :mod:`lowprec.amp.hardware`). The output is rounded to ``activation`` and the gradients to their
+    roles, as :func:`matmul` does.
+    """
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"quantized_matmul needs two Tensors, got {type(a).__name__} and {type(b).__name__}")
+    _check_matmul_shapes(a, b)
+    if a.data.ndim != 2 or b.data.ndim != 2:
+        raise ValueError(f"quantized_matmul takes 2-D tensors, got shapes {a.shape} and {b.shape}")
+    ctx = a.ctx or b.ctx
+    out = Tensor(qmm.forward(ctx, a, b), (a, b), "matmul", name=name, ctx=ctx)._round_forward()
+
+    def _backward():
+        da, db = qmm.backward(ctx, np.asarray(out.grad, dtype=np.float32), a, b, a.requires_grad, b.requires_grad)
+        if da is not None:
+            a._add_grad(da)
+        if db is not None:
+            b._add_grad(db)
     out._backward = _backward
     return out
 

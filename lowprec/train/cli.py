@@ -12,6 +12,7 @@ import dataclasses
 import os
 
 from ..amp import policy_names
+from ..amp.hardware import FAMILIES
 from .loop import TrainConfig, compare, read_resume_state, train
 from .report import check_out_dir, format_table, summary_text
 
@@ -53,7 +54,7 @@ _CONFIG_FLAGS = {"precision": "precision", "epochs": "epochs", "seed": "seed", "
                  "lr": "lr", "hidden": "hidden", "optimizer": "optimizer", "momentum": "momentum",
                  "weight_decay": "weight_decay", "clip_norm": "clip_norm", "activation": "activation",
                  "loss_weight": "loss_weight", "data": "data", "loss_scale": "loss_scale",
-                 "no_telemetry": "telemetry"}
+                 "no_telemetry": "telemetry", "hardware": "hardware"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,9 +71,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     + ", ".join(policy_names()) + ".")
     p.add_argument("--precision", default=None, metavar="POLICY",
                    help=f"precision policy, one of the names above (default: {d.precision})")
-    p.add_argument("--compare", default=None, metavar="P1,P2,...",
+    p.add_argument("--compare", default=None, metavar="P1,P2@HW,...",
                    help="train each policy with the same seed and schedule, print one table and write "
-                        "compare.png (default: off)")
+                        "compare.png; POLICY@HARDWARE runs that entry on a matrix unit, and a --hardware list "
+                        "runs every plain entry once per unit, e.g. --compare fp8-delayed --hardware "
+                        "ideal,nv-hopper (default: off)")
+    p.add_argument("--hardware", default=None, metavar="H",
+                   help="the matrix unit that runs the policy's matmuls: 'ideal' (the policy's own accumulation), "
+                        "a family (" + ", ".join(FAMILIES) + ") resolved to the preset that matches the policy's "
+                        "operand formats, or a preset name (lowprec matrix-units); with --compare, a comma list "
+                        "(default: ideal)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs in total (default: {d.epochs}; with --resume, the saved run's)")
     p.add_argument("--seed", type=int, default=None,
@@ -120,8 +128,8 @@ def _given(args) -> dict:
     out = {}
     for dest, name in _CONFIG_FLAGS.items():
         v = getattr(args, dest)
-        if v is None:
-            continue
+        if v is None or (dest == "hardware" and v.strip().lower() in ("ideal", "none")):
+            continue  # (--hardware ideal is the default: None)
         out[name] = (not v) if dest == "no_telemetry" else v
     return out
 
@@ -174,8 +182,11 @@ def _main(args) -> int:
             raise ValueError("--resume continues one run and cannot be combined with --compare: resume each "
                              "policy's run (OUT/POLICY) on its own")
         names = [n.strip() for n in args.compare.split(",") if n.strip()]
+        hw_list = None
+        if "hardware" in given:
+            hw_list = [h.strip() for h in given.pop("hardware").split(",") if h.strip()]
         config = TrainConfig(**given)
-        rows = compare(names, config.validate(), out=args.out, quiet=args.quiet)
+        rows = compare(names, config.validate(), out=args.out, quiet=args.quiet, hardware=hw_list)
         print(format_table(rows))
         if args.out is not None:
             print(f"run records written to {args.out}/POLICY, the comparison figure to "
@@ -201,6 +212,9 @@ def _main(args) -> int:
         res = train(dataclasses.replace(saved, epochs=epochs), out, resume=args.resume, quiet=args.quiet)
     else:
         out = args.out
+        if "," in (given.get("hardware") or ""):
+            raise ValueError(f"--hardware takes one unit for a single run, got {given['hardware']!r}; a list "
+                             "goes with --compare")
         res = train(TrainConfig(**given), out, quiet=args.quiet)
     print(summary_text(res))
     if out is not None:

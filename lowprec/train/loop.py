@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .diagnose import diagnose_skips
 from .report import check_out_dir, plot_compare, run_record, step_row, write_run
 
-__all__ = ["TrainConfig", "RunResult", "train", "evaluate", "compare"]
+__all__ = ["TrainConfig", "RunResult", "train", "evaluate", "compare", "compare_runs"]
 
 
 def _load_extra_policies() -> None:
@@ -52,7 +52,9 @@ class TrainConfig:
     """Everything that defines a training run (saved in the run record and checkpoints).
 
     ``loss_scale=None`` uses the policy's default; ``data`` is ``"digits"``
-    or a directory with the four MNIST IDX files.
+    or a directory with the four MNIST IDX files; ``hardware`` names the
+    matrix unit that runs the matmuls (:mod:`lowprec.amp.hardware`; None:
+    the policy's own, ideal accumulation).
     """
 
     precision: str = "fp32"
@@ -70,10 +72,15 @@ class TrainConfig:
     activation: str = "relu"
     loss_weight: float = 1.0
     telemetry: bool = True
+    hardware: Optional[str] = None
 
     def validate(self) -> "TrainConfig":
         """Check every field; return self. Raises ValueError/TypeError naming the field."""
-        get_policy(self.precision)
+        policy = get_policy(self.precision)
+        if self.hardware is not None:
+            from ..amp.hardware import resolve_hardware
+
+            resolve_hardware(policy, self.hardware)
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -256,7 +263,7 @@ def _check_dataset(ds: Dataset) -> None:
 
 def _build(config: TrainConfig, n_features: int, n_classes: int):
     telemetry = Telemetry(enabled=config.telemetry, keep_steps=False)
-    ctx = Precision(config.precision, seed=config.seed, telemetry=telemetry)
+    ctx = Precision(config.precision, seed=config.seed, telemetry=telemetry, hardware=config.hardware)
     model = MLP([n_features, *config.hidden, n_classes], activation=config.activation, seed=config.seed, ctx=ctx)
     params = model.parameters()
     if config.optimizer == "sgd":
@@ -466,31 +473,62 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
     return result
 
 
+def compare_runs(names, hardware=None) -> list:
+    """The ``(label, policy, hardware)`` runs of ``--compare``: each entry ``POLICY`` or ``POLICY@HARDWARE``;
+    an entry without ``@`` runs once per element of ``hardware`` (a list; None: once, on the configuration's
+    hardware). ``label`` is ``POLICY`` for the ideal accumulation, else ``POLICY@HARDWARE``.
+
+    Examples
+    --------
+    >>> compare_runs(["fp8-delayed", "bf16-mixed@nv-hopper"], ["nv-ada"])
+    [('fp8-delayed@nv-ada', 'fp8-delayed', 'nv-ada'), ('bf16-mixed@nv-hopper', 'bf16-mixed', 'nv-hopper')]
+    """
+    from ..amp.hardware import split_compare_entry
+
+    runs = []
+    for entry in names:
+        pol, hw = split_compare_entry(entry)
+        for h in ([hw] if hw is not None or hardware is None else list(hardware)):
+            h = None if h is None or h.strip().lower() in ("ideal", "none") else h.strip()
+            label = pol if h is None else f"{pol}@{h}"
+            if any(r[0] == label for r in runs):
+                raise ValueError(f"--compare lists {label!r} twice")
+            runs.append((label, pol, h))
+    return runs
+
+
 def compare(names, base: TrainConfig, out: Optional[str] = None, quiet: bool = True,
-            dataset: Optional[Dataset] = None, warm_up: bool = True) -> list:
+            dataset: Optional[Dataset] = None, warm_up: bool = True, hardware=None) -> list:
     """Train ``base`` under each policy in ``names``; return the summary rows (dicts).
 
-    With ``out``, each run's record goes to ``out/NAME``, the rows to
-    ``out/compare.json`` and a figure of all runs on shared axes to
-    ``out/compare.png`` (test accuracy and train loss per epoch; loss scale
-    and gradient underflow per step, side by side).
+    An entry ``POLICY@HARDWARE`` runs the policy's matmuls on that matrix unit; ``hardware`` (a list)
+    runs each plain entry once per element (see :func:`compare_runs`); a plain entry without ``hardware``
+    uses ``base.hardware``. With ``out``, each run's record goes to ``out/LABEL`` (``POLICY`` or
+    ``POLICY@HARDWARE``), the rows to ``out/compare.json`` and a figure of all runs on shared axes to
+    ``out/compare.png`` (test accuracy and train loss per epoch; loss scale and gradient underflow per
+    step, side by side).
     """
     rows = []
-    for name in names:
-        get_policy(name)
+    runs = compare_runs(names, hardware)
+    if hardware is None:
+        runs = [(lab if h is not None or base.hardware is None else f"{pol}@{base.hardware}", pol,
+                 h if h is not None else base.hardware) for lab, pol, h in runs]
+    for _, pol, h in runs:
+        dataclasses.replace(base, precision=pol, hardware=h).validate()
     if out is not None:
         check_out_dir(out)
-        for name in names:
-            check_out_dir(os.path.join(out, name))
+        for label, _, _ in runs:
+            check_out_dir(os.path.join(out, label))
     results = []
-    for name in names:
-        cfg = dataclasses.replace(base, precision=name)
-        res = train(cfg, None if out is None else os.path.join(out, name), quiet=quiet, dataset=dataset,
+    for label, pol, h in runs:
+        cfg = dataclasses.replace(base, precision=pol, hardware=h)
+        res = train(cfg, None if out is None else os.path.join(out, label), quiet=quiet, dataset=dataset,
                     warm_up=warm_up)
+        res.label = label
         results.append(res)
         s = res.record["summary"]
         b = s["bytes_per_role"]
-        rows.append({"policy": name, "loss_scale": cfg.loss_scale_spec, "test_accuracy": s["test_accuracy"],
+        rows.append({"policy": label, "loss_scale": cfg.loss_scale_spec, "test_accuracy": s["test_accuracy"],
                      "train_loss": s["train_loss"], "skipped_steps": s["skipped_steps"],
                      "final_loss_scale": s["final_loss_scale"], "grad_underflow": s["grad_underflow"],
                      "grad_subnormal": s["grad_subnormal"], "compile_time_s": s["compile_time_s"],

@@ -71,6 +71,12 @@ def step_row(step, epoch, loss, acc, scale, skipped, tel: Telemetry) -> dict:
     return row
 
 
+def run_label(config) -> str:
+    """``POLICY`` (ideal accumulation) or ``POLICY@HARDWARE``: how tables and figures name a run."""
+    hw = getattr(config, "hardware", None)
+    return config.precision if hw is None else f"{config.precision}@{hw}"
+
+
 def run_record(config, model, opt, scaler, tel, epochs_rows, step_rows, wall, ds) -> dict:
     """The run record (what run.json holds): configuration, policy table, summary, epochs, telemetry."""
     policy = get_policy(config.precision)
@@ -94,11 +100,18 @@ def run_record(config, model, opt, scaler, tel, epochs_rows, step_rows, wall, ds
                    "table": {r: [f.name if f is not None else None, rnd.label] for r, (f, rnd) in policy.table.items()},
                    "forward_accumulation": policy.forward_accumulation,
                    "backward_accumulation": policy.backward_accumulation,
-                   "loss_scale": config.loss_scale_spec},
+                   "loss_scale": config.loss_scale_spec,
+                   "hardware": _hardware_text(model)},
         "summary": summary, "epochs": epochs_rows, "telemetry_totals_per_role": totals,
         "telemetry_totals_per_tensor": tel.tensor_totals,
         "loss_scale_trace": [r["loss_scale"] for r in step_rows],
     }
+
+
+def _hardware_text(model) -> str:
+    """The matrix unit of the run's matmuls, as the run record states it."""
+    hw = getattr(getattr(model, "ctx", None), "hardware", None)
+    return "ideal (the policy's accumulations)" if hw is None else hw.describe()
 
 
 def write_run(out: str, result: RunResult) -> None:
@@ -140,7 +153,7 @@ def _plots(out: str, result: RunResult) -> dict:
 
     rows, eps = result.step_rows, result.record["epochs"]
     steps = np.array([r["step"] for r in rows])
-    name = result.config.precision
+    name = run_label(result.config)
     figures = {}
 
     def save(fig, fname):
@@ -200,20 +213,27 @@ def _plots(out: str, result: RunResult) -> dict:
     save(fig, "underflow.png")
     tel_scales = getattr(getattr(result, "telemetry", None), "scales", None)
     if tel_scales:  # scaled fp8 policies: scale trajectories and clipped / underflowed fractions per tensor
-        fig = Figure(figsize=(7, 6))
-        ax, ax2 = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
+        fig = Figure(figsize=(9.5, 8.5))
+        ax, ax_a, ax2 = fig.add_subplot(3, 1, 1), fig.add_subplot(3, 1, 2), fig.add_subplot(3, 1, 3)
         by: dict = {}
         for row in tel_scales:
             by.setdefault(row[1], []).append(row)
+        blocked = any(".fwd." in t or ".dgrad." in t or ".wgrad." in t for t in by)
         for tname, trows in by.items():
             st = [r[0] for r in trows]
             line, = ax.plot(st, [r[4] for r in trows], lw=0.8, drawstyle="steps-post", label=tname)
+            amax = [r[5] if np.isfinite(r[5]) and r[5] > 0 else np.nan for r in trows]
+            ax_a.plot(st, amax, lw=0.8, drawstyle="steps-post", color=line.get_color())
             ax2.plot(st, [r[6] for r in trows], lw=0.8, color=line.get_color())
             ax2.plot(st, [r[7] for r in trows], lw=0.8, ls=":", color=line.get_color())
-        ax.set(yscale="log", ylabel="scale", title=f"fp8 scales per tensor ({name})")
+        ax.set(ylabel="median block scale" if blocked else "scale",
+               title=f"{'block' if blocked else 'tensor'} scales per operand ({name})")
         ax.set_yscale("log", base=2)
-        ax.legend(fontsize=6, ncol=2)
-        ax2.set(xlabel="step", ylabel="fraction", title="clipped (solid) and underflowed to zero (dotted)")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax_a.set(ylabel="amax", title="amax per operand and step")
+        ax_a.set_yscale("log", base=2)
+        what = "blocks whose maximum clipped" if blocked else "values clipped"
+        ax2.set(xlabel="step", ylabel="fraction", title=f"{what} (solid), values underflowed to zero (dotted)")
         save(fig, "scales.png")
     return figures
 
@@ -299,7 +319,7 @@ def plot_compare(path: str, results: list):
     last_step = 0
     for i, res in enumerate(results):
         color, ls, marker = _STYLES[i % len(_STYLES)]
-        name = res.config.precision
+        name = run_label(res.config)
         eps = res.record["epochs"]
         ep = [e["epoch"] for e in eps]
         label = name
@@ -345,7 +365,7 @@ def plot_compare(path: str, results: list):
         under_ax.set_ylim(bottom=0, top=max(1, max(ends_under)) * 1.15)
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
-    fig.suptitle("policies compared: " + ", ".join(r.config.precision for r in results), fontsize=11)
+    fig.suptitle("policies compared: " + ", ".join(run_label(r.config) for r in results), fontsize=11)
     overlaps = _coinciding(results)
     if overlaps:
         fig.text(0.5, 0.005, "identical accuracy and loss at every epoch: "
@@ -386,7 +406,7 @@ def _coinciding(results: list) -> list:
     groups: dict = {}
     for res in results:
         key = tuple((e["test_accuracy"], e["train_loss"]) for e in res.record["epochs"])
-        groups.setdefault(key, []).append(res.config.precision)
+        groups.setdefault(key, []).append(run_label(res.config))
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -399,7 +419,7 @@ def summary_text(res: RunResult) -> str:
     else:
         time_text = f"wall time {s['wall_time_s']:.1f} s"
     lines = [
-        (f"policy {res.config.precision} (loss scaling {res.config.loss_scale_spec}) on "
+        (f"policy {run_label(res.config)} (loss scaling {res.config.loss_scale_spec}) on "
          f"{res.record['dataset']}: test accuracy {100 * s['test_accuracy']:.2f}%, train loss "
          f"{s['train_loss']:.4f}, {time_text}, {s['steps']} steps "
          f"({s['skipped_steps']} skipped), final loss scale {s['final_loss_scale']:g}"),
