@@ -112,7 +112,6 @@ def rounding_cases(out: dict) -> None:
 
 
 def ops_cases(out: dict) -> None:
-    import lowprec
     from lowprec import Rounding, ops
 
     x = _data(np.float64, 300, 2)

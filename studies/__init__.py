@@ -17,6 +17,10 @@ STUDIES = {
     "precision-table": "studies.precision_table",
     "fixed-point": "studies.fixed_point",
     "quantizers": "studies.quantizers",
+    "mma-accumulation": "studies.mma_accumulation",
+    "block-scale-rules": "studies.block_scale_rules",
+    "fp8-scaling": "studies.fp8_scaling",
+    "fp4-training": "studies.fp4_training",
 }
 
 __all__ = ["STUDIES"]

@@ -229,3 +229,67 @@ def merge_identical(series: dict, rtol: float = 0.0) -> list:
         else:
             groups.append(([label], v))
     return groups
+
+
+# --------------------------------------------------------------------------
+# A training run of the MLP on the digits data under any Policy object
+# --------------------------------------------------------------------------
+def train_mlp(policy, seed: int, epochs: int, hidden, batch_size: int = 64, lr: float = 0.05,
+              loss_scale=None, log2_input_scale: int = 0, n_train: int = 0) -> dict:
+    """Train an MLP on the digits data under ``policy`` (a Policy or a registered name), as ``lowprec.train``
+    does: the same calls in the same order (round the inputs, forward, loss, scaled backward, unscale,
+    step, loss-scale update), SGD with momentum 0.9, epoch ``e`` shuffled by ``default_rng([seed, e])``.
+
+    ``loss_scale`` overrides the policy's loss scaling (``"none"``, ``"dynamic"``, ...).
+    ``log2_input_scale`` = k multiplies the inputs by ``2**k`` and the first layer's initial weights by
+    ``2**-k`` (rounded to the policy's weight format), so that the network computes the same function at
+    initialisation while its input tensor lies elsewhere in the formats' range. ``n_train`` > 0 trains on
+    the first ``n_train`` training images only (the test set is always the whole held-out set).
+
+    Returns ``{"steps": [loss per step], "epochs": [{epoch, train_loss, test_loss, test_accuracy}],
+    "final_train_loss", "test_loss", "test_accuracy", "skipped_steps"}``.
+    """
+    from lowprec.amp import LossScaler, Precision, get_policy
+    from lowprec.autograd import MLP, SGD, softmax_cross_entropy
+    from lowprec.data import load_digits
+    from lowprec.train import evaluate
+
+    policy = get_policy(policy)
+    ds = load_digits(seed=0)
+    f = 2.0 ** int(log2_input_scale)
+    xtr = (ds.x_train * f).astype(np.float32)
+    ytr = ds.y_train
+    if n_train:
+        xtr, ytr = xtr[:n_train], ytr[:n_train]
+    xte = (ds.x_test * f).astype(np.float32)
+    ctx = Precision(policy, seed=seed)
+    model = MLP([ds.n_features, *hidden, ds.n_classes], seed=seed, ctx=ctx)
+    if log2_input_scale:
+        w0 = model.layers[0].weight
+        w0.data = ctx.round((w0.data / np.float32(f)).astype(np.float32), "weight")
+    opt = SGD(model.parameters(), lr=lr, momentum=0.9, ctx=ctx)
+    scaler = LossScaler.from_spec(loss_scale if loss_scale is not None else policy.loss_scale)
+    n = len(ytr)
+    steps, epochs_rows, skipped = [], [], 0
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs):
+            perm = np.random.default_rng([seed, epoch]).permutation(n)
+            total = 0.0
+            for b in range(-(-n // batch_size)):
+                idx = perm[b * batch_size:(b + 1) * batch_size]
+                logits = model(xtr[idx])
+                loss = softmax_cross_entropy(logits, ytr[idx])
+                opt.zero_grad()
+                scale = scaler.scale
+                loss.backward(scale)
+                scaler.unscale_(opt)
+                skipped += int(not scaler.step(opt))
+                scaler.update()
+                steps.append(float(loss.data))
+                total += float(loss.data) * len(idx)
+            test_loss, test_acc = evaluate(model, xte, ds.y_test)
+            epochs_rows.append({"epoch": epoch + 1, "train_loss": total / n, "test_loss": test_loss,
+                                "test_accuracy": test_acc})
+    last = epochs_rows[-1]
+    return {"steps": steps, "epochs": epochs_rows, "final_train_loss": last["train_loss"],
+            "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"], "skipped_steps": skipped}
