@@ -67,17 +67,25 @@ def _accumulation() -> None:
         linalg.matmul(big_a.astype(np.float32), big_b.astype(np.float32), name)
 
 
-def _block() -> None:
-    """lowprec.block: the runtime-argument block loop (its float32 quantize and encode and float64 signatures),
-    then the specialised loops of large arrays that the tests and docs use (float32 mxfp8_e4m3 and nvfp4;
-    float64 mxfp4, which ``analyze`` runs)."""
+def _block_loops() -> None:
+    """lowprec.block's runtime-argument loop (its float32 quantize and encode and float64 signatures), which
+    small arrays and first calls run. (The specialised loops, :func:`_block_large`, compile in the other
+    process: this group's calls come first, long before that process can have cached a specialised loop that
+    would make these small calls load it instead.)"""
     from . import block
-    from .kernels import dispatch
 
-    small = np.linspace(-3, 3, 64, dtype=np.float32)  # before any specialised loop exists: the runtime-argument loop
+    small = np.linspace(-3, 3, 64, dtype=np.float32)
     block.quantize(small, "mxfp8_e4m3")
     block.encode(small, "mxfp8_e4m3")
     block.quantize(small.astype(np.float64), "mxfp4")
+
+
+def _block_large() -> None:
+    """lowprec.block's specialised loops of large arrays that the tests and docs use (float32 mxfp8_e4m3 and
+    nvfp4; float64 mxfp4, which ``analyze`` runs)."""
+    from . import block
+    from .kernels import dispatch
+
     big = np.linspace(-3, 3, dispatch.BLOCK_SPECIALISE_FROM, dtype=np.float32)
     for name in ("mxfp8_e4m3", "nvfp4"):
         block.quantize(big, name)
@@ -85,7 +93,8 @@ def _block() -> None:
 
 
 #: the groups, longest first (a process takes the next group when it is free)
-GROUPS = {"accumulation": _accumulation, "training": _training, "block": _block, "elements": _elements}
+GROUPS = {"block-large": _block_large, "block": _block_loops, "elements": _elements, "accumulation": _accumulation,
+          "training": _training}
 
 
 def warm(jobs: int = 2, groups=None, quiet: bool = True) -> dict:
