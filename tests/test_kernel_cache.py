@@ -122,3 +122,47 @@ def test_a_kernel_closing_over_compiled_functions_loads_from_the_cache(tmp_path)
         files.append(sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*.nbc")))
     assert stats[0][1] >= 1 and stats[1] == [stats[0][1], 0], stats  # first compiles, second only hits
     assert files[1] == files[0]
+
+
+def test_the_faster_inliner_makes_the_same_code():
+    """kernels/jit.py shortens numba's inlining of lowprec's inline="always" functions (one copy of the
+    callee's scope per copy, not per block; the callee's untyped IR built once): the machine code of a loop
+    that inlines the float rounding definition is the same as with numba's own inliner, but for the
+    process-specific addresses and version counters numba puts in symbol names."""
+    import re
+
+    import numba
+    import numpy as np
+
+    from lowprec.kernels import jit, scalar
+
+    if not jit.FASTER_INLINING:
+        pytest.skip("the faster inliner is off (LOWPREC_NUMBA_INLINING=plain, or another numba)")
+
+    def body(x, out, m, emin, bias, tmax):
+        for i in range(x.size):
+            out[i] = scalar.round_float_carrier(x[i], 32, 23, 127, m, emin, bias, tmax, 0, 1, 0,
+                                                scalar.NEAREST_EVEN, np.uint64(0), 32)
+
+    def asm(fast):
+        d = numba.njit(body)
+        if fast:
+            d.compile("(int32[::1], int32[::1], int64, int64, int64, int64)")
+        else:
+            with jit.plain_inlining():
+                d.compile("(int32[::1], int32[::1], int64, int64, int64, int64)")
+        text = d.inspect_asm(d.signatures[0])
+        text = re.sub(r"0x[0-9a-f]{8,}", "ADDR", text)  # object addresses in parfor names
+        text = re.sub(r"B\d+v\d+B", "BvB", text)  # numba's version counters in mangled names ...
+        return re.sub(r'(\.size\t"[^"]*"), \d+', r"\1, N", text), d  # ... and the lengths of strings holding them
+
+    fast, d_fast = asm(True)
+    plain, d_plain = asm(False)
+    assert fast == plain
+    x = np.array([0x3F800001, 0x477FF000, 0x7F800000, 0x00000001], np.int32)  # 1 + ulp, 65520, inf, tiny
+    out_f, out_p = np.empty_like(x), np.empty_like(x)
+    d_fast(x, out_f, 10, -14, 15, 31743)  # fp16
+    d_plain(x, out_p, 10, -14, 15, 31743)
+    with np.errstate(over="ignore"):
+        want = x.view(np.float32).astype(np.float16).astype(np.float32)  # numpy's correctly rounded cast
+    assert np.array_equal(out_f, want.view(np.int32)) and np.array_equal(out_p, out_f)

@@ -31,6 +31,7 @@ import hashlib
 import sys
 import threading
 import types as _pytypes
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,9 +39,124 @@ import numba
 from numba.core.caching import FunctionCache, IndexDataCacheFile
 from numba.core.serialize import dumps
 
-__all__ = ["kernel", "source_digest", "is_cached", "Definitions", "interpreted"]
+__all__ = ["FASTER_INLINING", "Definitions", "interpreted", "is_cached", "kernel", "plain_inlining", "source_digest"]
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "lowprec.kernels"
+
+
+# ---------------------------------------------------------------------------------------------------
+# compile time of inlined code
+# ---------------------------------------------------------------------------------------------------
+def _faster_inlining() -> bool:
+    """Make numba's ``inline="always"`` inlining of lowprec's functions linear instead of quadratic.
+
+    The kernels inline scalar.py's definitions (nested several levels deep), and about 80% of a
+    specialised loop's compile time went into numba's inliner (InlineInlinables; LLVM took ~3%):
+
+    - it copies the callee's IR one block at a time with ``copy.deepcopy``, each with its own memo, so
+      the function's scope (every variable of the flattened callee) is copied once *per block*;
+    - it copies the callee a second time ("an unmutated copy to return") that every caller discards;
+    - it runs the frontend (bytecode to IR, and the callee's own inlining, recursively) again at every
+      call site of the same function.
+
+    Here, for callees defined in lowprec only: the blocks of one copy share one copy of the scope; the
+    second copy is the first; a function's untyped IR is built once per (function, pipeline, flags,
+    contexts) and handed to the inliner, which copies it before it changes anything (as numba already
+    does for ``overload(inline="always")`` templates, whose IR it caches). The compiled code is the same:
+    the assembly of a specialised round loop is identical but for numba's process-wide version counters
+    in symbol names (tests/test_kernel_cache.py compares it). A specialised stochastic round loop: 32 s
+    -> 9 s of CPU. Other numba code in the process is not affected. ``LOWPREC_NUMBA_INLINING=plain``
+    turns this off. Returns whether it is on.
+    """
+    import copy
+    import os
+    from collections import OrderedDict
+
+    if os.environ.get("LOWPREC_NUMBA_INLINING", "") == "plain":
+        return False
+    try:
+        from numba.core import inline_closurecall as icc
+        from numba.core import ir
+        worker = icc.InlineWorker
+        inline_ir, run_untyped = worker.inline_ir, worker.run_untyped_passes
+    except (ImportError, AttributeError):
+        return False
+    if getattr(inline_ir, "_lowprec", False) or getattr(icc, "copy", None) is not copy:
+        return getattr(inline_ir, "_lowprec", False)
+
+    root = _PACKAGE.split(".")[0] + "."
+    seeds: list = []  # per inline_ir call of a lowprec callee: {id(scope): (scope, its one copy)}
+
+    class _Copy:
+        """The ``copy`` module as inline_closurecall sees it (its only use: deepcopy of IR blocks)."""
+
+        def __getattr__(self, name):
+            return getattr(copy, name)
+
+        @staticmethod
+        def deepcopy(x, memo=None):
+            if memo is None and seeds and isinstance(x, ir.Block):
+                mine = seeds[-1]
+                if any(copied is x.scope for _, copied in mine.values()):
+                    return x  # the second, discarded copy: a block of the first copy
+                entry = mine.get(id(x.scope))
+                if entry is None:
+                    entry = mine[id(x.scope)] = (x.scope, copy.deepcopy(x.scope))
+                memo = {id(x.scope): entry[1]}
+            return copy.deepcopy(x, memo)
+
+    def _ours(func) -> bool:
+        return _FASTER_INLINING_ON[0] and (getattr(func, "__module__", None) or "").startswith(root)
+
+    def patched_inline_ir(self, caller_ir, block, i, callee_ir, *args, **kwargs):
+        if not _ours(getattr(callee_ir.func_id, "func", None)):
+            return inline_ir(self, caller_ir, block, i, callee_ir, *args, **kwargs)
+        seeds.append({})
+        try:
+            return inline_ir(self, caller_ir, block, i, callee_ir, *args, **kwargs)
+        finally:
+            seeds.pop()
+
+    untyped: OrderedDict = OrderedDict()  # bounded: lowprec has a few hundred inlined functions
+
+    def patched_run_untyped(self, func, enable_ssa=False):
+        if not _ours(func):
+            return run_untyped(self, func, enable_ssa)
+        self.flags.enable_ssa = enable_ssa  # (numba sets it on the shared flags too)
+        try:
+            key = (func, type(self.pipeline), self.typingctx, self.targetctx, self.flags.copy(), enable_ssa)
+            hash(key)
+        except TypeError:
+            return run_untyped(self, func, enable_ssa)
+        got = untyped.get(key)
+        if got is None:
+            got = untyped[key] = run_untyped(self, func, enable_ssa)
+            if len(untyped) > 2048:
+                untyped.popitem(last=False)
+        else:
+            untyped.move_to_end(key)
+        return got
+
+    patched_inline_ir._lowprec = True
+    worker.inline_ir = patched_inline_ir
+    worker.run_untyped_passes = patched_run_untyped
+    icc.copy = _Copy()
+    return True
+
+
+_FASTER_INLINING_ON = [True]
+FASTER_INLINING = _faster_inlining()
+
+
+@contextmanager
+def plain_inlining():
+    """Compile with numba's own inliner inside this block (to compare the code both make)."""
+    old = _FASTER_INLINING_ON[0]
+    _FASTER_INLINING_ON[0] = False
+    try:
+        yield
+    finally:
+        _FASTER_INLINING_ON[0] = old
 
 
 @lru_cache(maxsize=None)
