@@ -20,6 +20,7 @@ one-thread copy. The first call of each kind of format compiles its loop (second
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numba
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     t_copy = best(lambda: _pcopy(x, out), args.repeat)
     copy = n / t_copy / 1e6
     print(f"{n} float32 values, {numba.get_num_threads()} numba threads"
-          + (", CPU time (process time), not wall time" if args.cpu_time else ""))
+          + (", CPU time (process time), not wall time" if args.cpu_time else "")
+          + f", load average {os.getloadavg()[0]:.1f} (other work on the machine distorts wall times)")
     print("| method | Melem/s | vs copy |")
     print("|---|---|---|")
     print(f"| parallel copy | {copy:.0f} | 1.00 |")

@@ -446,6 +446,79 @@ def test_one_and_two_threads_and_both_loops_give_the_same_bits(calls, monkeypatc
             _same(a, b)
 
 
+def _row_and_runtime_loops(monkeypatch, call):
+    """``call()`` on the specialised loops, whatever the size (kernels/dispatch.py would otherwise run small arrays
+    on the runtime-argument loop until the specialised one is cached), then on the runtime-argument loop."""
+    from lowprec.kernels import block_cpu, dispatch
+
+    with monkeypatch.context() as m:
+        m.setattr(dispatch, "BLOCK_SPECIALISE_FROM", 0)
+        rows = call()
+    with monkeypatch.context() as m:
+        m.setattr(block_cpu, "block_loop", lambda spec: block_cpu.block_any())
+        runtime = call()
+    return rows, runtime
+
+
+@pytest.mark.parametrize("name,kw", [
+    # CI: the loops lowprec warm compiles (nearest-even E8M0 and UE4M3 scales, stochastic fp4)
+    ("mxfp8_e4m3", {}), ("nvfp4", {}),
+    ("mxfp4", {"rounding": "stochastic", "seed": 4, "offset": 2 ** 32 - 3000}),
+    pytest.param("mxfp8_e4m3", {"scale_rule": "rceil", "encode": True}, marks=pytest.mark.slow),
+    pytest.param("fp8_1x128", {"encode": True}, marks=pytest.mark.slow)])
+def test_row_loops_on_short_blocks_chunks_and_counters(name, kw, monkeypatch):
+    """The row loops (blocks along the last axis: kernels/block_cpu._build_rows) against the runtime-argument
+    loop: rows of 100 (every row's last block short: 4 elements of 32, 4 of 16), 268-1072 blocks (chunks of
+    4096 / B blocks start mid-row and inside a short block's row), a NaN and an Inf in short blocks, a NaN in a
+    full one, and stochastic counters that cross 2**32 inside the array (their high word changes)."""
+    kw = dict(kw)
+    encode = kw.pop("encode", False)
+    rng = np.random.default_rng(16)
+    x = (rng.standard_normal((67, 100)) * np.exp2(rng.integers(-8, 8, (67, 1)))).astype(np.float32)
+    x[3, 97], x[5, 98], x[9, 10] = np.nan, np.inf, np.nan
+    bf = lb.get_block_format(name).replace(on_inf="nan")
+
+    def call():
+        if encode:
+            e = lb.encode(x, bf, packed=False, **kw)
+            return [e.elements, e.scales]
+        return [lb.quantize(x, bf, **kw), lb.quantize(x[:, :64], bf, **kw)]
+
+    rows, runtime = _row_and_runtime_loops(monkeypatch, call)
+    for a, b in zip(rows, runtime):
+        if encode:  # element codes and scales (fp32 scales of the 1x128 tiles: NaN for the NaN blocks)
+            assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+        else:
+            _same(a, b)
+    if not encode:  # the short blocks' NaN and Inf spoil their own block only
+        assert np.isnan(rows[0][3, 96:]).all() and not np.isnan(rows[0][3, :96]).any()
+        B = bf.block[0]
+        assert np.isnan(rows[0][5, 96:]).all() and np.isnan(rows[0][9, :B]).all() and not np.isnan(rows[0][9, B:]).any()
+
+
+def test_nvfp4_element_rounding_at_midpoints(monkeypatch):
+    """NVFP4 on float32 rounds each element in 32-bit lanes (the float64 quotient x / S rounded to float32 to odd
+    first, kernels/block_cpu._quotient_ro32): quotients exactly at E2M1 midpoints (0.25, 0.75, ..., 5) and one
+    float32 step either side, under a power-of-two scale (448) and a scale that is not (352), against the
+    Fraction reference."""
+    el = get_format("fp4")
+    mids = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=np.float32)
+    blocks = []
+    for S in (448.0, 352.0):
+        q = (mids * np.float32(S)).astype(np.float32)
+        vals = np.concatenate([q, np.nextafter(q, np.float32(0)), np.nextafter(q, np.float32(np.inf))])
+        vals = np.concatenate([vals, -vals])  # 42: three blocks of the scale's amax 6 * S, 14 values and a zero
+        blocks += [np.concatenate([[6 * S], vals[k:k + 14], [0.0]]).astype(np.float32) for k in range(0, 42, 14)]
+    x = np.concatenate(blocks + [np.array([2688.0] + [0.0] * 15, dtype=np.float32)])  # tensor scale 2688/2688 = 1
+    rows, runtime = _row_and_runtime_loops(monkeypatch, lambda: [lb.quantize(x, "nvfp4")])
+    ref = []
+    for b0 in range(0, x.size, 16):
+        r, _ = quantize_block(x[b0:b0 + 16], el, "amax", scale_fmt=UE4M3, s_t=1.0)
+        ref += r
+    _same(rows[0], np.array(ref, dtype=np.float32))
+    _same(runtime[0], rows[0])
+
+
 def test_stochastic_rounding_follows_the_counter_stream():
     rng = np.random.default_rng(9)
     x = (rng.standard_normal(96) * 5).astype(np.float32)

@@ -41,6 +41,10 @@ Two kinds of loop, the same steps and bits (kernels/dispatch.py chooses):
 - **specialised loops** (:func:`block_loop`): the op, the element kind and flags, power-of-two or
   ``amax`` scales, the mode and the carrier are compile-time constants and the rounding is inlined: the
   element loop vectorises. The power-of-two rule stays an argument (it is computed once per block).
+  Blocks along the last axis of length 16, 32 or 128 (every preset's) have *row loops*
+  (:func:`_build_rows`): the whole element format and the block length are constants too, chunks of 4096
+  elements go through three passes (amax, scale, elements), and the steps are scalar.py's called
+  definitions, which LLVM inlines and vectorises there (a fraction of the compile time of numba's inlining).
 """
 
 import numpy as np
@@ -54,6 +58,8 @@ RULES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL, "amax": AMA
 QUANTIZE, ENCODE = 0, 1
 E8M0_BIAS = 127
 _CHUNK = 16  # blocks per parallel work item
+_ROW_CHUNK = 4096  # elements per parallel work item of the row loops
+ROW_BLOCKS = (16, 32, 128)  # block lengths with a row loop (the presets')
 _called = scalar.DEFINITIONS.called()
 
 
@@ -147,6 +153,21 @@ def _quotient(u, CW, S, lo):
 
 
 @njit(inline="always")
+def _quotient_ro32(u, S, lo):
+    """float32 bits (int32) of fl64(x / S) raised to ``lo`` (as :func:`_quotient`, for float32 ``x``), rounded
+    to float32 *to odd*: truncated, its last bit set when inexact. Rounding that to a format with at least two
+    fewer significand bits (and a range inside float32's) gives what rounding the float64 quotient gives, in
+    every mode but stochastic (round-to-odd keeps the value strictly between the same two neighbours of the
+    coarser format, whose points and midpoints are even float32 values): the element rounds in 32-bit lanes."""
+    d = scalar.i64_as_f64(_quotient(u, 32, S, lo))
+    t = np.float32(d)
+    tf = np.float64(t)
+    away = np.int32(abs(tf) > abs(d))  # t rounded away from zero (never past float32's max: that is odd)
+    inexact = np.int32(tf != d)
+    return np.int32(np.int32(scalar.f32_as_i32(t) - away) | inexact)
+
+
+@njit(inline="always")
 def _scale_pow2(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps, s_t):
     """(E8M0 code, 2**e, s_in = 2**-e, s_out = 2**e, S = 0) of a block with finite amax (carrier bits)."""
     e = pow2_exponent(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem)
@@ -185,7 +206,17 @@ def _steps(round_float_carrier, round_bits, encode_bits):
     def amax_pattern(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
         return encode_bits(_quotient(u, CW, S, lo), 64, 52, 1023, pe, mode, rnd, rbits)
 
+    @njit(inline="always")
+    def amax_value_ro32(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
+        q = scalar.i32_as_f32(np.int32(round_bits(_quotient_ro32(u, S, lo), 32, 23, 127, pe, mode, rnd, rbits)))
+        return np.int64(_store(u, CW, np.float64(q) * S if S != 0.0 else np.float64(q)))
+
+    @njit(inline="always")
+    def amax_pattern_ro32(u, CW, CM, CB, pe, s_in, s_out, S, lo, mode, rnd, rbits):
+        return encode_bits(_quotient_ro32(u, S, lo), 32, 23, 127, pe, mode, rnd, rbits)
+
     return scale_amax, {(False, QUANTIZE): pow2_value, (False, ENCODE): pow2_pattern,
+                        ("ro32", QUANTIZE): amax_value_ro32, ("ro32", ENCODE): amax_pattern_ro32,
                         (True, QUANTIZE): amax_value, (True, ENCODE): amax_pattern}
 
 
@@ -332,7 +363,142 @@ def _build(spec):
     return loop
 
 
+def _build_rows(spec):
+    """The loop over blocks that are contiguous runs of ``B`` elements of rows (tiles ``1 x B``: ``TA == 1``,
+    ``TQ == B``, the common layout of blocks along the last axis). ``spec`` is ``("rows", op, is_amax, mode, r32,
+    carrier32, B) + pe`` (``+ ps`` for ``amax`` scales): the element format's (and the scale format's) parameters
+    too are compile-time constants (every shift and bound of their rounding folds), and so is ``B``: a block's
+    amax and element loops have a constant trip count, which the compiler turns into straight vector code. A
+    row's last, shorter block (``Q`` not a multiple of ``B``) is copied into a block of zeros first (zeros change
+    neither amax nor any element; its elements keep their counters) and its results copied back: one copy of the
+    steps serves both.
+
+    The parallel loop only hands out chunks of blocks; the work of a chunk is an ordinary compiled function
+    (``chunk``): numba's parallel-loop passes then see a few lines, not the inlined rounding (they were most
+    of the compile time). ``chunk`` is a closure: its qualified name carries the spec, so that two
+    specialisations loaded from the cache never share a symbol name (kernels/jit.py)."""
+    _, op_c, amax_c, mode_c, r32, carrier32, B = spec[:7]
+    K = max(_ROW_CHUNK // B, 1)  # blocks per chunk
+    pe = tuple(int(v) for v in spec[7:16])
+    ps_c = tuple(int(v) for v in spec[16:]) if amax_c else (0,) * 9  # (the power-of-two rules ignore it)
+    stochastic_c = mode_c == scalar.STOCHASTIC
+    rand = _called.random_bits_split
+    scale_of = _scale_amax_called if amax_c else _scale_pow2
+    # amax scales, float32 input, a deterministic mode, an element format with at most 21 significand bits and
+    # its range inside float32's: the element rounds in 32-bit lanes (_quotient_ro32), the same bits
+    ro32 = (amax_c and carrier32 and mode_c != scalar.STOCHASTIC and pe[0] == scalar.KIND_FLOAT and pe[1] <= 21
+            and (pe[4] >> pe[1]) - pe[3] <= 126 and pe[2] - pe[1] >= -147)
+    step = _ELEMENT_CALLED["ro32" if ro32 else bool(amax_c), op_c]
+    ub = np.uint64(B)
+    CW, CM, CB = (32, 23, 127) if carrier32 else (64, 52, 1023)
+    absmask = (1 << (CW - 1)) - 1
+    infbits = ((1 << (CW - 1 - CM)) - 1) << CM
+    bad_out = (infbits | (1 << (CM - 1))) if op_c == QUANTIZE else 0
+
+    def chunk(c, xi, out, scale_code, scale_val, Q, nQ, nblocks, ps, rule_arg, emax_elem, m_elem, max_elem, s_t, lo,
+              key0, key1, offset, rbits, one_hi, mixed_hi0):
+        rb = 32 if r32 else rbits
+        b0 = c * K
+        nb = min(K, nblocks - b0)
+        row0 = b0 // nQ
+        bq0 = b0 - row0 * nQ
+        lane = xi[0]
+        amaxes = np.empty(K, dtype=np.int64)
+        s_ins = np.empty(K, dtype=np.float64)
+        s_outs = np.empty(K, dtype=np.float64)
+        Ss = np.empty(K, dtype=np.float64)
+        # pass 1: every block's amax (independent chains; a full block's loop has a constant trip count)
+        row, bq = row0, bq0
+        for k in range(nb):
+            q0 = bq * B
+            base = np.uint64(row * Q + q0)
+            width = min(Q - q0, B)
+            amax = scalar._like(lane, 0)
+            if width == B:
+                for j in range(ub):
+                    amax = max(amax, scalar._like(lane, xi[base + j] & scalar._like(lane, absmask)))
+            else:
+                for j in range(np.uint64(width)):
+                    amax = max(amax, scalar._like(lane, xi[base + j] & scalar._like(lane, absmask)))
+            amaxes[k] = np.int64(amax)
+            bq += 1
+            if bq == nQ:
+                bq = 0
+                row += 1
+        # pass 2: every block's scale (independent: the processor overlaps them)
+        n_nan = 0
+        n_inf = 0
+        for k in range(nb):
+            amax64 = amaxes[k]
+            n_nan += np.int64(amax64 > infbits)
+            n_inf += np.int64(amax64 == infbits)
+            code, val, s_in, s_out, S = scale_of(min(amax64, infbits - 1), CW, CM, CB, rule_arg, emax_elem, m_elem,
+                                                 max_elem, ps_c, s_t)
+            bad = amax64 >= infbits
+            scale_code[b0 + k] = 255 if bad else code
+            scale_val[b0 + k] = np.nan if bad else val
+            s_ins[k] = s_in
+            s_outs[k] = s_out
+            Ss[k] = S
+        # pass 3: the elements
+        pad_in = np.zeros(B, dtype=xi.dtype)
+        pad_out = np.empty(B, dtype=out.dtype)
+        row, bq = row0, bq0
+        for k in range(nb):
+            q0 = bq * B
+            base = np.uint64(row * Q + q0)
+            width = min(Q - q0, B)
+            bq += 1
+            if bq == nQ:
+                bq = 0
+                row += 1
+            if amaxes[k] >= infbits:
+                for j in range(np.uint64(width)):
+                    out[base + j] = bad_out
+                continue
+            src, dst, sbase = xi, out, base
+            if width < B:  # a row's last, shorter block: padded with zeros
+                for j in range(np.uint64(width)):
+                    pad_in[j] = xi[base + j]
+                src, dst, sbase = pad_in, pad_out, np.uint64(0)
+            s_in, s_out, S = s_ins[k], s_outs[k], Ss[k]
+            for j in range(ub):
+                rnd = np.uint64(0)
+                if stochastic_c:
+                    ci = offset + np.int64(base + j)
+                    mixed_hi = mixed_hi0 if one_hi else scalar._mix32(np.uint32((ci >> 32) & 0xFFFFFFFF))
+                    rnd = rand(key0, key1, np.uint32(ci & 0xFFFFFFFF), mixed_hi, rb)
+                dst[sbase + j] = step(src[sbase + j], CW, CM, CB, pe, s_in, s_out, S, lo, mode_c, rnd, rb)
+            if width < B:
+                for j in range(np.uint64(width)):
+                    out[base + j] = pad_out[j]
+        return n_nan, n_inf
+
+    chunk.__qualname__ = "_rows_chunk_" + "_".join(str(int(v)) for v in spec[1:])
+    chunk = njit(nogil=True, error_model="numpy")(chunk)
+
+    @kernel(parallel=True, spec=tuple(spec), error_model="numpy")
+    def loop(op_arg, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW_arg, CM_arg, CB_arg, pe_arg, ps, rule_arg,
+             emax_elem, m_elem, max_elem, s_t, lo, mode_arg, key0, key1, offset, rbits):
+        nQ = (Q + B - 1) // B
+        nblocks = P * A * nQ
+        one_hi = ((offset + xi.size - 1) >> 32) == (offset >> 32)
+        mixed_hi0 = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))
+        n_nan = 0
+        n_inf = 0
+        for c in prange((nblocks + K - 1) // K):
+            a, i = chunk(c, xi, out, scale_code, scale_val, Q, nQ, nblocks, ps, rule_arg, emax_elem, m_elem, max_elem,
+                         s_t, lo, key0, key1, offset, rbits, one_hi, mixed_hi0)
+            n_nan += a
+            n_inf += i
+        return n_nan, n_inf
+
+    _CHUNKS[tuple(spec)] = chunk
+    return loop
+
+
 _LOOPS: dict = {}
+_CHUNKS: dict = {}  # spec -> a row loop's chunk function (for inspection)
 
 
 def block_any():
@@ -343,11 +509,17 @@ def block_any():
     return loop
 
 
-def spec_of(op: int, pe, is_amax: bool, mode: int, rbits: int, carrier32: bool) -> tuple:
-    """The compile-time constants of a specialised loop (:func:`_build`)."""
+def spec_of(op: int, pe, is_amax: bool, mode: int, rbits: int, carrier32: bool, TA: int = 0, TQ: int = 0,
+            ps=()) -> tuple:
+    """The compile-time constants of a specialised loop: :func:`_build`'s; or, for blocks that are contiguous
+    runs ``1 x B`` of rows with ``B`` in :data:`ROW_BLOCKS`, :func:`_build_rows`'s (the element format whole, and
+    the scale format ``ps`` of ``amax`` scales)."""
+    r32 = mode == scalar.STOCHASTIC and rbits == 32
+    if TA == 1 and TQ in ROW_BLOCKS:
+        return (("rows", int(op), bool(is_amax), int(mode), r32, bool(carrier32), int(TQ)) + tuple(int(v) for v in pe)
+                + (tuple(int(v) for v in ps) if is_amax else ()))
     flags = (int(pe[5]), int(pe[6]), int(pe[7])) if pe[0] == scalar.KIND_FLOAT else (int(pe[3]), int(pe[4]), 0)
-    return (int(op), int(pe[0]), bool(is_amax), int(mode), mode == scalar.STOCHASTIC and rbits == 32,
-            bool(carrier32)) + flags
+    return (int(op), int(pe[0]), bool(is_amax), int(mode), r32, bool(carrier32)) + flags
 
 
 def block_loop(spec: tuple):
@@ -357,7 +529,7 @@ def block_loop(spec: tuple):
     carrier's int view) or element patterns (ENCODE, int64)."""
     loop = _LOOPS.get(spec)
     if loop is None:
-        loop = _LOOPS[spec] = _build(spec)
+        loop = _LOOPS[spec] = _build_rows(spec) if spec[0] == "rows" else _build(spec)
     return loop
 
 

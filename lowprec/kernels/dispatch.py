@@ -488,7 +488,7 @@ def block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW
         from . import block_cuda
 
         return block_cuda._block_cuda(*args)
-    spec = block_cpu.spec_of(op, pe, rule == block_cpu.AMAX, mode, rbits, CW == 32)
+    spec = block_cpu.spec_of(op, pe, rule == block_cpu.AMAX, mode, rbits, CW == 32, TA, TQ, ps)
     loop = block_cpu.block_loop(spec)
     if xi.size < BLOCK_SPECIALISE_FROM and _POLICY != "always":
         key = (spec, xi.dtype.num, out.dtype.num)
