@@ -60,8 +60,9 @@ def main(argv=None) -> int:
         return time.perf_counter() - t
 
     rng = np.random.default_rng(0)
-    print(f"threads={args.threads}  (ratio = BLAS sgemm time / lowprec time; measured on a shared machine)")
-    print(f"{'n':>5} {'accumulation':>16} {'lowprec s':>10} {'BLAS s':>9} {'ratio':>7}")
+    print(f"threads={args.threads}  (ratio = BLAS sgemm time / lowprec time; measured on a shared machine; load: the "
+          "1-minute load average when the case finished, with the CPU count)")
+    print(f"{'n':>5} {'accumulation':>16} {'lowprec s':>10} {'BLAS s':>9} {'ratio':>7} {'load':>10}")
     warm = {}
     rows = []
     for n in args.sizes:
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
                     break
             lp, blas = min(t_lp), min(t_blas)
             rows.append((n, name, lp, blas))
-            print(f"{n:>5} {name:>16} {lp:>10.4f} {blas:>9.4f} {blas / lp:>7.3f}", flush=True)
+            load = f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}"
+            print(f"{n:>5} {name:>16} {lp:>10.4f} {blas:>9.4f} {blas / lp:>7.3f} {load:>10}", flush=True)
     print("\n| accumulation | " + " | ".join(f"{n}^3" for n in args.sizes) + " |")
     print("|---|" + "---|" * len(args.sizes))
     for name in args.cases:

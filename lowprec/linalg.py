@@ -411,7 +411,7 @@ def _matmul_matrix_unit(a, b, accumulation, c, backend):
             c_in = np.broadcast_to(c_in, final)
         except ValueError:
             raise ValueError(f"c with shape {c_in.shape} does not broadcast to the result's shape {final}") from None
-        C = _unit_operand(c_in, unit.c_format, False)
+        C = _unit_operand(np.array(c_in), unit.c_format, False)  # (a writable copy: one compiled signature)
         C = C.reshape(batch + (M, N))
     ia, ib = _batch_index(batch, A.shape[:-2]), _batch_index(batch, B.shape[:-2])
     if unit.block_format is not None:

@@ -51,8 +51,7 @@ def _training() -> None:
 
 
 def _accumulation() -> None:
-    """sum / dot / matmul with the accumulation presets (general and fast kernels), and the matrix-unit
-    kernel under one preset per input kind (fp16, bf16, tf32, fp8, promoted fp8)."""
+    """sum / dot / matmul with the accumulation presets (general and fast kernels)."""
     from . import accumulation, linalg
 
     rng = np.random.default_rng(0)
@@ -62,9 +61,28 @@ def _accumulation() -> None:
         linalg.matmul(small_a, small_b, name, seed=0)
         linalg.matmul(big_a, big_b, name, seed=0)
         linalg.sum(small_a, None, name, seed=0)
-    for name in ("nv-ampere-fp16", "nv-ampere-bf16", "nv-hopper-tf32", "nv-hopper-fp8", "nv-hopper-fp8-promote128"):
+
+
+def _matrix_units() -> None:
+    """The matrix-unit kernels (kernels/mma_cpu.py): the tile under one preset per input kind (fp16, bf16, tf32,
+    fp8, promoted fp8), float64 and float32 operands; the block-scaled units (the scale-shifted exponents and
+    the group-sum tile, with their block quantization); and the one-output functions of kernels/mma.py with the
+    argument types the CUDA kernel passes them (numba's CUDA simulator calls them compiled, from Python)."""
+    from . import linalg
+    from .kernels import mma
+
+    rng = np.random.default_rng(0)
+    big_a, big_b = rng.standard_normal((64, 64)), rng.standard_normal((64, 64))
+    for name in ("nv-ampere-fp16", "nv-ampere-bf16", "nv-hopper-tf32", "nv-hopper-fp8", "nv-hopper-fp8-promote128",
+                 "nv-blackwell-mxfp8", "nv-blackwell-nvfp4"):
         linalg.matmul(big_a, big_b, name)
         linalg.matmul(big_a.astype(np.float32), big_b.astype(np.float32), name)
+    i64, f64 = np.int64, np.float64
+    a, b, s = np.ones((2, 32)), np.ones((32, 2)), np.zeros((2, 2), dtype=np.int32)
+    mma.output(a, b, f64(0.0), s, s, i64(0), 0, 0, i64(32), i64(32), i64(25), i64(-133), i64(-6), i64(-6), i64(-126),
+               i64(23), i64(-126), f64(2.0**128), True, i64(0))
+    mma.output_groups(a, b, f64(0.0), s, s, 0, 0, i64(32), i64(32), i64(16), i64(35), i64(-139), i64(-126), i64(23),
+                      i64(-126), f64(2.0**128), True, i64(0))
 
 
 def _block_loops() -> None:
@@ -82,19 +100,21 @@ def _block_loops() -> None:
 
 def _block_large() -> None:
     """lowprec.block's specialised loops of large arrays that the tests and docs use (float32 mxfp8_e4m3 and
-    nvfp4; float64 mxfp4, which ``analyze`` runs)."""
+    nvfp4, float32 mxfp4 with stochastic rounding; float64 mxfp4, which ``analyze`` runs). Once cached, calls
+    of any size run them (kernels/dispatch.block_array)."""
     from . import block
     from .kernels import dispatch
 
     big = np.linspace(-3, 3, dispatch.BLOCK_SPECIALISE_FROM, dtype=np.float32)
     for name in ("mxfp8_e4m3", "nvfp4"):
         block.quantize(big, name)
+    block.quantize(big, "mxfp4", rounding="stochastic", seed=0)
     block.analyze(big, "mxfp4")
 
 
 #: the groups, longest first (a process takes the next group when it is free)
-GROUPS = {"block-large": _block_large, "block": _block_loops, "elements": _elements, "accumulation": _accumulation,
-          "training": _training}
+GROUPS = {"block-large": _block_large, "block": _block_loops, "matrix-units": _matrix_units, "elements": _elements,
+          "accumulation": _accumulation, "training": _training}
 
 
 def warm(jobs: int = 2, groups=None, quiet: bool = True) -> dict:

@@ -116,22 +116,29 @@ def fused_step(a, b, c: float, unit) -> float:
     return sum_terms(terms, unit)
 
 
-def sum_terms(terms, unit) -> float:
-    """Terms ``(exact value, alignment exponent, negative-zero sign)`` aligned to the largest exponent,
-    truncated to ``frac_bits`` fractional bits, summed exactly, rounded once to the output format."""
-    out, mode = unit.out_format, ("rz" if unit.out_rounding.name == "TOWARD_ZERO" else "rne")
+def aligned_terms(terms, unit):
+    """``(e_max, [truncated value in units of the grid 2**(e_max - frac_bits), for each term])`` of terms
+    ``(exact value, alignment exponent, negative-zero sign)``."""
     e_max = max(e for _, e, _ in terms)
     grid = Fraction(2) ** (e_max - unit.frac_bits)
-    total = 0
-    all_negative_zero = True
-    for v, _, neg in terms:
+    units = []
+    for v, _, _ in terms:
         q = v / grid
         n = q.numerator // q.denominator
         if n < 0 and n != q:
             n += 1  # truncation toward zero
-        total += n
-        if n != 0 or not neg:
-            all_negative_zero = False
+        units.append(n)
+    return e_max, units
+
+
+def sum_terms(terms, unit) -> float:
+    """Terms ``(exact value, alignment exponent, negative-zero sign)`` aligned to the largest exponent,
+    truncated to ``frac_bits`` fractional bits, summed exactly, rounded once to the output format."""
+    out, mode = unit.out_format, ("rz" if unit.out_rounding.name == "TOWARD_ZERO" else "rne")
+    e_max, units = aligned_terms(terms, unit)
+    grid = Fraction(2) ** (e_max - unit.frac_bits)
+    total = sum(units)
+    all_negative_zero = all(n == 0 and neg for n, (_, _, neg) in zip(units, terms))
     s = total * grid
     r = round_fraction(s, out.man_bits, out.emin, out.emax, mode)
     if r is None:  # overflow: Inf for both roundings (the hardware's RZ conversion overflows to Inf too)
@@ -214,7 +221,6 @@ def block_step(qa, sa, qb, sb, c: float, unit) -> float:
     and its sum times the scales is a term with exponent ``E(sa) + E(sb)`` (e_zero when every product of
     the group is zero; a sum that cancels keeps the scales' exponent; the group's sign of zero is IEEE's).
     The addend as in :func:`fused_step`; then :func:`sum_terms`."""
-    sfmt = unit.block_format.scale
     if any(x != x for x in list(sa) + list(sb)):
         return NAN
     values = [float(x) for x in qa] + [float(x) for x in qb] + [c]
@@ -223,6 +229,13 @@ def block_step(qa, sa, qb, sb, c: float, unit) -> float:
         for x, y, u, v in zip(qa, qb, sa, sb):
             acc = acc + float(x) * float(y) * float(u) * float(v)
         return NAN if acc != acc else acc
+    return sum_terms(block_terms(qa, sa, qb, sb, c, unit), unit)
+
+
+def block_terms(qa, sa, qb, sb, c: float, unit) -> list:
+    """The terms ``(exact value, alignment exponent, negative-zero sign)`` of one finite block-scaled step (see
+    :func:`block_step`): the products (``group == 0``) or the group sums in K order, then the addend."""
+    sfmt = unit.block_format.scale
     terms = []
     G = unit.group
     if G == 0:
@@ -244,7 +257,7 @@ def block_step(qa, sa, qb, sb, c: float, unit) -> float:
             terms.append((value, e, value < 0 if value != 0 else zero and all_neg))
     cv = Fraction(c)
     terms.append((cv, unit.e_zero if cv == 0 else exponent_of(cv, unit.c_format.emin), signbit(c)))
-    return sum_terms(terms, unit)
+    return terms
 
 
 def block_mma_dot(qa, sa, qb, sb, c: float, unit) -> float:

@@ -4,16 +4,26 @@ The reference (tests/mma_reference.py) is written from NUMERICS.md section 5 wit
 Fraction arithmetic; the kernel must give its bits (NaN is one canonical NaN) on every preset.
 """
 
+import re
+
+import mma_reference as ref
 import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mma_reference as ref
 from lowprec import round_to
+from lowprec.kernels import dispatch
+from lowprec.kernels.mma_cpu import TILE_J
 from lowprec.linalg import dot, matmul
-from lowprec.matrix_units import PRESETS, MatrixUnit, block_matmul, get_matrix_unit, is_matrix_unit
+from lowprec.matrix_units import (
+    PRESETS,
+    MatrixUnit,
+    block_matmul,
+    get_matrix_unit,
+    is_matrix_unit,
+)
 
 NAMES = [n for n, u in PRESETS.items() if u.block_format is None]  # block-scaled presets: tests at the end
 SCALED = [n for n, u in PRESETS.items() if u.block_format is not None]
@@ -230,9 +240,13 @@ def test_shapes_batches_and_addend():
 # -- threads --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["nv-ampere-bf16", "nv-hopper-fp8-promote128", "nv-volta-fp16-f16"])
 def test_one_thread_equals_two(name):
+    """Ten row tiles and two column panels of the kernel (the second partial) on one and on two threads; the
+    operands stay below dispatch.SPECIALISE_FROM elements, so their rounding runs the loops `lowprec warm`
+    compiles."""
     rng = np.random.default_rng(7)
-    a = rng.standard_normal((37, 300)) * 2.0 ** rng.integers(-8, 8, (37, 300))
-    b = rng.standard_normal((300, 300))  # two column panels of the kernel, the second partial
+    a = rng.standard_normal((37, 100)) * 2.0 ** rng.integers(-8, 8, (37, 100))
+    b = rng.standard_normal((100, TILE_J + 36))
+    assert b.size < dispatch.SPECIALISE_FROM and b.shape[1] % TILE_J
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -247,14 +261,16 @@ def test_one_thread_equals_two(name):
 # -- DeepSeek-V3: fp8 accumulation error grows with K, promotion every 128 keeps it flat ----------
 def test_fp8_promotion_error_growth():
     """a, b uniform on [0, 1) rounded to e4m3 (all products positive: truncation always loses magnitude,
-    the case where the error accumulates); relative error of the mean over 32 x 8 outputs against the
-    exact product. Measured: nv-hopper-fp8 5.0e-3 (K = 512) -> 6.6e-2 (K = 4096); promoted every 128:
-    5.0e-4 at every K."""
+    the case where the error accumulates); relative error of the mean over 7 x 7 outputs against the
+    exact product (7 rows: operands below dispatch.SPECIALISE_FROM elements, rounded by the loops `lowprec warm`
+    compiles). Measured: nv-hopper-fp8 5.0e-3 (K = 512) -> 6.6e-2 (K = 4096); promoted every 128: 5.0e-4 at
+    every K."""
     rng = np.random.default_rng(0)
     errs = {}
     for K in (512, 4096):
-        a = round_to(rng.uniform(0, 1, (32, K)), "fp8_e4m3fn")
-        b = round_to(rng.uniform(0, 1, (K, 8)), "fp8_e4m3fn")
+        a = round_to(rng.uniform(0, 1, (7, K)), "fp8_e4m3fn")
+        b = round_to(rng.uniform(0, 1, (K, 7)), "fp8_e4m3fn")
+        assert a.size < dispatch.SPECIALISE_FROM
         exact = a @ b  # float64: every partial sum is exact here (multiples of 2**-18 below 2**13)
         for name in ("nv-hopper-fp8", "nv-hopper-fp8-promote128"):
             errs[name, K] = float(np.mean(np.abs(matmul(a, b, name) - exact) / exact))
@@ -288,6 +304,8 @@ def test_unit_table_and_explain_view():
     assert any("-0.25" in ln and ln.rstrip().endswith("-0.25") for ln in lines)  # the cut-off part of -0.25
     assert main(["matrix-units", "nv-hopper-fp8"]) == 0
     assert main(["explain-mma", "nv-volta-fp16", "--a", "1", "1", "--b", "2", "1e-7"]) == 0
+    assert main(["explain-mma", "nv-blackwell-mxfp8"]) == 0  # the built-in worked example
+    assert main(["explain-mma", "nv-blackwell-nvfp4", "--a", "1", "-3", "--b", "0.5", "2", "--c", "1"]) == 0
 
 
 @pytest.mark.parametrize("name", ["nv-hopper-fp8-promote128", "nv-ampere-tf32", "nv-blackwell-fp8-f16"])
@@ -620,8 +638,14 @@ def test_block_matmul_validation():
         block_matmul(ones, s, np.ones(64), s.T, u)
     from lowprec.matrix_units.explain import explain_mma
 
-    with pytest.raises(ValueError, match="explain_mma shows unscaled units"):
-        explain_mma([1.0], [1.0], u)
+    with pytest.raises(ValueError, match="a_scales and b_scales go together"):
+        explain_mma([1.0], [1.0], u, a_scales=[1.0])
+    with pytest.raises(ValueError, match="a_scales must hold one scale per 32 elements"):
+        explain_mma([1.0], [1.0], u, a_scales=[1.0, 1.0], b_scales=[1.0])
+    with pytest.raises(ValueError, match="finite inputs and scales only"):
+        explain_mma([1.0], [1.0], u, a_scales=[np.nan], b_scales=[1.0])
+    with pytest.raises(ValueError, match="for block-scaled units"):
+        explain_mma([1.0], [1.0], "nv-hopper-fp8", a_scales=[1.0], b_scales=[1.0])
     with pytest.raises(ValueError, match="not a value of fp4_e2m1fn"):
         block_matmul(np.full((1, 64), 5.0), np.ones((1, 4)), np.ones((64, 1)), np.ones((4, 1)), "nv-blackwell-nvfp4")
 
@@ -630,7 +654,7 @@ def test_block_matmul_validation():
 def test_block_one_thread_equals_two(name):
     rng = np.random.default_rng(9)
     a = rng.standard_normal((9, 200)) * 2.0 ** rng.integers(-20, 20, (9, 200))
-    b = rng.standard_normal((200, 300))  # two column panels, the second partial
+    b = rng.standard_normal((200, TILE_J + 36))  # two column panels, the second partial
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -641,5 +665,109 @@ def test_block_one_thread_equals_two(name):
         numba.set_num_threads(old)
     assert same_bits(r1, r2)
     if not PRESETS[name].block_format.tensor_scale:  # (NVFP4's tensor scale of one column differs)
-        for j in (0, 257, 299):  # the tiles do not change the bits: one column alone (one panel, one lane)
+        for j in (0, TILE_J + 1, TILE_J + 35):  # the tiles do not change the bits: one column alone (one panel, one lane)
             assert same_bits(r1[:, j:j + 1], matmul(a, b[:, j:j + 1], name))
+
+
+# -- explain-mma of block-scaled units, against the exact reference -------------------------------------------
+_SCALE_ROW = re.compile(r"^\s+(\d+)\s+(\d+)\.\.(\d+)\s+(0x[0-9a-f]+)\s+(\S+)\s+(-?\d+)\s+(0x[0-9a-f]+)\s+(\S+)\s+(-?\d+)$")
+_TERM_ROW = re.compile(r"^\s+(c|a\d+\*b\d+|group \d+)\s+(\S+)\s+(-?\d+)\s+(-?)([01]+)\.([01]+)\s+(\S+)$")
+
+
+def _parse_explain(text):
+    """The numbers of an explain_mma view of a block-scaled unit: scale rows, and per step the largest exponent,
+    the term rows (name, value, exponent, aligned units, cut), the exact truncated sum and the rounded value."""
+    scales, steps, result = [], [], None
+    for line in text.splitlines():
+        m = _SCALE_ROW.match(line)
+        if m and not steps:
+            scales.append((int(m[4], 16), float(m[5]), int(m[6]), int(m[7], 16), float(m[8]), int(m[9])))
+        elif line.startswith("step "):
+            steps.append({"terms": []})
+        elif steps and (m := re.search(r"largest exponent (-?\d+)", line)):
+            steps[-1]["e_max"] = int(m[1])
+        elif steps and (m := _TERM_ROW.match(line)):
+            units = int(m[5] + m[6], 2) * (-1 if m[4] else 1)
+            steps[-1]["terms"].append((m[1], float(m[2]), int(m[3]), units, 0.0 if m[7] == "0" else float(m[7])))
+        elif steps and (m := re.search(r"exact sum of the truncated terms (\S+) =", line)):
+            steps[-1]["sum"] = float(m[1])
+        elif steps and (m := re.search(r"\(a multiple of 2\*\*-?\d+\): (\S+), dropped", line)):
+            steps[-1]["rounded"] = float(m[1])
+        elif line.startswith("result"):
+            result = float(line.split()[1])
+    return scales, steps, result
+
+
+def _check_explain(u, text, QA, SA, QB, SB, c, tensor=None):
+    """Every printed number of the view against mma_reference (block_terms, aligned_terms, block_step) and the
+    scale codes against ml_dtypes' encodings."""
+    from fractions import Fraction
+
+    import ml_dtypes
+
+    scales, steps, result = _parse_explain(text)
+    sf = u.block_format.scale
+    dt = ml_dtypes.float8_e8m0fnu if sf.name == "e8m0" else ml_dtypes.float8_e4m3fn  # ue4m3: e4m3fn's positive codes
+    assert len(scales) == SA.size
+    for q, (ca, va, ea, cb, vb, eb) in enumerate(scales):
+        assert (va, vb) == (SA[q], SB[q])
+        assert (ca, cb) == tuple(int(np.array([s], dt).view(np.uint8)[0]) for s in (SA[q], SB[q]))
+        assert (ea, eb) == (ref.scale_exponent(SA[q], sf), ref.scale_exponent(SB[q], sf))
+    K, k, blk = QA.size, u.step_k, u.block
+    Kp = -(-K // k) * k
+    qa, qb = list(QA) + [0.0] * (Kp - K), list(QB) + [0.0] * (Kp - K)
+    sa = [float(SA[min(l // blk, SA.size - 1)]) for l in range(Kp)]
+    sb = [float(SB[min(l // blk, SB.size - 1)]) for l in range(Kp)]
+    d = 0.0 if tensor else c
+    assert len(steps) == Kp // k
+    for s0, step in zip(range(0, Kp, k), steps):
+        sl = slice(s0, s0 + k)
+        terms = ref.block_terms(qa[sl], sa[sl], qb[sl], sb[sl], d, u)
+        e_max, units = ref.aligned_terms(terms, u)
+        grid = Fraction(2) ** (e_max - u.frac_bits)
+        names = [f"a{s0 + i}*b{s0 + i}" if u.group == 0 else f"group {(s0 + i * u.group) // u.group}"
+                 for i in range(len(terms) - 1)] + ["c"]
+        rows = [(nm, float(v), e, n, float(v - n * grid)) for nm, (v, e, _), n in zip(names, terms, units)
+                if u.group or nm == "c" or v != 0]
+        assert step["e_max"] == e_max
+        assert sorted(step["terms"]) == sorted(rows), (step["terms"], rows)
+        assert step["sum"] == float(sum(units) * grid)
+        d = ref.block_step(qa[sl], sa[sl], qb[sl], sb[sl], d, u)
+        assert step["rounded"] == d
+    if tensor:
+        alpha = float(np.float32(tensor[0] * tensor[1]))
+        d = float(ref.round_fraction(Fraction(alpha) * Fraction(d) + Fraction(c), 23, -126, 127, "rne"))
+    assert result == d
+    return steps
+
+
+@pytest.mark.parametrize("name", SCALED)
+def test_explain_block_scaled_against_reference(name):
+    """explain_mma of a block-scaled unit: the built-in worked example (scales given) and float inputs quantized
+    as matmul does (two steps, the second padded; NVFP4 with its per-tensor scales and epilogue), every printed
+    scale, term, cut, sum and rounding against the Fraction reference; the worked examples show what they claim."""
+    import lowprec.block as lb
+    from lowprec.matrix_units.explain import explain_mma, worked_example
+
+    u = PRESETS[name]
+    a, sa, b, sb, c = worked_example(u)
+    text = explain_mma(a, b, u, c, a_scales=sa, b_scales=sb)
+    fa, fb = np.repeat(sa, u.block)[:a.size], np.repeat(sb, u.block)[:b.size]
+    steps = _check_explain(u, text, a / fa, sa, b / fb, sb, c)
+    cut = [t for st in steps for t in st["terms"] if t[4] != 0]
+    assert cut if u.group == 0 else not cut  # mxf8f6f4: products cut; fp4: the small group kept
+    if u.group:  # a group that cancels keeps its scales' exponent (and sets the grid)
+        assert ("group 0", 0.0, 16, 0, 0.0) in steps[0]["terms"] and steps[0]["e_max"] == 16
+    rng = np.random.default_rng(1)
+    K = u.step_k + 5
+    x = rng.standard_normal(K) * 2.0 ** rng.integers(-6, 6, K)
+    y = rng.standard_normal(K)
+    text = explain_mma(x, y, u, c=0.375)
+    parts = []
+    for v, axis in ((x[None, :], -1), (y[:, None], 0)):
+        enc = lb.encode(v, u.operand_block_format("a" if axis else "b"), axis=axis, packed=False)
+        q = np.asarray(lowprec_decode(enc.elements, u.a_format), dtype=np.float64).ravel()
+        parts += [q, np.asarray(lowprec_decode(enc.scales, u.block_format.scale), dtype=np.float64).ravel(),
+                  enc.tensor_scale]
+    QA, SA, ta, QB, SB, tb = parts
+    _check_explain(u, text, QA, SA, QB, SB, 0.375, None if ta is None else (float(ta), float(tb)))

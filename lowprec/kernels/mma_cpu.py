@@ -23,8 +23,14 @@ with each block's scale exponent added to the format's ``emin`` (``_scaled_expon
 units (mxf4, mxf4nvf4) run ``_tile_groups``: per step and row, the ``k / G`` exact group sums over the panel's
 columns (a plain multiply-add loop), their exponents (the scales', or e_zero for a group whose products are
 all zero: checked product by product only where a sum is zero), then the truncated sum and the one rounding.
-Measured on one core of the development machine (a shared AMD EPYC, so +-30%): 1024^3 in 0.23-0.30 s of
-CPU time for bf16 steps of 8, 0.20-0.24 s for fp8 steps of 32, 0.28-0.33 s for Volta's steps of 4.
+What a MAC costs on the development machine (a shared 2-core AVX2 AMD EPYC; CPU time, one thread, load 5-9,
+so +-25%): 0.6-0.9 ns for bf16 steps of 8 (1024^3: 0.75-0.95 s), 0.4-0.7 ns for fp8 steps of 32. About half of
+it is the truncated-terms pass (two multiplies, a truncation and an add per product, four float64 lanes), a
+fifth the exponent pass, the rest each step's own work (the addend's exponent, the scale, the one rounding),
+which steps of 8 pay four times as often as steps of 32. Measured slower, so not done: fusing the per-step
+passes into the first and last product passes (more live values per loop); panels of 64 columns (a k x 64
+slice of B stays in the first-level cache, but the fp8 tile took 10-30% more CPU time). Every array a kernel
+gets is writable, C-contiguous float64 (:func:`_plain`): one compiled signature per kernel.
 """
 
 from __future__ import annotations
@@ -241,10 +247,16 @@ def _exponents_kernel(x, emin, out):
 def _exponents(x: np.ndarray, emin: int) -> np.ndarray:
     """E(x) = max(floor(log2|x|), emin) as int32 for float64 x holding values of a format whose subnormals
     are normal float64 numbers; mma.ZERO_EXP for zeros, 0 for Inf/NaN."""
-    x = np.ascontiguousarray(x, dtype=np.float64)
+    x = _plain(x)
     out = np.empty(x.shape, dtype=np.int32)
     _exponents_kernel(x, np.int64(emin), out)
     return out
+
+
+def _plain(x) -> np.ndarray:
+    """x as a writable, C-contiguous float64 array (a copy only when it is not one already): the kernels see one
+    array type, so a read-only or strided operand does not compile another specialisation."""
+    return np.require(x, dtype=np.float64, requirements=("C", "W", "A"))
 
 
 def _panels(x: np.ndarray, width: int) -> np.ndarray:
@@ -281,14 +293,14 @@ def matmul_mma_cpu(a: np.ndarray, b: np.ndarray, c: np.ndarray, sa=None, sb=None
         return np.array(c, dtype=np.float64).reshape(M, N)
     G = -(-K // k)
     Kp = G * k
-    if Kp == K:
-        A, B = np.ascontiguousarray(a, dtype=np.float64), b
+    if Kp == K:  # (writable and contiguous: one compiled signature, whatever the caller's arrays are)
+        A, B = _plain(a), _plain(b)
     else:
         A = np.zeros((M, Kp))
         A[:, :K] = a
         B = np.zeros((Kp, N))
         B[:K, :] = b
-    C = np.ascontiguousarray(c, dtype=np.float64)
+    C = _plain(c)
     out = np.empty((M, N))
     args = (np.int64(frac_bits), np.int64(e_zero), np.int64(c_emin), np.int64(out_man), np.int64(out_emin),
             np.int64(out_emax), bool(toward_zero), np.int64(promote_steps))
@@ -297,14 +309,14 @@ def matmul_mma_cpu(a: np.ndarray, b: np.ndarray, c: np.ndarray, sa=None, sb=None
         GA = np.ascontiguousarray(_expand(sa, block, 1, Kp)[:, ::group])
         GB = _expand(sb, block, 0, Kp)[::group, :]
         if M and N:
-            groups_kernel(A, GA, _panels(np.ascontiguousarray(B), TILE_J), _panels(np.ascontiguousarray(GB), TILE_J),
+            groups_kernel(A, GA, _panels(B, TILE_J), _panels(np.ascontiguousarray(GB), TILE_J),
                           C, out, np.int64(K), np.int64(k), np.int64(group), *args)
         return out
     if block > 0:
         EA = np.empty((M, Kp), dtype=np.int32)
         _scaled_exponents_kernel(A, np.int64(a_emin), _expand(sa, block, 1, Kp), EA)
         EB = np.empty((Kp, N), dtype=np.int32)
-        _scaled_exponents_kernel(np.ascontiguousarray(B, dtype=np.float64), np.int64(b_emin),
+        _scaled_exponents_kernel(B, np.int64(b_emin),
                                  _expand(sb, block, 0, Kp), EB)
     else:
         EA, EB = _exponents(A, a_emin), _exponents(B, b_emin)

@@ -546,7 +546,7 @@ def block_matmul(a_values, a_scales, b_values, b_scales, unit, *, c=None, backen
             c_in = np.broadcast_to(c_in, (M, N))
         except ValueError:
             raise ValueError(f"c with shape {c_in.shape} does not broadcast to the result's shape {(M, N)}") from None
-        C = np.asarray(round_to(c_in, u.c_format, backend="cpu"), dtype=np.float64)
+        C = np.asarray(round_to(np.array(c_in), u.c_format, backend="cpu"), dtype=np.float64)  # (writable: one signature)
     out = block_unit_array(A64[None], SA[None], B64[None], SB[None], C[None], np.zeros(1, np.int64),
                           np.zeros(1, np.int64), u, backend)[0]
     return out.astype(np.result_type(A, B), copy=False)
