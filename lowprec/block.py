@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from fractions import Fraction
 from typing import NamedTuple, Optional
 
@@ -307,6 +308,30 @@ def _scale_params(bf: BlockFormat):
     return bf.scale.replace(saturate=True, name=bf.scale.name)._kernel_params()
 
 
+class _Derived(NamedTuple):
+    """What the kernels take of a :class:`BlockFormat` (:func:`_derived`)."""
+
+    pe: tuple  # element format's kernel parameters (saturating as the block format says)
+    m_elem: int
+    ps: tuple  # scale format's kernel parameters
+    rule: int  # block_cpu.RULES code
+    emax_elem: int
+    max_elem: float
+    lo: float  # the smallest element value produced (symmetric integers), else -inf
+    tensor_den: float  # scale.max * max_elem: NVFP4's per-tensor scale is amax_t / tensor_den
+    clip_edge: tuple  # _clip_edge(bf)
+
+
+@lru_cache(maxsize=256)
+def _derived(bf: BlockFormat) -> _Derived:
+    """The kernel parameters of a block format, computed once per (hashable, frozen) format: deriving them
+    builds formats and Fractions, which cost more than quantizing a small array."""
+    pe, m_elem = _element_params(bf)
+    max_elem = bf.max_elem
+    return _Derived(pe, m_elem, _scale_params(bf), block_cpu.RULES[bf.scale_rule], bf.emax_elem, max_elem,
+                    -max_elem if bf.symmetric else -math.inf, float(bf.scale.max) * max_elem, _clip_edge(bf))
+
+
 class BlockEncoding(NamedTuple):
     """What :func:`encode` returns.
 
@@ -344,7 +369,7 @@ def _tensor_scale(bf, flat_int, CW, CM) -> float:
     bits = block_cpu.finite_amax(flat_int, CW, CM)
     amax = float(np.array([bits], dtype=np.int32 if CW == 32 else np.int64).view(
         np.float32 if CW == 32 else np.float64)[0])
-    s_t = np.float32(amax / (float(bf.scale.max) * bf.max_elem))
+    s_t = np.float32(amax / _derived(bf).tensor_den)
     return float(s_t) if s_t > 0 and np.isfinite(s_t) else 1.0
 
 
@@ -358,22 +383,61 @@ def _run(op, bf, mode, arr, lay, seed, stream, offset, random_bits, backend="aut
     xi = flat.view(ity)
     n = flat.size
     nblocks = math.prod(scale_shape)
-    pe, m_elem = _element_params(bf)
-    ps = _scale_params(bf)
+    d = _derived(bf)
     s_t = _tensor_scale(bf, xi, CW, CM) if bf.tensor_scale else 1.0
     stochastic = mode is Rounding.STOCHASTIC
     k0, k1, off = resolve_seed(seed, n, stream, offset) if stochastic else (0, 0, 0)
     out = np.empty(n, dtype=ity if op == block_cpu.QUANTIZE else np.int64) if dest is None else dest.view(ity)
     scale_code = np.empty(nblocks, dtype=np.int64)
     scale_val = np.empty(nblocks, dtype=np.float64)
-    lo = -bf.max_elem if bf.symmetric else -math.inf
-    _, n_inf = dispatch.block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, pe, ps,
-                                    block_cpu.RULES[bf.scale_rule], bf.emax_elem, m_elem, bf.max_elem, s_t, lo,
+    _, n_inf = dispatch.block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, d.pe,
+                                    d.ps, d.rule, d.emax_elem, d.m_elem, d.max_elem, s_t, d.lo,
                                     int(mode), np.uint32(k0), np.uint32(k1), np.int64(off), int(random_bits))
     if n_inf and bf.on_inf == "error":
         raise ValueError(f"x holds Inf in {n_inf} block(s) without NaN: the OCP specification leaves their scale "
                          f"undefined; choose a policy with {bf.name}'s on_inf ('nan' gives them the NaN scale)")
     return out, scale_code.reshape(scale_shape), scale_val.reshape(scale_shape), s_t
+
+
+@lru_cache(maxsize=1024)
+def _layout_of(shape: tuple, block: tuple, axis) -> tuple:
+    return _layout(shape, block, axis)
+
+
+def _run_internal(op, arr: np.ndarray, bf: BlockFormat, axis, mode: Rounding, seed):
+    """:func:`_run` for lowprec's own callers (:mod:`lowprec.amp.blockscaled`), without the argument checks of the
+    public entry points: ``arr`` a float32 or float64 ndarray, ``bf`` a BlockFormat, ``axis`` valid for both (an
+    int, or (-2, -1) for tiles), ``mode`` a block rounding. Same results as :func:`quantize` / :func:`encode` with
+    these arguments (default stream, offset and random bits)."""
+    return _run(op, bf, mode, arr, _layout_of(arr.shape, bf.block, axis), seed, 0, 0, DEFAULT_RANDOM_BITS)
+
+
+def _quantize_internal(arr: np.ndarray, bf: BlockFormat, axis, mode: Rounding, seed=None) -> np.ndarray:
+    """``quantize(arr, bf, axis=axis, rounding=mode, seed=seed)`` for lowprec's own operands (:func:`_run_internal`)."""
+    res = _run_internal(block_cpu.QUANTIZE, arr, bf, axis, mode, seed)[0]
+    return res.view(arr.dtype).reshape(arr.shape)
+
+
+@lru_cache(maxsize=64)
+def _value_table(fmt) -> np.ndarray:
+    """The float32 value of every bit pattern of a format of at most 8 bits (:func:`lowprec.decode`), read-only."""
+    t = np.asarray(_decode_codes(np.arange(1 << fmt.bits, dtype=np.int64), fmt), dtype=np.float32)
+    t.flags.writeable = False
+    return t
+
+
+def _operands_internal(arr: np.ndarray, bf: BlockFormat, axis, mode: Rounding, seed=None) -> tuple:
+    """What a block-scaled matrix unit takes of ``arr`` (:func:`_run_internal`'s arguments): ``(element values,
+    scale values, tensor scale)`` -- float32 element values of ``arr``'s shape (``decode`` of :func:`encode`'s
+    patterns; 0 in a block with the NaN scale), float32 block scales of the scales' shape (E8M0 codes as powers
+    of two, NaN for code 255; UE4M3 and fp32 scales as values; the tensor scale not applied) and the fp32
+    tensor scale or None. One pass of the encoding kernel; elements of at most 8 bits decode by table."""
+    codes, _, scale_val, s_t = _run_internal(block_cpu.ENCODE, arr, bf, axis, mode, seed)
+    if bf.element.bits <= 8:
+        el = _value_table(bf.element)[codes].reshape(arr.shape)
+    else:
+        el = np.asarray(_decode_codes(codes, bf.element), dtype=np.float32).reshape(arr.shape)
+    return el, scale_val.astype(np.float32), (np.float32(s_t) if bf.tensor_scale else None)
 
 
 def _check_rbits(random_bits) -> int:
@@ -695,7 +759,7 @@ def analyze(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None) -> 
     qv = np.pad(q, ((0, 0), (0, pad_a), (0, pad_q)))
     xb = xv.reshape(P, nA, TA, nQ, TQ)
     qb = qv.reshape(P, nA, TA, nQ, TQ)
-    edge, tie_clips = _clip_edge(bf)
+    edge, tie_clips = _derived(bf).clip_edge
     lim = (edge * X)[:, :, None, :, None]
     with np.errstate(invalid="ignore", over="ignore"):
         ax = np.abs(xb)

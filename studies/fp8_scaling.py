@@ -71,7 +71,8 @@ UNSCALED = ("fp8-mixed, unscaled", "fp8-mixed, unscaled, no loss scale")
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return {"epochs": 6, "seeds": 1, "hidden": [128], "batch_size": 64, "log2_scales": [0, -8, -10, -12]}
+        # (the quick sweep keeps the scales the claim needs: in range, leaving it, and beyond the main scale)
+        return {"epochs": 6, "seeds": 1, "hidden": [128], "batch_size": 64, "log2_scales": [0, -10, -12]}
     return {"epochs": 20, "seeds": 3, "hidden": [128], "batch_size": 64, "log2_scales": [0, -4, -8, -10, -12, -14]}
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import lowprec.block as lb
 from lowprec import RandomStream, round_to
+from lowprec import decode as lp_decode
 from lowprec.amp import Precision, get_policy, policy_names
 from lowprec.amp import blockscaled as B
 from lowprec.amp import hardware as H
@@ -238,9 +239,10 @@ def test_resume_reproduces_a_block_scaled_run_and_its_scale_telemetry(tmp_path, 
 
     ds = _tiny_ds()
     cfg = dict(precision=precision, seed=3, hidden=(16,), batch_size=32, hardware=hardware)
-    full = T.train(T.TrainConfig(epochs=2, **cfg), str(tmp_path / "full"), dataset=ds, warm_up=False)
-    T.train(T.TrainConfig(epochs=1, **cfg), str(tmp_path / "part"), dataset=ds, warm_up=False)
+    full = T.train(T.TrainConfig(epochs=2, **cfg), dataset=ds, warm_up=False)  # (plots: not what is tested)
+    T.train(T.TrainConfig(epochs=1, **cfg), str(tmp_path / "part"), dataset=ds, warm_up=False, plots=False)
     res = T.train(T.TrainConfig(epochs=2, **cfg), resume=str(tmp_path / "part"), dataset=ds, warm_up=False)
+    assert not (tmp_path / "part" / "loss.png").exists()
     for a, b in zip(full.weights(), res.weights()):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
     assert full.telemetry.scales == res.telemetry.scales
@@ -411,23 +413,52 @@ def test_a_policy_names_its_hardware_and_the_runtime_overrides_it():
         get_policy("bf16-mixed").replace(hardware=3)
 
 
+def _values_of(ops, fmt, axis, shape):
+    """fl32(element x block scale x tensor scale), the product in float64 (lowprec.block.decode's arithmetic)."""
+    el, sc, ts = ops
+    full = sc.astype(np.float64)
+    blk = fmt.block
+    if len(blk) == 2:
+        full = np.repeat(np.repeat(full, blk[0], axis=0), blk[1], axis=1)
+    else:
+        full = np.repeat(full, blk[0], axis=1 if axis == -1 else 0)
+    full = full[:shape[0], :shape[1]] * (1.0 if ts is None else float(ts))
+    return (el.astype(np.float64) * full).astype(np.float32)
+
+
 def test_the_hardware_route_quantizes_to_the_same_values():
-    """With a unit the operands are encoded (elements, scales, tensor scale) instead of quantized: the values
-    are lowprec.block.quantize's, stochastic ones included (the same counters)."""
+    """With a unit the operands are encoded (elements, scales, tensor scale) instead of quantized: their values
+    are lowprec.block.quantize's, stochastic ones included (the same counters). The values themselves are
+    computed on that route only for telemetry."""
+    from lowprec.telemetry import Telemetry
+
     x = np.float32(np.random.default_rng(6).standard_normal((40, 48)) * 5)
     for name in ("nvfp4", "mxfp4", "fp8-deepseek"):
         r = B.get_recipe(name)
         m = B.BlockScaledMatmul(r, 0)
-        hw, ideal = Precision(name, seed=1, hardware="nv-blackwell" if name != "fp8-deepseek" else "nv-hopper"), \
-            Precision(name, seed=1)
+        unit = "nv-blackwell" if name != "fp8-deepseek" else "nv-hopper"
+        hw, ideal = Precision(name, seed=1, hardware=unit), Precision(name, seed=1)
+        tel = Telemetry()
+        hw_tel = Precision(name, seed=1, hardware=unit, telemetry=tel)
+        tel.begin_step(0)
         for fmt, axis, sr in ((r.x, -1, False), (r.x, 0, False), (r.g, 0, True), (r.w, (-2, -1) if len(r.w.block) == 2
                                                                                   else 0, False)):
             q1, ops = m._q(hw, x, fmt, axis, "activation_grad", "t", sr)
+            q3, _ = m._q(hw_tel, x, fmt, axis, "activation_grad", "t", sr)
             q2, none = m._q(ideal, x, fmt, axis, "activation_grad", "t", sr)
-            assert none is None and ops is not None
-            np.testing.assert_array_equal(q1, q2)
+            assert none is None and ops is not None and q1 is None
+            np.testing.assert_array_equal(_values_of(ops, fmt, axis, x.shape), q2)
+            np.testing.assert_array_equal(q3, q2)
             if not sr:
                 np.testing.assert_array_equal(q2, lb.quantize(x, fmt, axis=axis))
+                # the elements and scales themselves: lowprec.block.encode's patterns, decoded
+                enc = lb.encode(x, fmt, axis=axis, packed=False)
+                el, sc, ts = ops
+                np.testing.assert_array_equal(el, np.float32(lp_decode(enc.elements, fmt.element)))
+                want = (np.ldexp(1.0, enc.scales.astype(np.int64) - 127) if fmt.scale.name == "e8m0" else
+                        enc.scales if fmt.scale == FP32 else lp_decode(enc.scales, fmt.scale))
+                np.testing.assert_array_equal(sc, np.float32(want))
+                assert (ts is None and enc.tensor_scale is None) or ts == enc.tensor_scale
 
 
 def test_nvfp4_forward_on_blackwell_is_the_unit_with_its_epilogue():

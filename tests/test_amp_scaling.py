@@ -82,6 +82,23 @@ def test_scale_is_the_correctly_rounded_float32_quotient(margin):
     assert scale_from_amax(np.float32(1e-45), 448.0) == np.finfo(np.float32).max  # 448 / tiny: float32 max
 
 
+def test_the_scalar_scale_path_equals_the_array_path_at_the_range_ends():
+    """One amax (the per-tensor path, in Python floats) gives the bits the array path's float32 numpy arithmetic
+    gives: subnormal and huge amaxes (quotients that overflow to FLT_MAX), zero/Inf/NaN (the previous scale kept),
+    margins whose 2**margin overflows float32, power-of-two rounding."""
+    rng = np.random.default_rng(3)
+    with np.errstate(over="ignore"):
+        amaxes = np.concatenate([np.float32(rng.uniform(1, 2, 60)) * np.float32(2.0) ** rng.integers(-149, 128, 60),
+                                 np.float32([0.0, INF, np.nan, 1e-45, 3e-45, 1e-38, 3.4028235e38, 448.0, 2.0 ** -126])])
+    for fmax in (448.0, 57344.0, 6.0):
+        for margin in (0, 3, 127, 128, 140):
+            for p2 in (False, True):
+                arr = scale_from_amax(amaxes, fmax, margin, p2, np.float32(5.0))
+                for a, s in zip(amaxes, arr):
+                    one = scale_from_amax(a, fmax, margin, p2, np.float32(5.0))
+                    assert one.shape == () and one.tobytes() == s.tobytes(), (fmax, margin, p2, a, one, s)
+
+
 def test_current_scaling_cast_equals_the_explicit_composition():
     rng = np.random.default_rng(1)
     x = np.float32(rng.standard_normal((32, 48)) * 1e-3)
@@ -217,7 +234,7 @@ def test_short_runs_are_finite_and_record_scales(tmp_path):
             assert all(row[4] == 1.0 for row in first)  # no history yet
             later = [row for row in rows if row[0] == 1 and row[1] == "layer0.weight_fp8"]
             assert later[0][4] == float(scale_from_amax(np.float32(first[1][5]), 448.0))
-    write_run(str(tmp_path), r)
+    write_run(str(tmp_path), r, plots=False)  # (scales.png: tests/test_amp_block.py)
     assert (tmp_path / "scales.csv").read_text().startswith("step,tensor,role,format,scale,amax")
 
 

@@ -66,6 +66,7 @@ from typing import Optional
 import numpy as np
 
 from .. import block as _block
+from ..rounding import Rounding
 
 __all__ = ["BlockRecipe", "BlockScaledMatmul", "block_policy", "get_recipe", "hadamard_matrix", "hadamard_signs",
            "hadamard_transform", "RECIPES", "BLOCK_POLICIES", "HADAMARD_STREAM"]
@@ -74,6 +75,7 @@ __all__ = ["BlockRecipe", "BlockScaledMatmul", "block_policy", "get_recipe", "ha
 HADAMARD_STREAM = 200
 
 _ROUNDINGS = ("nearest_even", "stochastic")
+_SR = Rounding.STOCHASTIC
 
 
 @dataclass(frozen=True)
@@ -202,33 +204,35 @@ class BlockScaledMatmul:
     # -- quantization -----------------------------------------------------------------------------
     def _q(self, ctx, x, fmt, axis, role, name, stochastic=False):
         """``(values, ops)``: ``x`` block-quantized along ``axis`` (:func:`lowprec.block.quantize`'s float32
-        values), and for the hardware routes ``(element values, scale values)`` (None otherwise)."""
+        values), and for the hardware routes ``(element values, scale values, tensor scale)`` (None otherwise).
+        On the hardware routes the values are computed only when telemetry needs them (None otherwise): the
+        unit multiplies the elements and scales."""
         x = np.asarray(x, dtype=np.float32)
         seed = ctx.streams[role] if stochastic else None
-        rnd = "stochastic" if stochastic else None
+        mode = _SR if stochastic else fmt.rounding  # (as quantize(..., rounding=None) takes the format's)
         hw = getattr(ctx, "hardware", None)
+        tel = ctx.telemetry
+        tel = tel if tel is not None and tel.active else None
         ops = None
         # nearest-even blocks along axis 0 of a matrix: the same blocks of the contiguous transpose, along its
         # rows (3-4x faster; stochastic rounding keeps axis 0: its counters follow x's C order)
         flip = axis == 0 and not stochastic and x.ndim == 2
         xa, ax = (np.ascontiguousarray(x.T), -1) if flip else (np.ascontiguousarray(x), axis)
+        # (the operands are lowprec's own float32 arrays: the internal entry points skip the argument checks)
         if hw is None:
-            q = _block.quantize(xa, fmt, axis=ax, rounding=rnd, seed=seed)
+            q = _block._quantize_internal(xa, fmt, ax, mode, seed)
         else:  # the same values (same random counters), with the elements and scales the unit takes
-            enc = _block.encode(xa, fmt, axis=ax, rounding=rnd, seed=seed, packed=False)
-            el, sc = _decode(enc.elements, fmt.element), _scale_values(enc, fmt)
-            # lowprec.block.decode's arithmetic: elements times (scale times tensor scale), in float64, to float32
-            full = _expand(sc.astype(np.float64), fmt.block, ax, xa.shape)
-            if enc.tensor_scale is not None:
-                full = full * float(enc.tensor_scale)
-            q = (el.astype(np.float64) * full).astype(np.float32)
-            ops = (el, sc, enc.tensor_scale)
-            if flip:
-                ops = (ops[0].T, ops[1].T, ops[2])
-        if flip:
+            el, sc, ts = _block._operands_internal(xa, fmt, ax, mode, seed)
+            q = None
+            if tel is not None:  # lowprec.block.decode's arithmetic: elements times (scale times tensor scale),
+                full = _expand(sc.astype(np.float64), fmt.block, ax, xa.shape)  # in float64, to float32
+                if ts is not None:
+                    full = full * float(ts)
+                q = (el.astype(np.float64) * full).astype(np.float32)
+            ops = (el.T, sc.T, ts) if flip else (el, sc, ts)
+        if flip and q is not None:
             q = q.T
-        tel = ctx.telemetry
-        if tel is not None and tel.active:
+        if tel is not None:
             st = _block.analyze(xa, fmt, axis=ax, rounding="nearest_even")
             scales = st.scale[np.isfinite(st.scale)]
             under = int(np.count_nonzero((x != 0) & (q == 0)))
@@ -294,7 +298,7 @@ class BlockScaledMatmul:
         if need_a:  # dX = dY @ W.T, K = out_features
             gq, go = self._q(ctx, g, r.g, -1, "activation_grad", "dgrad.dy", sr)
             wq, wo = self._weight(ctx, w, "dgrad")
-            da = run_product(ctx, "dgrad", gq, np.ascontiguousarray(wq.T), ops=(go, wo))
+            da = run_product(ctx, "dgrad", gq, None if wq is None else wq.T, ops=(go, wo))  # (any strides)
         self._w_cache = None
         if need_b:  # dW = (dY.T @ X).T, K = batch
             gk, xk = g, x
@@ -305,8 +309,18 @@ class BlockScaledMatmul:
             xq, xo = self._q(ctx, xk, r.x, 0, "activation", "wgrad.x")
             if go is not None:
                 go = (np.ascontiguousarray(go[0].T), np.ascontiguousarray(go[1].T), go[2])
-            db = np.ascontiguousarray(run_product(ctx, "wgrad", np.ascontiguousarray(gq.T), xq, ops=(go, xo)).T)
+            if getattr(ctx, "hardware", None) is None:
+                # (dY.T @ X).T computed as X.T @ dY: each output has the same products (a product does not depend
+                # on the order of its factors) summed in the same k order, and it comes out C-contiguous
+                db = run_product(ctx, "wgrad", xq.T, gq)
+            else:
+                db = np.ascontiguousarray(run_product(ctx, "wgrad", _t(gq), xq, ops=(go, xo)).T)
         return da, db
+
+
+def _t(a):
+    """The contiguous transpose of a product's operand values (None on the hardware routes without telemetry)."""
+    return None if a is None else np.ascontiguousarray(a.T)
 
 
 def _expand(scales, block, axis, shape) -> np.ndarray:
@@ -316,28 +330,6 @@ def _expand(scales, block, axis, shape) -> np.ndarray:
     if axis in (-1, 1):
         return np.repeat(scales, block[0], axis=1)[:, :shape[1]]
     return np.repeat(scales, block[0], axis=0)[:shape[0]]
-
-
-def _decode(codes, element) -> np.ndarray:
-    from ..core import decode
-
-    return np.asarray(decode(codes, element), dtype=np.float32)
-
-
-def _scale_values(enc, fmt) -> np.ndarray:
-    """The scale of each block (float32): E8M0 codes as powers of two, UE4M3 codes decoded (without the
-    tensor scale), fp32 scales as they are."""
-    from ..core import decode
-    from ..formats import E8M0, FP32
-
-    sc = enc.scales
-    if fmt.scale == E8M0:
-        v = np.where(sc == 255, np.nan, np.ldexp(1.0, sc.astype(np.int64) - 127))
-    elif fmt.scale == FP32:
-        v = sc.astype(np.float64)
-    else:
-        v = np.asarray(decode(sc, fmt.scale), dtype=np.float64)
-    return v.astype(np.float32)
 
 
 @dataclass(frozen=True)

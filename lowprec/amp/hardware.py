@@ -42,7 +42,9 @@ to an fp32 accumulator on the CUDA cores with the two tiles' scales::
 
 Block-scaled formats on Blackwell: the operands as the policy quantized them (the values ``q * S_b``
 and per-(row, K-block) scale values ``S_b``; a 16x16 weight tile's scale repeated for each of its 16
-columns) go to :func:`lowprec.matrix_units.block_matmul`, which folds the scales into the exponents.
+columns) go to the block-scaled unit as :func:`lowprec.matrix_units.block_matmul` takes them, which folds the
+scales into the exponents (its kernel entry ``block_unit_array`` is called directly: the operand checks of
+``block_matmul``, each value over its scale an element of the unit's format, hold by construction here).
 NVFP4's per-tensor fp32 scales are not part of the instruction: the result ``D`` is scaled as the GEMM
 epilogue does, ``Y = fl32(D * fl32(s_a * s_b))`` (:func:`scaled_output`). So on hardware an nvfp4
 operand is ``q * S_b`` with the tensor scale applied to the output, where the ideal route multiplies
@@ -310,6 +312,25 @@ def _unit_matmul(a, b, unit) -> np.ndarray:
                              unit), dtype=np.float32)
 
 
+def _unit_product(a, b, unit) -> np.ndarray:
+    """:func:`_unit_matmul` for operands that are values of the unit's operand formats already (a scaled cast's
+    ``q``, decoded fp8 elements): ``lowprec.linalg.matmul(a, b, unit)`` without its input rounding, which would
+    return them unchanged, straight to the kernel entry (dispatch.matrix_unit_array)."""
+    if unit.truncate_inputs or unit.block_format is not None:
+        return _unit_matmul(a, b, unit)
+    from ..kernels import dispatch
+
+    A3 = np.asarray(a, dtype=np.float64)[None]
+    B3 = np.asarray(b, dtype=np.float64)[None]
+    M, N = A3.shape[1], B3.shape[2]
+    if A3.shape[2] != B3.shape[1]:
+        raise ValueError(f"matmul shape mismatch: a has shape {np.shape(a)} and b has shape {np.shape(b)}")
+    zero = np.zeros(1, dtype=np.int64)
+    out = dispatch.matrix_unit_array(dispatch.resolve_backend("auto"), np.ascontiguousarray(A3),
+                                     np.ascontiguousarray(B3), np.zeros((1, M, N)), zero, zero, unit._kernel_params())
+    return np.asarray(out[0], dtype=np.float32)
+
+
 def scaled_output(p, d_a, d_b) -> np.ndarray:
     """``fl32(p * fl32(d_a * d_b))`` (float32): a unit's result scaled back by the operands' inverse scales."""
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
@@ -343,6 +364,11 @@ def promoted_block_matmul(a_elem, a_scales, b_elem, b_scales, unit, block: int =
     ``a_elem`` (M, K), ``b_elem`` (K, N): element values (e.g. e4m3); ``a_scales`` (M, ceil(K / block)),
     ``b_scales`` (ceil(K / block), N): fp32 scale values.
     """
+    return _promoted(a_elem, a_scales, b_elem, b_scales, unit, block, _unit_matmul)
+
+
+def _promoted(a_elem, a_scales, b_elem, b_scales, unit, block, product) -> np.ndarray:
+    """:func:`promoted_block_matmul` with the unit's chunk products computed by ``product(a, b, unit)``."""
     a_elem = np.asarray(a_elem, dtype=np.float32)
     b_elem = np.asarray(b_elem, dtype=np.float32)
     M, K = a_elem.shape
@@ -351,25 +377,32 @@ def promoted_block_matmul(a_elem, a_scales, b_elem, b_scales, unit, block: int =
     sa = np.asarray(a_scales, dtype=np.float32)
     sb = np.asarray(b_scales, dtype=np.float32)
     for c, k0 in enumerate(range(0, K, block)):
-        p = _unit_matmul(a_elem[:, k0:k0 + block], b_elem[k0:k0 + block], unit)
+        p = product(a_elem[:, k0:k0 + block], b_elem[k0:k0 + block], unit)
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             s = (sa[:, c:c + 1] * sb[c:c + 1, :]).astype(np.float32)
         acc = _fma32(s, p, acc)
     return acc
 
 
-def _ideal(a, b) -> np.ndarray:
+def _backend() -> str:
     from ..kernels import dispatch
+
+    return dispatch.resolve_backend("auto")
+
+
+def _ideal(a, b) -> np.ndarray:
+    """``lowprec.linalg.matmul(a, b, "fp32")`` of float32 operands of any strides (the CPU tile kernel reads them
+    in place)."""
     from ..linalg import matmul, prepare_matmul
 
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    b = np.ascontiguousarray(b, dtype=np.float32)
-    if dispatch.resolve_backend("auto") == "cpu":
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if _backend() == "cpu":
         mm = prepare_matmul("fp32", "cpu")
         # float32 values are fp32 values; the tile kernel's NaN results are canonical whatever NaNs its inputs
         # hold, so its input rounding is the identity (as lowprec.autograd's products skip it)
         return mm(a, b, inputs_rounded=mm.kernel != "general")
-    return np.asarray(matmul(a, b, "fp32"), dtype=np.float32)
+    return np.asarray(matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), "fp32"), dtype=np.float32)
 
 
 def run_product(ctx, product: str, a, b, *, plain: Optional[str] = None, ops=None) -> np.ndarray:
@@ -393,14 +426,20 @@ def run_product(ctx, product: str, a, b, *, plain: Optional[str] = None, ops=Non
     (ae, asc, ats), (be, bsc, bts) = ops
     unit = hw.units[product]
     if hw.route == "deepseek":
-        return promoted_block_matmul(ae, asc, be, bsc, unit, 128)
-    from ..matrix_units import block_matmul
+        return _promoted(ae, asc, be, bsc, unit, 128, _unit_product)  # (decoded fp8 elements: the unit's values)
+    from ..matrix_units import block_unit_array
 
     blk = unit.block_format.block[0]
     K = ae.shape[1]
     av = ae * np.repeat(asc, blk, axis=1)[:, :K]  # q * S_b: exact (a few bits times a power of two or UE4M3)
     bv = be * np.repeat(bsc, blk, axis=0)[:K]
-    d = np.asarray(block_matmul(av, asc, bv, bsc, unit), dtype=np.float32)
+    # lowprec.matrix_units.block_matmul(av, asc, bv, bsc, unit) without its operand checks (each value over its
+    # scale an element of the unit's format, each scale one of its scale format): the policy's quantization
+    # made them so, and the checks cost as much as the product
+    zero = np.zeros(1, dtype=np.int64)
+    d = block_unit_array(av.astype(np.float64)[None], asc.astype(np.float64)[None], bv.astype(np.float64)[None],
+                         bsc.astype(np.float64)[None], np.zeros((1, av.shape[0], bv.shape[1])), zero, zero, unit,
+                         _backend())[0].astype(np.float32)
     if ats is None and bts is None:
         return d
     return scaled_output(d, 1.0 if ats is None else ats, 1.0 if bts is None else bts)  # NVFP4's epilogue alpha
@@ -424,7 +463,7 @@ class TensorScaledUnitMatmul:
     def forward(self, ctx, a, b) -> np.ndarray:
         qx, dx = self._last(self.act_quant.last_cast, a.data, "input")
         qw, dw = self._last(self.weight_quant.last_cast, b.data, "weight")
-        return scaled_output(_unit_matmul(qx, qw, ctx.hardware.units["forward"]), dx, dw)
+        return scaled_output(_unit_product(qx, qw, ctx.hardware.units["forward"]), dx, dw)
 
     def backward(self, ctx, g, a, b, need_a: bool, need_b: bool) -> tuple:
         qg, dg = self._last(self.act_quant.last_grad, g, "output gradient")
@@ -433,7 +472,7 @@ class TensorScaledUnitMatmul:
         u = ctx.hardware.units
         da = db = None
         if need_a:
-            da = scaled_output(_unit_matmul(qg, np.ascontiguousarray(qw.T), u["dgrad"]), dg, dw)
+            da = scaled_output(_unit_product(qg, qw.T, u["dgrad"]), dg, dw)
         if need_b:
-            db = np.ascontiguousarray(scaled_output(_unit_matmul(np.ascontiguousarray(qg.T), qx, u["wgrad"]), dg, dx).T)
+            db = np.ascontiguousarray(scaled_output(_unit_product(qg.T, qx, u["wgrad"]), dg, dx).T)
         return da, db

@@ -39,6 +39,7 @@ torchao's float8 rowwise recipe; current scaling only).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,16 +68,9 @@ def scale_from_amax(amax, fmt_max, margin: int = 0, power_of_two: bool = False, 
     8.0
     """
     a = np.asarray(amax, dtype=np.float32)
-    if a.ndim == 0 and np.ndim(previous) == 0:  # the per-tensor case, without array temporaries
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            if not (a > 0) or not np.isfinite(a):
-                return np.asarray(previous, dtype=np.float32)
-            s = np.float32(np.float32(fmt_max) / a) / np.float32(2.0 ** int(margin))
-            if np.isposinf(s):
-                s = _FLT_MAX
-            if power_of_two:
-                s = np.float32(np.ldexp(1.0, int(np.frexp(s)[1]) - 1))
-            return np.asarray(s, dtype=np.float32)
+    if a.ndim == 0 and np.ndim(previous) == 0:  # the per-tensor case, in Python floats
+        return np.asarray(_scale_scalar(float(a), float(np.float32(fmt_max)), int(margin), power_of_two, previous),
+                          dtype=np.float32)
     prev = np.broadcast_to(np.asarray(previous, dtype=np.float32), a.shape)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         s = np.float32(fmt_max) / a
@@ -87,6 +81,30 @@ def scale_from_amax(amax, fmt_max, margin: int = 0, power_of_two: bool = False, 
             s = np.ldexp(np.float32(1.0), e - 1).astype(np.float32)
     keep = ~(a > 0) | ~np.isfinite(a)
     return np.where(keep, prev, s).astype(np.float32)
+
+
+_F32_INF_FROM = 2.0 ** 128 - 2.0 ** 103  # float64 values from here up round to float32 +Inf (ties to even)
+with np.errstate(invalid="ignore"):
+    _INF_OVER_INF = np.float32(np.inf) / np.float32(np.inf)  # (the machine's default NaN, as the array path gives)
+
+
+def _scale_scalar(a: float, fmax32: float, margin: int, power_of_two: bool, previous) -> np.float32:
+    """:func:`scale_from_amax` of one float32 amax ``a`` (as a float) and ``fmax32 = fl32(fmt_max)``: the float64
+    quotient rounded to float32 is the correctly rounded float32 quotient (53 >= 2 * 24 + 2 bits: double rounding
+    is innocuous for a division), and dividing by ``2**margin`` is one more rounding of an exact quotient."""
+    if not a > 0.0 or a == math.inf:  # (NaN fails a > 0)
+        return np.float32(previous)
+    t = fmax32 / a
+    d = 2.0 ** margin
+    if t >= _F32_INF_FROM:  # fl32(fmax / a) is +Inf: Inf / fl32(2**margin) is Inf (-> FLT_MAX), or NaN
+        s = _FLT_MAX if d < _F32_INF_FROM else _INF_OVER_INF
+    elif d >= _F32_INF_FROM:
+        s = np.float32(0.0)  # a finite quotient over fl32(2**margin) = +Inf
+    else:
+        s = np.float32(float(np.float32(t)) / d)
+    if power_of_two:
+        s = np.float32(math.ldexp(1.0, math.frexp(float(s))[1] - 1))
+    return s
 
 
 @dataclass(frozen=True)
@@ -146,7 +164,9 @@ def _amax(x: np.ndarray, axis) -> np.ndarray:
     if x.size == 0:
         return np.float32(0.0) if axis is None else np.zeros([1 if i == axis % x.ndim else n
                                                               for i, n in enumerate(x.shape)], np.float32)
-    return np.max(np.abs(x), axis=axis, keepdims=axis is not None).astype(np.float32)
+    if axis is None:
+        return np.abs(x).max().astype(np.float32)
+    return np.max(np.abs(x), axis=axis, keepdims=True).astype(np.float32)
 
 
 def scaled_cast(x: np.ndarray, scale, fmt, rounding="nearest_even", saturate: bool = True, seed=None,
@@ -201,6 +221,9 @@ class TensorScaler:
         self.recipe = recipe
         self.fmt = get_format(fmt)
         self._max = float(self.fmt.max)  # (the format's properties are Fractions: slow in a loop)
+        self._max32 = float(np.float32(self._max))
+        self._rnd = get_rounding(recipe.rounding)
+        self._rounder = None  # (runtime, its prepared rounding to fmt): looked up once per runtime
         self.axis = axis if recipe.granularity == "rowwise" else None
         self.scale = np.float32(1.0)
         self.history = np.zeros(int(recipe.history_len), dtype=np.float32)
@@ -208,8 +231,12 @@ class TensorScaler:
     def current_scale(self, x: np.ndarray) -> tuple:
         """(scale, amax) to cast ``x`` with now (delayed: from the history; current: from ``x``)."""
         amax = _amax(x, self.axis)
-        if self.recipe.mode == "current":
-            return scale_from_amax(amax, self._max, self.recipe.margin, self.recipe.power_of_two, 1.0), amax
+        rec = self.recipe
+        if rec.mode == "current":
+            if self.axis is None:  # (scale_from_amax's per-tensor case)
+                return np.asarray(_scale_scalar(float(amax), self._max32, int(rec.margin), rec.power_of_two, 1.0),
+                                  dtype=np.float32), amax
+            return scale_from_amax(amax, self._max, rec.margin, rec.power_of_two, 1.0), amax
         return self.scale, amax
 
     def observe(self, amax) -> np.ndarray:
@@ -222,8 +249,9 @@ class TensorScaler:
         h[-1] = np.float32(amax)
         red = h.max() if self.recipe.amax_compute == "max" else h[-1]
         # np.max propagates NaN; an Inf or NaN in the window keeps the previous scale (TE's rule)
-        self.scale = scale_from_amax(red, self._max, self.recipe.margin, self.recipe.power_of_two,
-                                     self.scale)[()]
+        # (scale_from_amax(red, ...)[()] of the per-tensor case)
+        self.scale = _scale_scalar(float(red), self._max32, int(self.recipe.margin), self.recipe.power_of_two,
+                                   np.float32(self.scale))
         return self.scale
 
     def state_dict(self) -> dict:
@@ -248,7 +276,7 @@ class TensorScaler:
         x = np.asarray(x, dtype=np.float32)
         scale, amax = self.current_scale(x)
         fmt, rec, fmax = self.fmt, self.recipe, self._max
-        rnd = get_rounding(rec.rounding)
+        rnd = self._rnd
         with np.errstate(over="ignore", invalid="ignore"):
             xs = np.ascontiguousarray(x * scale, dtype=np.float32)
             # the clip is the identity when every |x| * s is within the range (no pass over x needed)
@@ -258,7 +286,10 @@ class TensorScaler:
                 in_range = bool(np.all(np.asarray(amax, np.float64) * np.asarray(scale, np.float64) <= fmax))
             src = xs if (in_range or not rec.saturate) else np.clip(xs, np.float32(-fmax), np.float32(fmax))
             if ctx is not None:
-                q = ctx.rounding_of(fmt, rnd)(src, seed=ctx.streams[role])
+                memo = self._rounder
+                if memo is None or memo[0] is not ctx:
+                    memo = self._rounder = (ctx, ctx.rounding_of(fmt, rnd))
+                q = memo[1](src, seed=ctx.streams[role])
             else:
                 q = round_to(src, fmt, rnd) if rnd is not Rounding.STOCHASTIC else round_to(src, fmt, rnd, seed=0)
             deq = (q / scale).astype(np.float32, copy=False)
@@ -275,9 +306,9 @@ class TensorScaler:
 
 
 def _training() -> bool:
-    from ..autograd.tensor import is_grad_enabled
+    from ..autograd import tensor
 
-    return is_grad_enabled()
+    return tensor._GRAD_ENABLED[0]  # (is_grad_enabled())
 
 
 class ScaledWeightCast:

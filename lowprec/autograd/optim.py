@@ -187,10 +187,13 @@ class SGD(Optimizer):
     def _fused_ok(self) -> bool:
         # the case of the mixed-precision policies: float32 master weights and state, whose roundings are
         # identities (Precision._round returns the float32 array itself and only counts it)
-        if type(self) is not SGD or self.ctx is None or self.master is None:
+        # and of the scaled and block-scaled policies: no master copy, float32 weights and state (the weights are
+        # the master weights; their rounding to fp32 is an identity too)
+        if type(self) is not SGD or self.ctx is None:
             return False
         table = self.ctx.policy.table
-        return table["master"][0] is FP32 and (not self.momentum or table["optimizer_state"][0] is FP32)
+        kept = table["master"][0] if self.master is not None else table["weight"][0]
+        return kept is FP32 and (not self.momentum or table["optimizer_state"][0] is FP32)
 
     def _fused_update(self, i, p, g, w) -> bool:
         """The step of parameter i in one compiled pass (kernels/optim_cpu.py: the same float32 operations as
@@ -217,9 +220,10 @@ class SGD(Optimizer):
             self.state[i][0] = buf
             if tel is not None and tel.active:
                 tel._add(self._pname(i, "state"), "optimizer_state", FP32, n, 0, int(s_sub), 0, int(s_nan))
-        if tel is not None and tel.active:
-            tel._add(self._pname(i, "master"), "master", FP32, n, 0, int(w_sub), 0, int(w_nan))
-        self.master[i] = new
+        if self.master is not None:
+            if tel is not None and tel.active:
+                tel._add(self._pname(i, "master"), "master", FP32, n, 0, int(w_sub), 0, int(w_nan))
+            self.master[i] = new
         p.data, tag = self.ctx._round(new, "weight", self._pname(i, "stored"), None)
         p._set_fmt(tag)
         return True

@@ -77,6 +77,8 @@ class no_grad:
 
 
 def _as_data(data, ctx) -> np.ndarray:
+    if type(data) is np.ndarray and data.dtype == _F32:  # (what ops make: float32 arrays, taken as they are)
+        return data
     arr = np.asarray(data)
     if arr.dtype.kind in "biu":
         arr = arr.astype(np.float64)
@@ -148,9 +150,16 @@ class Tensor:
         self.grad: Optional[np.ndarray] = None
         self._grad_set = False
         self._backward = lambda: None
-        self._prev = tuple(_children) if _GRAD_ENABLED[0] else ()
+        enabled = _GRAD_ENABLED[0]
+        self._prev = tuple(_children) if enabled else ()
         self._op = _op
-        self.requires_grad = bool(requires_grad) or (_GRAD_ENABLED[0] and any(c.requires_grad for c in _children))
+        rg = bool(requires_grad)
+        if not rg and enabled:
+            for c in _children:
+                if c.requires_grad:
+                    rg = True
+                    break
+        self.requires_grad = rg
         self.name = name
         self.is_param = bool(is_param)
         # the format the data / the gradient are exactly in (see _data_fmt), and the array it was given for

@@ -316,7 +316,7 @@ def _say(bar, text: str) -> None:
 
 def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[str] = None, quiet: bool = True,
           dataset: Optional[Dataset] = None, checkpoint_every: int = 1, warm_up: bool = True,
-          skip_alert: int = 10) -> RunResult:
+          skip_alert: int = 10, plots: bool = True) -> RunResult:
     """Train an MLP on ``config.data`` under ``config.precision``.
 
     Parameters
@@ -344,6 +344,8 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
         After this many consecutive skipped steps (or steps with a
         non-finite loss), diagnose why (:mod:`lowprec.train.diagnose`): said
         during the run and kept in the summary's ``diagnosis``.
+    plots : bool
+        Draw the PNG plots into ``out`` (False: the record, CSV files and checkpoint only).
 
     Returns
     -------
@@ -469,7 +471,7 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: Optional[st
     rec["summary"]["diagnosis"] = [d["text"] for d in diagnoses]
     result = RunResult(config, model, opt, scaler, rec, step_rows, tel)
     if out is not None:
-        write_run(out, result)
+        write_run(out, result, plots=plots)
     return result
 
 

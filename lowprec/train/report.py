@@ -114,9 +114,9 @@ def _hardware_text(model) -> str:
     return "ideal (the policy's accumulations)" if hw is None else hw.describe()
 
 
-def write_run(out: str, result: RunResult) -> None:
+def write_run(out: str, result: RunResult, plots: bool = True) -> None:
     """Write run.json, steps.csv, telemetry.csv (and scales.csv for scaled fp8 policies) and the PNG plots
-    of a finished run into ``out``."""
+    (unless ``plots`` is False) of a finished run into ``out``."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "run.json"), "w") as f:
         json.dump(result.record, f, indent=1)
@@ -136,7 +136,8 @@ def write_run(out: str, result: RunResult) -> None:
                 w = csv.writer(f)
                 w.writerow(["step", "tensor", "role", "format", "scale", "amax", "clipped", "underflow"])
                 w.writerows(result.telemetry.scales)
-    _plots(out, result)
+    if plots:
+        _plots(out, result)
 
 
 def _plots(out: str, result: RunResult) -> dict:
