@@ -24,7 +24,7 @@ __all__ = ["warm", "GROUPS"]
 
 def _elements() -> None:
     """round_to / encode / decode of float32 and float64 arrays (the runtime-argument loops), and the
-    specialised parallel loops of the common formats at nearest-even."""
+    specialised parallel loops of the common formats at nearest-even and of bf16's stochastic rounding."""
     from . import core
     from .kernels import dispatch
 
@@ -36,8 +36,9 @@ def _elements() -> None:
         core.encode(x, "fp8_e4m3fn")
         core.decode(np.arange(n), "fp16", dtype=dtype)
     big = np.linspace(-10, 10, 1 << 18, dtype=np.float32)
-    for fmt in ("fp16", "int8"):
+    for fmt in ("fp16", "int8", "fp8_e4m3fn"):
         core.round_to(big, fmt)
+    core.round_to(big, "bf16", "stochastic", seed=0)  # (gradients, studies: the parallel stochastic loop)
 
 
 def _training() -> None:

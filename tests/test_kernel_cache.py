@@ -2,9 +2,9 @@
 
 A fresh cache directory is filled in one order (small calls first, then large; one format, then
 another), then a new process loads every specialisation from it and checks that each loaded kernel
-is the one asked for: the bits of its results (against the runtime-argument loop, which shares no
-cache entry with them) and the parallel or serial code (the loaded code holds numba's parfor
-functions exactly when it is a parallel kernel). Then the same in the reverse order.
+is the one asked for: the bits of its results (against numpy's float16 cast and int8 rounding) and the
+parallel or serial code (the loaded code holds numba's parfor functions exactly when it is a parallel
+kernel). Then the same in the reverse order.
 """
 
 import json
@@ -38,10 +38,10 @@ _SCRIPT = textwrap.dedent(r"""
                  "hits": sum(loop.stats.cache_hits.values()), "misses": sum(loop.stats.cache_misses.values())}
         lib = loop.overloads[loop.signatures[0]].library
         entry["parfor"] = "parfor" in str(lib._shared_module) + str(lib._final_module)
-        if check:
-            ref = np.empty_like(x)
-            cpu.element_any(cpu.ROUND, p[0])(cpu.ROUND, x.view(np.int32), ref.view(np.int32), *args)
-            entry["same_bits"] = bool(np.array_equal(out.view(np.int32), ref.view(np.int32)))
+        if check:  # against numpy: float16's correctly rounded cast; int8 as rint (ties to even), saturated, +0
+            with np.errstate(over="ignore"):
+                ref = x.astype(np.float16).astype(np.float32) if fmt == "fp16" else np.clip(np.rint(x), -128, 127) + 0.0
+            entry["same_bits"] = bool(np.array_equal(out.view(np.int32), ref.astype(np.float32).view(np.int32)))
         report.append(entry)
     print("REPORT" + json.dumps(report))
 """)
