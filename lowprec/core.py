@@ -212,19 +212,24 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
         if "unhashable" not in str(exc):
             raise
         r = prepare_rounding(fmt, rounding, arr.dtype, random_bits=random_bits, saturate=saturate, backend=backend)
-    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+    one_d = arr.ndim == 1
+    if arr.flags.c_contiguous:
+        flat = arr if one_d else arr.reshape(-1)
+    else:
+        flat = np.ascontiguousarray(arr).reshape(-1)
     if out is not None:
         _check_out(out, arr.shape, out_dtype)
         flat = _unshared(flat, out)
     k0, k1, off = resolve_seed(seed, flat.size, stream, offset) if r._stochastic else (0, 0, 0)  # after every check
-    direct = out is not None and out.dtype == arr.dtype and out.flags.c_contiguous
+    direct = out is not None and out.dtype == arr.dtype and out.flags.c_contiguous and out.flags.aligned
     res = out.reshape(-1) if direct else np.empty(flat.size, dtype=arr.dtype)
     r._run(flat, res, k0, k1, off)
     if out is not None:
         if not direct:
             out[...] = res.reshape(arr.shape)
         return out
-    res = res.reshape(arr.shape)
+    if not one_d:
+        res = res.reshape(arr.shape)
     if res.dtype != out_dtype:
         res = res.astype(out_dtype)
     return res[()] if is_scalar else res
@@ -264,7 +269,7 @@ class PreparedRounding:
     """
 
     __slots__ = ("fmt", "rounding", "dtype", "random_bits", "saturate", "backend", "_p", "_mode", "_carrier",
-                 "_stochastic", "_cpu", "_choices", "_via64")
+                 "_stochastic", "_cpu", "_choices", "_via64", "_entries")
 
     def __init__(self, fmt, rounding, dtype, random_bits, saturate, backend):
         self.fmt = get_format(fmt)
@@ -283,6 +288,7 @@ class PreparedRounding:
         ity = self._carrier[3]
         self._choices = tuple(dispatch.element_choice("round", self._p, self._mode, self.random_bits, parallel, ity, ity)
                               for parallel in (False, True)) if self._cpu else None
+        self._entries = {}  # loop -> its compiled entry for this rounding's argument types (dispatch.entry_point)
 
     def __repr__(self) -> str:
         return (f"PreparedRounding({self.fmt.name!r}, {self.rounding.name.lower()!r}, {self.dtype.name}, "
@@ -300,7 +306,7 @@ class PreparedRounding:
         if out is not None:
             _check_out(out, x.shape, self.dtype)
             flat = _unshared(flat, out)
-        direct = out is not None and out.flags.c_contiguous
+        direct = out is not None and out.flags.c_contiguous and out.flags.aligned
         res = out.reshape(-1) if direct else np.empty(n, dtype=self.dtype)
         if self._stochastic:
             k0, k1, off = seed.take(n) if type(seed) is RandomStream else resolve_seed(seed, n)
@@ -328,11 +334,19 @@ class PreparedRounding:
         n = flat.size
         CW, CM, CB, ity = self._carrier
         keys = (np.uint32(k0), np.uint32(k1), np.int64(off)) if self._stochastic else _NO_KEYS
-        args = (flat.view(ity), res.view(ity), CW, CM, CB, self._p, self._mode, *keys, self.random_bits)
-        if self._cpu:
-            self._choices[n >= dispatch.PARALLEL_FROM].pick(n)(dispatch.ROUND, *args)
-        else:
-            dispatch.round_array(self.backend, *args)
+        if not self._cpu:
+            dispatch.round_array(self.backend, flat.view(ity), res.view(ity), CW, CM, CB, self._p, self._mode, *keys,
+                                 self.random_bits)
+            return
+        loop = self._choices[n >= dispatch.PARALLEL_FROM].pick(n)
+        entry = self._entries.get(loop)
+        if entry is not None and flat.flags.aligned:  # (flat: 1-D, C-contiguous; res: new or C-contiguous)
+            entry(dispatch.ROUND, flat, res, CW, CM, CB, self._p, self._mode, *keys, self.random_bits)
+            return
+        args = (dispatch.ROUND, flat.view(ity), res.view(ity), CW, CM, CB, self._p, self._mode, *keys, self.random_bits)
+        loop(*args)
+        if flat.flags.aligned and res.flags.aligned and len(self._entries) < 8:
+            self._entries[loop] = dispatch.entry_point(loop, args)
 
 
 @lru_cache(maxsize=512, typed=True)  # typed: True and 1 are different arguments (one of them is invalid)

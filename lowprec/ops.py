@@ -60,6 +60,14 @@ def _random_bits(fmt, random_bits) -> int:
     return int(random_bits)
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: the loop then has one compiled signature, whether an operand was converted (a new,
+    writable array) or passed through (a broadcast view, read-only)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def _apply(op: int, operands: tuple, fmt, rounding, seed, stream, offset, random_bits, backend):
     fmt = get_format(fmt)
     mode = get_rounding(rounding)
@@ -84,7 +92,7 @@ def _apply(op: int, operands: tuple, fmt, rounding, seed, stream, offset, random
     except ValueError:
         shapes = ", ".join(f"{n} {a.shape}" for n, a in zip(names, arrs))
         raise ValueError(f"operand shapes do not broadcast: {shapes}") from None
-    flat = [np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float64).reshape(-1) for a in arrs]
+    flat = [_read_only(np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float64).reshape(-1)) for a in arrs]
     while len(flat) < 3:
         flat.append(flat[0])
     n = int(np.prod(shape, dtype=np.int64))

@@ -52,8 +52,9 @@ def _training() -> None:
 
 
 def _accumulation() -> None:
-    """sum / dot / matmul with the accumulation presets (general and fast kernels)."""
-    from . import accumulation, linalg
+    """sum / dot / matmul with the accumulation presets (general and fast kernels), and lowprec.ops' loop (with
+    it, the compiled steps that numba's CUDA simulator calls from Python: kernels/accum.py)."""
+    from . import accumulation, linalg, ops
 
     rng = np.random.default_rng(0)
     small_a, small_b = rng.standard_normal((4, 8)), rng.standard_normal((8, 3))
@@ -62,6 +63,7 @@ def _accumulation() -> None:
         linalg.matmul(small_a, small_b, name, seed=0)
         linalg.matmul(big_a, big_b, name, seed=0)
         linalg.sum(small_a, None, name, seed=0)
+    ops.add(small_a, small_a, "fp16")
 
 
 def _matrix_units() -> None:

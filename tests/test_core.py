@@ -128,6 +128,47 @@ def test_nearest_even_million_random_float32(name):
     assert int(bad.sum()) == 0, x[bad][:5]
 
 
+def test_repeated_small_calls_take_the_compiled_entry_and_keep_the_bits():
+    """After its first call, a small round_to calls the loop's compiled entry directly (kernels/dispatch.py's
+    entry_point: the float32 array itself in place of its int32 carrier view, no type dispatch). The bits stay
+    ml_dtypes' for every layout, including those the entry was not compiled for (read-only, unaligned, strided,
+    2-D input; unaligned out=), and stochastic rounding draws the same bits through the entry as through
+    the dispatcher."""
+    from lowprec import core
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(40) * 30).astype(np.float32)
+    x[:3] = [np.nan, -0.0, 1e-30]
+
+    def unaligned(a):
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        u = buf[1:].view(np.float32)
+        u[:] = a
+        assert not u.flags.aligned
+        return u
+
+    for name in ("bf16", "fp8_e4m3fn", "fp8_e5m2"):
+        want = _ml_round(x, name)
+        for _ in range(3):
+            assert _same_bits(lowprec.round_to(x, name), want).all(), name
+        entries = core.prepare_rounding(name, dtype=np.float32)._entries
+        assert any(e is not None for e in entries.values()), name  # the entry path ran
+        ro = x.copy()
+        ro.flags.writeable = False
+        strided = np.repeat(x, 2)[::2]
+        for arr in (ro, unaligned(x), strided, x.reshape(5, 8), x.reshape(8, 5).T):
+            got = lowprec.round_to(arr, name)
+            assert got.shape == arr.shape and _same_bits(got, _ml_round(np.array(arr), name)).all(), name
+        for out in (np.empty_like(x), unaligned(np.zeros_like(x))):
+            assert lowprec.round_to(x, name, out=out) is out and _same_bits(out, want).all(), name
+    fresh = core.PreparedRounding("bf16", "stochastic", np.float32, 32, None, "auto")
+    first = fresh(x, seed=11)  # the dispatcher (no entry yet)
+    assert fresh(x, seed=11).tobytes() == first.tobytes()  # the entry
+    assert any(e is not None for e in fresh._entries.values())
+    assert _same_bits(first, _ml_round(first, "bf16")).all()  # bf16 values
+    assert not _same_bits(first, _ml_round(x, "bf16")).all()  # and stochastic ones
+
+
 def test_nearest_even_fp16_matches_numpy_astype():
     rng = np.random.default_rng(7)
     x = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)

@@ -11,8 +11,11 @@ once and called: numba inlines an ``inline="always"`` function at IR level
 and types it again at every call site. Each called step is called with one
 argument signature only (constants are passed as ``np.int64``, never as
 int literals, which numba would type as a signature of their own and
-compile the step again). None is cached on its own: the loops that call
-them are (kernels/jit.py).
+compile the step again). The loops that call them are cached
+(kernels/jit.py), and so are the three entry points the CUDA kernels call
+(``accumulate``, ``apply_op``, ``draw``): numba's CUDA simulator calls them
+from Python with the argument types of the CPU loops, and loads the code
+those loops compiled instead of compiling it again in every process.
 
 All values travel in float64 registers. Every format an accumulation uses
 holds its values exactly in float64, products of the (validated) input
@@ -45,11 +48,15 @@ import numpy as np
 from numba import njit
 
 from . import scalar
+from .jit import kernel
 from .rules import to_odd, two_prod, two_sum
 
 _jit = njit(nogil=True, inline="always")
 # Compiled once and called (LLVM may still inline them after linking; see the module docstring).
 _call = njit(nogil=True, error_model="numpy")  # x/0 gives Inf/NaN as IEEE and CUDA do
+# The entry points of the CPU loops and the CUDA kernels, cached on disk: numba's CUDA simulator calls them
+# from Python with the argument types the CPU loops use, so it loads what those loops compiled.
+_entry = kernel(error_model="numpy")
 
 # Orders (lowprec.accumulation.ORDERS index).
 SEQUENTIAL = 0
@@ -78,7 +85,7 @@ def round64(x, p, mode, rnd, rbits):
     return _scalar_called.round_f64(x, p, mode, rnd, rbits)
 
 
-@_call
+@_entry
 def draw(mode, key0, key1, counter, rbits):
     """Random bits for a stochastic rounding event (0 for deterministic modes)."""
     if mode == STOCHASTIC:
@@ -117,7 +124,7 @@ OP_SQRT = 4
 OP_FMA = 5
 
 
-@_call
+@_entry
 def apply_op(op, x, y, z, p, mode, rnd, rbits):
     """``op`` of the float64 operands, exact, rounded once to format ``p``.
 
@@ -202,7 +209,7 @@ def kahan_step(s, c, t, pacc, mode, key0, key1, offset, o, K, k, rbits):
     return tt, c
 
 
-@_call
+@_entry
 def accumulate(a, ra, b, rb, K, o, has_prod, pprod, fused, pacc, mode, order, chunk, pchunk,
                compensated, pout, key0, key1, offset, rbits, stack):
     """One output element: ``sum_k a[ra, k] * b[rb, k]`` as the description says.

@@ -4,7 +4,8 @@ Each thread takes one block ``(p, ba, bq)`` (the same numbering and layout as th
 its scale (:func:`~lowprec.kernels.block_cpu.block_scale`) and every element
 (:func:`~lowprec.kernels.block_cpu.block_element`), drawing element ``i``'s random bits from counter
 ``offset + i``: the CPU's bits, whatever the grid. The steps are block_cpu's, on scalar.py's called
-definitions (numba-cuda compiles them as device functions; the simulator runs them as compiled CPU code).
+definitions (numba-cuda compiles them as device functions; the simulator runs their plain-Python twins,
+kernels/plain.py).
 Blocks holding a NaN or an Inf are counted with atomics.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import block_cpu, scalar
-from .cuda import cuda
+from .cuda import cuda, device_functions
 
 _THREADS = 128
 _kernels: dict = {}
@@ -23,9 +24,8 @@ def _get_kernel():
     """Compile lazily: importing this module must not need a GPU."""
     if _kernels:
         return _kernels["block"]
-    scale_of = block_cpu.block_scale_called
-    element = block_cpu.block_element_called
-    rand = scalar.DEFINITIONS.called().random_bits
+    scale_of, element, rand = device_functions(block_cpu.block_scale_called, block_cpu.block_element_called,
+                                               scalar.DEFINITIONS.called().random_bits)
 
     @cuda.jit
     def block_kernel(op, xi, out, scale_code, scale_val, counts, P, A, Q, TA, TQ, CW, CM, CB, pe, ps, rule,

@@ -41,30 +41,44 @@ def is_simulator() -> bool:
 _kernels = {}
 
 
+def device_functions(*functions):
+    """The functions a kernel calls: themselves for a GPU, which compiles them into the kernel; in numba's
+    simulator, whose threads call them from Python, their plain-Python twins (kernels/plain.py: the same
+    source, no compiler; compiling each one for the simulator's argument types cost ~10-40 s of CPU per
+    function and process)."""
+    if not is_simulator():
+        return functions
+    from .plain import twin
+
+    return tuple(twin(f) for f in functions)
+
+
 def _get_kernels():
     """Compile lazily: importing this module must not need a GPU."""
     if _kernels:
         return _kernels
+    random_bits, round_bits, encode_bits, decode_bits = device_functions(
+        scalar.random_bits, scalar.round_bits, scalar.encode_bits, scalar.decode_bits)
 
     @cuda.jit
     def round_kernel(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < x.size:
-            rnd = np.uint64(scalar.random_bits(key0, key1, offset + i, rbits)) if mode == STOCHASTIC else np.uint64(0)
-            out[i] = scalar.round_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
+            rnd = np.uint64(random_bits(key0, key1, offset + i, rbits)) if mode == STOCHASTIC else np.uint64(0)
+            out[i] = round_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
 
     @cuda.jit
     def encode_kernel(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < x.size:
-            rnd = np.uint64(scalar.random_bits(key0, key1, offset + i, rbits)) if mode == STOCHASTIC else np.uint64(0)
-            out[i] = scalar.encode_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
+            rnd = np.uint64(random_bits(key0, key1, offset + i, rbits)) if mode == STOCHASTIC else np.uint64(0)
+            out[i] = encode_bits(x[i], CW, CM, CB, p, mode, rnd, rbits)
 
     @cuda.jit
     def decode_kernel(bits, out, CW, CM, CB, p):
         i = cuda.grid(1)
         if i < bits.size:
-            out[i] = scalar.decode_bits(bits[i], CW, CM, CB, p)
+            out[i] = decode_bits(bits[i], CW, CM, CB, p)
 
     _kernels.update(round=round_kernel, encode=encode_kernel, decode=decode_kernel)
     return _kernels

@@ -28,6 +28,9 @@ def _get_kernels() -> dict:
     if _kernels:
         return _kernels
     if is_simulator():
+        # compiled, not interpreted (a 4 x 128 x 64 matmul interpreted takes ~15 s): the CPU loops compile
+        # them with these argument types and numba's cache keeps them (accum.py), so ``lowprec warm`` leaves
+        # them on disk for the simulator
         def accumulate(a, ra, bt, rb, *rest):
             return accum.accumulate(_sim_array(a), ra, _sim_array(bt), rb, *rest)
     else:
@@ -52,7 +55,7 @@ def _get_kernels() -> dict:
     def ops_kernel(x, y, z, out, op, p, mode, key0, key1, offset, rbits):
         i = cuda.grid(1)
         if i < out.size:
-            rnd = accum.draw(mode, key0, key1, offset + i, rbits)
+            rnd = np.uint64(accum.draw(mode, key0, key1, offset + i, rbits))
             out[i] = accum.apply_op(op, x[i], y[i], z[i], p, mode, rnd, rbits)
 
     _kernels.update(matmul=matmul_kernel, ops=ops_kernel)

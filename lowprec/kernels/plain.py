@@ -1,8 +1,9 @@
-"""kernels/scalar.py's definitions and cpu.py's runtime-argument loops, run by the Python interpreter.
+"""Kernel functions run by the Python interpreter: :func:`twin` (kernels/scalar.py's definitions, cpu.py's
+runtime-argument loops, the block and accumulation steps).
 
 A first ``round_to``, ``encode``, ``decode`` or ``explain`` of a few values should not wait seconds for a
-compiler. These are the same functions (the same code objects, kernels/jit.py's
-:meth:`~lowprec.kernels.jit.Definitions.python` and :func:`~lowprec.kernels.jit.interpreted`), with
+compiler, and neither should numba's CUDA simulator, which calls a kernel's device functions from Python
+(kernels/cuda.py's ``device_functions``). These are the same functions (the same code objects), with
 the few names that only numba can run replaced by their plain-Python meaning:
 
 - numpy's fixed-width integer conversions (``np.int64(v)``, ``np.uint32(v)``, ...) wrap ``v`` to the
@@ -12,7 +13,11 @@ the few names that only numba can run replaced by their plain-Python meaning:
 - the intrinsics ``_like``, ``_shl``, ``_shr``, ``_mix32``, the bit casts and ``_int_times_pow2_bits``
   do what their docstrings in scalar.py say. Values run in 64-bit lanes (a float32 carrier's bits
   held in an int64, a form the definitions support), except where the source converts to ``np.int32``:
-  such a value is an :class:`_I32` and keeps its width through ``_like`` and the shifts.
+  such a value is an :class:`_I32` and keeps its width through ``_like`` and the shifts;
+- ``np.float32`` is numpy's float32 scalar (each float32 operation rounded to float32, as compiled code
+  does; numpy may warn where compiled code silently overflows to Inf), ``prange`` is ``range``. Python
+  floats are IEEE doubles, but ``x / 0.0`` raises: the steps twinned for the simulator guard their
+  divisions (the accumulation's ``apply_op``, which divides by its operand, stays compiled there).
 
 kernels/dispatch.py runs these loops for small arrays until the compiled runtime-argument loop is
 available (compiled in this process or found in numba's on-disk cache). Same bits:
@@ -23,9 +28,13 @@ mode and carrier. About 20-60 us per element, so only for a few elements.
 from __future__ import annotations
 
 import struct
+import sys
+import threading
+import types as _types
+
+import numpy as _np
 
 from . import cpu, scalar
-from .jit import interpreted
 
 _M64 = (1 << 64) - 1
 _M32 = (1 << 32) - 1
@@ -122,12 +131,101 @@ def _int_times_pow2_bits(proto, k, scale):
     return struct.unpack("<q", struct.pack("<d", v))[0]
 
 
-#: scalar.py's definitions, run by the interpreter
-DEFINITIONS = scalar.DEFINITIONS.python({
-    "np": _FixedWidth, "_like": _like, "_shl": _shl, "_shr": _shr, "_mix32": _mix32,
+class _Numpy(_FixedWidth):
+    """``np`` as the twins see it: :class:`_FixedWidth`'s integer conversions, ``float32`` as numpy's
+    float32 scalar (float32 arithmetic rounds each operation to float32, as compiled code does), every
+    other name numpy's own."""
+
+    float32 = _np.float32
+
+    def __getattr__(self, name):
+        return getattr(_np, name)
+
+
+#: names that only numba can run, by the name the kernel sources use, and their plain-Python meaning
+_TWIN_NAMES = {
+    "np": _Numpy(), "prange": range, "_like": _like, "_shl": _shl, "_shr": _shr, "_mix32": _mix32,
     "f64_as_i64": f64_as_i64, "i64_as_f64": i64_as_f64, "f32_as_i32": f32_as_i32, "i32_as_f32": i32_as_f32,
     "_int_times_pow2_bits": _int_times_pow2_bits,
-})
+}
+#: the same, by identity (for intrinsics reached as module attributes, ``scalar.f64_as_i64``)
+_TWIN_OBJECTS = {id(getattr(scalar, k)): v for k, v in _TWIN_NAMES.items() if hasattr(scalar, k)}
+_twins: dict = {}  # id of the original -> (original, twin): the originals stay alive, so ids stay unique
+_twin_lock = threading.RLock()
+
+
+def twin(obj):
+    """The plain-Python twin of a compiled kernel function (or of a kernel module): its own source run by
+    the interpreter, with every lowprec function it reaches (through its globals, its closure cells and the
+    attributes of kernel modules) replaced by that function's twin, and the names only numba can run
+    (``_TWIN_NAMES``) by their plain-Python meaning. Anything else is returned as it is.
+
+    No compiler involved: a first call of a few values, ``explain``, and numba's CUDA simulator (whose
+    threads call the device functions from Python: kernels/cuda.py, block_cuda.py, linalg_cuda.py) run these
+    instead of compiling each function for Python's argument types in every process."""
+    with _twin_lock:
+        return _twin(obj)
+
+
+def _twin(obj):
+    hit = _twins.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    if id(obj) in _TWIN_OBJECTS:
+        return _TWIN_OBJECTS[id(obj)]
+    f = obj if isinstance(obj, _types.FunctionType) else getattr(obj, "py_func", None)
+    if isinstance(f, _types.FunctionType) and f.__module__.startswith(_PACKAGE):
+        cells = None if f.__closure__ is None else tuple(_types.CellType() for _ in f.__closure__)
+        copy = _types.FunctionType(f.__code__, _namespace(f.__globals__), f.__name__, f.__defaults__, cells)
+        copy.__qualname__ = f.__qualname__ + "<python>"
+        copy.__module__ = f.__module__
+        copy.__doc__ = f.__doc__
+        _twins[id(obj)] = (obj, copy)
+        for new, old in zip(cells or (), f.__closure__ or ()):  # filled after registering: cycles end here
+            try:
+                new.cell_contents = _twin(old.cell_contents)
+            except ValueError:  # an empty cell stays empty
+                pass
+        return copy
+    if isinstance(obj, _types.ModuleType) and obj.__name__.startswith(_PACKAGE) and obj is not _self:
+        mod = _ModuleTwin(obj.__name__ + "<python>", _namespace(vars(obj)))
+        _twins[id(obj)] = (obj, mod)
+        return mod
+    return obj
+
+
+class _ModuleTwin(_types.ModuleType):
+    """A kernel module seen through its twinned namespace (``scalar.round_bits`` in a twin is the twin)."""
+
+    def __init__(self, name, namespace):
+        super().__init__(name)
+        self._namespace = namespace
+
+    def __getattr__(self, name):
+        try:
+            return self._namespace[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _namespace(globals_: dict) -> dict:
+    """A copy of a module's globals with every value twinned (memoised: the functions of a module share it;
+    registered before it is filled, so a cycle sees it, partly filled, and names are looked up at call time)."""
+    hit = _twins.get(id(globals_))
+    if hit is not None and hit[0] is globals_:
+        return hit[1]
+    ns: dict = {}
+    _twins[id(globals_)] = (globals_, ns)
+    for k, v in list(globals_.items()):
+        ns[k] = _TWIN_NAMES[k] if k in _TWIN_NAMES else _twin(v)
+    return ns
+
+
+_PACKAGE = __name__.rsplit(".", 1)[0]  # "lowprec.kernels"
+_self = sys.modules[__name__]
+
+#: scalar.py's definitions, run by the interpreter
+DEFINITIONS = twin(scalar.DEFINITIONS.called())
 
 _LOOPS: dict = {}
 
@@ -136,8 +234,5 @@ def element_loop(op: int, kind: int):
     """cpu.py's runtime-argument loop of ``op`` for a format kind, run by the interpreter (same arguments)."""
     loop = _LOOPS.get((op, kind))
     if loop is None:
-        generic = cpu.element_any(op, kind)
-        namespace = dict(generic.py_func.__globals__)
-        namespace.update(np=_FixedWidth, _called=DEFINITIONS)
-        loop = _LOOPS[op, kind] = interpreted(generic, namespace)
+        loop = _LOOPS[op, kind] = twin(cpu.element_any(op, kind))
     return loop
