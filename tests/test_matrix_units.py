@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowprec import round_to
-from lowprec.kernels import dispatch
+from lowprec.kernels import dispatch, mma_cpu
 from lowprec.kernels.mma_cpu import TILE_J
 from lowprec.linalg import dot, matmul
 from lowprec.matrix_units import (
@@ -238,6 +238,13 @@ def test_shapes_batches_and_addend():
 
 
 # -- threads --------------------------------------------------------------------
+@pytest.fixture
+def threads_always(monkeypatch):
+    """Small products run on the calling thread (mma_cpu.SERIAL_BELOW); these tests' products take the thread pool."""
+    monkeypatch.setattr(mma_cpu, "SERIAL_BELOW", 0)
+
+
+@pytest.mark.usefixtures("threads_always")
 @pytest.mark.parametrize("name", ["nv-ampere-bf16", "nv-hopper-fp8-promote128", "nv-volta-fp16-f16"])
 def test_one_thread_equals_two(name):
     """Ten row tiles and two column panels of the kernel (the second partial) on one and on two threads; the
@@ -256,6 +263,55 @@ def test_one_thread_equals_two(name):
     finally:
         numba.set_num_threads(old)
     assert same_bits(r1, r2)
+
+
+def test_serial_launch_keeps_the_bits(monkeypatch):
+    """A product below mma_cpu.SERIAL_BELOW runs on the calling thread, above it on the pool: the same bits."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((40, 64)), rng.standard_normal((64, 96))
+    assert 40 * 64 * 128 < mma_cpu.SERIAL_BELOW
+    serial = matmul(a, b, "nv-hopper-fp8")
+    monkeypatch.setattr(mma_cpu, "SERIAL_BELOW", 0)
+    assert same_bits(serial, matmul(a, b, "nv-hopper-fp8"))
+
+
+def _quantized_operands(u, rng, M, K, N):
+    """Elements of the unit's formats and, block-scaled, scale values per block along K (and the dequantized values)."""
+    QA = np.asarray(round_to(rng.standard_normal((M, K)) * 2.0 ** rng.integers(-6, 6, (M, K)), u.a_format), np.float64)
+    QB = np.asarray(round_to(rng.standard_normal((K, N)) * 2.0 ** rng.integers(-6, 6, (K, N)), u.b_format), np.float64)
+    QA[rng.random((M, K)) < 0.05] = 0.0  # zero terms (their steps align at e_zero)
+    QB[rng.random((K, N)) < 0.05] = -0.0
+    if u.block_format is None:
+        return QA, None, QB, None
+    nb = -(-K // u.block)
+    sf = u.block_format.scale
+    SA = np.asarray(round_to(2.0 ** rng.uniform(-8, 8, (M, nb)), sf), np.float64)
+    SB = np.asarray(round_to(2.0 ** rng.uniform(-8, 8, (nb, N)), sf), np.float64)
+    return QA, SA, QB, SB
+
+
+@pytest.mark.parametrize("name", ["nv-ampere-bf16", "nv-hopper-fp8-promote128", "nv-blackwell-mxfp8",
+                                  "nv-blackwell-nvfp4"])
+@pytest.mark.parametrize("M,K,N", [(70, 40, 5), (3, 40, 20), (5, 40, 100), (4, 40, TILE_J + 36)])
+def test_panel_widths_and_transposed_products(name, M, K, N):
+    """The tile's lanes are the columns of a panel of B whose width follows N (mma_cpu.panel_width: 16 lanes for 5
+    columns, 32 for 20, 128 for 100, two panels of 192 for 292), and a product with fewer than 64 columns and more
+    rows than columns runs transposed (c.T + b.T @ a.T). Entries in the first and last row and column, and in the
+    middle, against the exact reference."""
+    u = PRESETS[name]
+    assert [mma_cpu.panel_width(n) for n in (5, 20, 100, TILE_J + 36)] == [16, 32, 128, 192]
+    rng = np.random.default_rng(M * 1000 + N)
+    QA, SA, QB, SB = _quantized_operands(u, rng, M, K, N)
+    C = np.asarray(round_to(rng.standard_normal((M, N)), "fp32"), np.float64)
+    rows, cols = sorted({0, M // 2, M - 1}), sorted({0, N // 2, N - 1})
+    if u.block_format is None:
+        got = matmul(QA, QB, u, c=C)
+        exp = ref.mma_matmul(QA[rows], QB[:, cols], C[np.ix_(rows, cols)], u)
+    else:
+        A, B = _dequantized(u, QA, SA, QB, SB)
+        got = block_matmul(A, SA, B, SB, u, c=C)
+        exp = ref.block_mma_matmul(QA[rows], SA[rows], QB[:, cols], SB[:, cols], C[np.ix_(rows, cols)], u)
+    assert same_bits(got[np.ix_(rows, cols)], exp)
 
 
 # -- DeepSeek-V3: fp8 accumulation error grows with K, promotion every 128 keeps it flat ----------
@@ -650,6 +706,7 @@ def test_block_matmul_validation():
         block_matmul(np.full((1, 64), 5.0), np.ones((1, 4)), np.ones((64, 1)), np.ones((4, 1)), "nv-blackwell-nvfp4")
 
 
+@pytest.mark.usefixtures("threads_always")
 @pytest.mark.parametrize("name", SCALED)
 def test_block_one_thread_equals_two(name):
     rng = np.random.default_rng(9)

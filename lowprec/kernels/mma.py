@@ -21,9 +21,9 @@ exactly in float64:
   Inf/NaN operand or addend makes the float64 sum the IEEE result of the exact sum (``Inf * 0`` and
   ``Inf - Inf`` give NaN);
 - the step's value ``sum * 2**(e_max - frac_bits)`` (exact) is rounded once to the output format
-  (:func:`round_out`): toward zero (``trunc``) or nearest-even (``rint``) at the output's quantum
-  ``2**q``, ``q = max(E, emin) - man``; ``|r| >= 2**(emax + 1)`` gives +-Inf (the hardware's toward-zero
-  conversion overflows to Inf); NaN is canonical;
+  (:func:`round_out`): toward zero (its float64 bits below the output's quantum cleared) or nearest-even
+  (``rint``) at the output's quantum ``2**q``, ``q = max(E, emin) - man``; ``|r| >= 2**(emax + 1)`` gives
+  +-Inf (the hardware's toward-zero conversion overflows to Inf); NaN is canonical;
 - promotion (DeepSeek-V3's recipe, :func:`promote`): a block's chain result is added to the fp32 total
   with float64 addition rounded to float32, one IEEE fp32 addition (double rounding through 53 bits is
   innocuous for a sum of two fp32 values: 53 >= 2*24 + 2).
@@ -103,10 +103,21 @@ def aligned(t, s):
 @_jit
 def round_out(v, om, oemin, overflow, rz):
     """The exact step value ``v`` rounded once to the output format (``om`` mantissa bits, ``oemin``):
-    toward zero when ``rz``, else nearest-even; ``|r| >= overflow`` (2**(emax + 1)) is +-Inf; NaN canonical."""
-    q = exponent(v, oemin) - om
-    x = v * pow2(-q)
-    r = (np.trunc(x) if rz else np.rint(x)) * pow2(q)
+    toward zero when ``rz``, else nearest-even; ``|r| >= overflow`` (2**(emax + 1)) is +-Inf; NaN canonical.
+
+    Both cut ``v`` at the output's quantum ``2**q``, ``q = max(E, oemin) - om``. Toward zero clears the
+    ``d = q - (E - 52)`` bits of ``v``'s float64 significand below it (``d = 52 - om + max(0, oemin - E)``; all
+    63 bits but the sign when ``d > 52``: ``|v| < 2**q`` gives a zero of ``v``'s sign), which is ``trunc(v / 2**q)
+    * 2**q`` with integer operations (a zero keeps its sign, Inf its zero significand; a NaN that arithmetic made,
+    as ``v`` is, has its quiet bit 51 set, which ``d <= 52 - om`` keeps). Nearest-even scales, ``rint``s, scales
+    back (both scalings exact: ``v`` is a float64 with ``-340 < E < 1030``)."""
+    if rz:
+        b = f64_as_i64(v)
+        d = 52 - om + max(0, oemin - (((b >> 52) & 0x7FF) - 1023))
+        r = i64_as_f64(b & (np.int64(-1) << (63 if d > 52 else d)))
+    else:
+        q = exponent(v, oemin) - om
+        r = np.rint(v * pow2(-q)) * pow2(q)
     r = np.copysign(np.inf, r) if abs(r) >= overflow else r
     return np.nan if r != r else r
 
