@@ -223,16 +223,16 @@ def round_to(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, off
     k0, k1, off = resolve_seed(seed, flat.size, stream, offset) if r._stochastic else (0, 0, 0)  # after every check
     direct = out is not None and out.dtype == arr.dtype and out.flags.c_contiguous and out.flags.aligned
     res = out.reshape(-1) if direct else np.empty(flat.size, dtype=arr.dtype)
-    r._run(flat, res, k0, k1, off)
+    (r._run if r._via64 else r._run_carrier)(flat, res, k0, k1, off)
     if out is not None:
         if not direct:
             out[...] = res.reshape(arr.shape)
         return out
-    if not one_d:
-        res = res.reshape(arr.shape)
     if res.dtype != out_dtype:
         res = res.astype(out_dtype)
-    return res[()] if is_scalar else res
+    if is_scalar:  # (one element)
+        return res[0]
+    return res if one_d else res.reshape(arr.shape)
 
 
 _NO_KEYS = (np.uint32(0), np.uint32(0), np.int64(0))  # the counter arguments of deterministic modes
@@ -312,7 +312,7 @@ class PreparedRounding:
             k0, k1, off = seed.take(n) if type(seed) is RandomStream else resolve_seed(seed, n)
         else:
             k0 = k1 = off = 0
-        self._run(flat, res, k0, k1, off)
+        (self._run if self._via64 else self._run_carrier)(flat, res, k0, k1, off)
         if out is not None:
             if not direct:
                 out[...] = res.reshape(x.shape)
