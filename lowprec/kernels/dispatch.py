@@ -49,7 +49,7 @@ from ..formats import FP32 as _FP32
 from ..formats import FloatFormat
 from ..rounding import Rounding
 from . import cpu, plain
-from .jit import is_cached
+from .jit import ParallelKernel, is_cached
 
 BACKENDS = ("cpu", "cuda", "auto")
 ROUND, ENCODE, DECODE = cpu.ROUND, cpu.ENCODE, cpu.DECODE  # the loops' op codes
@@ -138,7 +138,10 @@ def entry_point(loop, args):
     arrays also takes the ``float32`` arrays themselves (same item size, same bytes): no ``view`` per call.
     Only for arguments of exactly the types given here: the same scalar types, and arrays of the same item
     size, number of dimensions, layout (C-contiguous) and alignment (numba compiled the loop for them; the
-    caller checks) -- anything else goes through the dispatcher."""
+    caller checks) -- anything else goes through the dispatcher. Serial loops only: a parallel kernel is launched
+    through its wrapper, which serialises launches where numba's threading layer needs it."""
+    if isinstance(loop, ParallelKernel):  # (its launches may need jit.ParallelKernel's lock: keep the wrapper)
+        return None
     try:
         sig = tuple(typeof(a) for a in args)
         overload = loop.overloads.get(sig)
