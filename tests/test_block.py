@@ -13,6 +13,7 @@ import lowprec.block as lb
 from block_reference import draws, pow2_scale_exponent, quantize_block, round_e8m0, round_ue4m3
 from lowprec.formats import E8M0, FP32, UE4M3, FixedFormat, FloatFormat, get_format
 from lowprec.rng import derive_key
+from reference import round_fraction
 
 RULES = ["floor", "ceil", "even", "rceil"]
 MX = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"]
@@ -20,6 +21,8 @@ MX = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"]
 
 def _bits(a):
     a = np.asarray(a)
+    if a.dtype.kind in "ui":  # element codes (encode)
+        return a
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
 
 
@@ -517,6 +520,111 @@ def test_nvfp4_element_rounding_at_midpoints(monkeypatch):
         ref += r
     _same(rows[0], np.array(ref, dtype=np.float32))
     _same(runtime[0], rows[0])
+
+
+def _pow2_edge_rows():
+    """float32 blocks of 32 for mxfp8_e4m3: the microxcaling block (clips under floor and even), amax exactly 256
+    with elements at e4m3 midpoints (normal and subnormal ones, both signs, ties to even, to -0), float32
+    subnormals (the scale exponent clamped at -127), values near float32's max, zeros, random blocks over a wide
+    range of exponents, and blocks holding NaN and Inf."""
+    mids = [1.0625, 1.1875, 17.0, 19.0, 2.0 ** -10, 3 * 2.0 ** -10, 5 * 2.0 ** -10, 1.0625 + 2.0 ** -20, 2.0 ** -9]
+    tie_block = [256.0] + mids + [-v for v in mids] + [-(2.0 ** -11), 0.0, -0.0, 2.0 ** -30, 255.9, 240.0, 232.0]
+    rng = np.random.default_rng(21)
+    rows = [[960.0, 957.0] + [1.0] * 30, tie_block[:32],
+            [2.0 ** -149 * k for k in range(1, 33)], [-(2.0 ** -140), 2.0 ** -133] + [2.0 ** -149] * 30,
+            [3.4e38, -3.0e38, 1e38, 2.0 ** 127] + [1e30] * 28, [0.0] * 31 + [-0.0]]
+    rows += list(rng.standard_normal((6, 32)) * np.exp2(rng.integers(-60, 60, (6, 1))))
+    rows += [[1.0] * 5 + [np.nan] + [2.0] * 26, [np.inf] + [1.0] * 31]
+    return np.array([np.resize(np.array(r, dtype=np.float64), 32) for r in rows], dtype=np.float32)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_row_loop_pow2_rules_match_the_fraction_reference(rule, monkeypatch):
+    """mxfp8_e4m3's row loop (float32, nearest-even: elements by scalar.round_grid_f32, the pass of scales
+    compiled once per rule inside one loop) against the Fraction reference, block by block, on edge blocks
+    (:func:`_pow2_edge_rows`), whatever the array size (dispatch.BLOCK_SPECIALISE_FROM set to 0)."""
+    from lowprec.kernels import dispatch
+
+    x = _pow2_edge_rows()
+    bf = lb.get_block_format("mxfp8_e4m3").replace(on_inf="nan")
+    monkeypatch.setattr(dispatch, "BLOCK_SPECIALISE_FROM", 0)
+    ours = lb.quantize(x, bf, scale_rule=rule)
+    for r in range(x.shape[0]):
+        ref, _ = quantize_block(x[r], bf.element, rule)
+        _same(ours[r], np.array(ref, dtype=np.float32))
+
+
+def _scale_runner(step):
+    """A compiled loop of the amax scale step ``step`` (block_cpu._fast_scale_amax) over float32 amax bits."""
+    assert step is not None
+
+    @numba.njit
+    def run(amax, max_elem, s_t, out):
+        for i in range(amax.size):
+            out[i] = step(np.int64(amax[i]), 32, 23, 127, 4, 0, 0, max_elem, (0,) * 9, s_t)[1]
+    return run
+
+
+@pytest.mark.parametrize("name,rules", [
+    ("mxfp4", RULES),  # CI: the float64 loop `lowprec warm` compiles (analyze); slow: amax scales on float64
+    pytest.param("nvfp4", ["amax"], marks=pytest.mark.slow)])
+def test_float64_row_loops_match_the_fraction_reference(name, rules, monkeypatch):
+    """The float64 row loops (elements by scalar.round_grid_f64) against the Fraction reference, block by block:
+    exponents over float64's range (blocks near 1e300 saturate through the clamped scale exponent 127, float64
+    subnormals, an exact E2M1 midpoint and its float64 neighbours), every power-of-two rule."""
+    from lowprec.kernels import dispatch
+
+    bf = lb.get_block_format(name)
+    B = bf.block[0]
+    rng = np.random.default_rng(22)
+    rows = [rng.standard_normal(B) * 2.0 ** k for k in (-1060, -500, -20, 0, 30, 600, 1000)]
+    rows += [np.resize([1e300, -1.7e308, 3.0], B), np.resize([5e-324, -1e-310, 0.0], B),
+             np.resize([6.0, 1.25, np.nextafter(1.25, 0), np.nextafter(1.25, 2), -2.5, 0.25, -0.25], B)]
+    x = np.array(rows)
+    if bf.tensor_scale:  # (a tensor amax beyond float32's range has no fp32 tensor scale)
+        x = np.clip(x, -1e38, 1e38)
+    monkeypatch.setattr(dispatch, "BLOCK_SPECIALISE_FROM", 0)
+    for rule in rules:
+        ours = lb.quantize(x, bf, scale_rule=rule)
+        s_t = 1.0
+        if bf.tensor_scale:
+            amax_t = float(np.abs(x).max())
+            s_t = float(np.float32(amax_t / (float(bf.scale.max) * bf.max_elem)))
+        for r in range(x.shape[0]):
+            ref, _ = quantize_block(x[r], bf.element, rule, dtype=np.float64, scale_fmt=bf.scale, s_t=s_t)
+            _same(ours[r], np.array(ref))
+
+
+def test_fast_amax_scales_match_the_reference():
+    """The row loops' amax scale steps without a call per block (kernels/block_cpu._fast_scale_amax): UE4M3 (NVFP4)
+    and fp32 (the DeepSeek tiles) scales of ratios amax / (max_elem * s_t) at UE4M3 midpoints and one float32 step
+    either side, in UE4M3's subnormal range, below float32's smallest normal, beyond UE4M3's max and float32's max
+    (saturation), against the Fraction reference (block_reference.round_ue4m3, fractions for fp32)."""
+    from lowprec.kernels import block_cpu
+
+    ue_vals = np.array([float(v) for v in lowprec.decode(np.arange(127, dtype=np.uint8), "ue4m3")])
+    mids = (ue_vals[:-1] + ue_vals[1:]) / 2  # every midpoint between neighbouring UE4M3 values
+    ratios = np.concatenate([mids, ue_vals, [500.0, 464.0, 1e30, 2.0 ** -12, 2.0 ** -130, 1e-45, 0.0]])
+    cases = []
+    for s_t in (1.0, float(np.float32(0.7)), 2.0 ** -140):
+        for max_elem in (6.0, 448.0, 2.0 ** -60):
+            amax = (ratios * (max_elem * s_t)).astype(np.float32)
+            amax = np.concatenate([amax, np.nextafter(amax, np.float32(0)), np.nextafter(amax, np.float32(np.inf))])
+            amax = amax[np.isfinite(amax)]
+            cases.append((amax, max_elem, s_t))
+    for scale_fmt in (UE4M3, FP32):
+        run = _scale_runner(block_cpu._fast_scale_amax(scale_fmt.replace(saturate=True, name=scale_fmt.name)
+                                                       ._kernel_params()))
+        for amax, max_elem, s_t in cases:
+            got = np.empty(amax.size)
+            run(amax.view(np.int32), max_elem, s_t, got)
+            for a, g in zip(amax.tolist(), got.tolist()):
+                ratio = a / (max_elem * s_t)
+                if scale_fmt == UE4M3:
+                    want = round_ue4m3(ratio, "nearest_even", saturate=True)
+                else:  # nearest-even onto float32's grid from the exact float64 ratio, saturating at its max
+                    want = round_fraction(ratio, FP32.replace(saturate=True, name="fp32"), "nearest_even")
+                assert g == want, (scale_fmt.name, a, max_elem, s_t, ratio, g, want)
 
 
 def test_stochastic_rounding_follows_the_counter_stream():

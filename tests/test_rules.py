@@ -138,6 +138,29 @@ def ref_nearest_even(x, fmt):
     return want
 
 
+#: saturating formats for round_grid_f32: the block formats' elements and UE4M3 scales' neighbours, and fp16
+SATURATING = [get_format(n).replace(saturate=True, name=n) for n in
+              ("fp8_e4m3fn", "fp8_e5m2", "fp6_e3m2fn", "fp6_e2m3fn", "fp4_e2m1fn", "fp16")]
+
+
+def saturating_inputs(fmt):
+    """round_inputs and the float32 values either side of each (a tie's float32 neighbours), up to 2**120."""
+    xs = round_inputs(fmt)
+    with np.errstate(over="ignore"):
+        for x in list(xs):
+            if math.isfinite(x) and abs(x) < 2.0 ** 120:
+                f = np.float32(x)
+                xs += [float(np.nextafter(f, np.float32(-np.inf))), float(np.nextafter(f, np.float32(np.inf)))]
+    return xs + [2.0 ** 120, -3.0 * 2.0 ** 100, 2.0 ** -149, -(2.0 ** -130)]
+
+
+def ref_nearest_even_saturate(x, fmt):
+    want = round_fraction(x, fmt, "nearest_even")
+    scalar_def = float(np.asarray(round_to(np.array([x], dtype=np.float64), fmt), dtype=np.float64)[0])
+    assert same(want, scalar_def), ("reference and lowprec.round_to differ", x, fmt.name, want, scalar_def)
+    return want
+
+
 def _exact_sum(s, t):
     """The exact s + t (a Fraction), or the float result where it is not finite or is an exact zero."""
     if not (math.isfinite(s) and math.isfinite(t)):
@@ -195,6 +218,8 @@ RULE_TESTS = {
     "two_prod": (lambda: pairs(float64_operands(), float64_operands()), check_two_prod),
     "odd_sum": (lambda: pairs(float64_operands(), float64_operands()), _value_check(ref_odd_sum)),
     "nearest_even": (lambda: [(x, fmt) for fmt in FORMATS for x in round_inputs(fmt)], _value_check(ref_nearest_even)),
+    "nearest_even_saturate": (lambda: [(x, fmt) for fmt in SATURATING for x in saturating_inputs(fmt)],
+                              _value_check(ref_nearest_even_saturate)),
     "sum_nearest_even": (_sum_data, _value_check(ref_sum_nearest_even)),
     "sum_stochastic": (_stochastic_data, _value_check(ref_sum_stochastic)),
     "random_bits": (lambda: [(k0, k1, c) for k0, k1 in KEYS for c in COUNTERS + [c + 2 ** 32 for c in COUNTERS[:4]]],

@@ -45,6 +45,9 @@ Two kinds of loop, the same steps and bits (kernels/dispatch.py chooses):
   (:func:`_build_rows`): the whole element format and the block length are constants too, chunks of 4096
   elements go through three passes (amax, scale, elements), and the steps are scalar.py's called
   definitions, which LLVM inlines and vectorises there (a fraction of the compile time of numba's inlining).
+  With float32 input and nearest-even rounding the element step is scalar.py's ``round_grid_f32`` (a few
+  float32 operations per element, :func:`_fast_step`) and an ``amax`` scale is computed without a call per
+  block (:func:`_fast_scale_amax`): the same bits, by the proofs in their docstrings.
 """
 
 import numpy as np
@@ -58,7 +61,8 @@ RULES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL, "amax": AMA
 QUANTIZE, ENCODE = 0, 1
 E8M0_BIAS = 127
 _CHUNK = 16  # blocks per parallel work item
-_ROW_CHUNK = 4096  # elements per parallel work item of the row loops
+_ROW_CHUNK = 4096  # elements per chunk of the row loops
+_GROUPS = 256  # parallel work items of the row loops at most (each a run of chunks)
 ROW_BLOCKS = (16, 32, 128)  # block lengths with a row loop (the presets')
 _called = scalar.DEFINITIONS.called()
 
@@ -159,7 +163,12 @@ def _quotient_ro32(u, S, lo):
     fewer significand bits (and a range inside float32's) gives what rounding the float64 quotient gives, in
     every mode but stochastic (round-to-odd keeps the value strictly between the same two neighbours of the
     coarser format, whose points and midpoints are even float32 values): the element rounds in 32-bit lanes."""
-    d = scalar.i64_as_f64(_quotient(u, 32, S, lo))
+    return _ro32(scalar.i64_as_f64(_quotient(u, 32, S, lo)))
+
+
+@njit(inline="always")
+def _ro32(d):
+    """float32 bits (int32) of the float64 ``d`` rounded to float32 to odd (:func:`_quotient_ro32`)."""
     t = np.float32(d)
     tf = np.float64(t)
     away = np.int32(abs(tf) > abs(d))  # t rounded away from zero (never past float32's max: that is odd)
@@ -363,119 +372,282 @@ def _build(spec):
     return loop
 
 
+def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
+    """The element step of a row loop that rounds with scalar.py's :func:`~lowprec.kernels.scalar.round_grid_f32`
+    or :func:`~lowprec.kernels.scalar.round_grid_f64` (a handful of float operations per element) where it gives
+    the bits of the general step, else None: value bits out (QUANTIZE), nearest-even, a (signed) float element
+    format with -0, subnormals and a zero, saturating, whose grid parameters exist. The rounded value is finite:
+
+    - power-of-two scales: ``y = x * 2**-e`` (:func:`_scaled`, the general step's product), ``|y| < 2**(emax_elem +
+      1)`` for float32 input (float64 input may give more: round_grid's ``min(|y|, top)`` saturates it); float32
+      input rounds in float32 (round_grid_f32), float64 input in float64;
+    - ``amax`` scales: the float64 quotient ``fl64(x / S)`` (:func:`_quotient`, the general step's), rounded in
+      float64 (round_grid_f64) for float32 and float64 input: the value the general step rounds, without the
+      detour through float32 (round to odd) and the integer rounding."""
+    if not (op_c == QUANTIZE and mode_c == scalar.NEAREST_EVEN and pe[0] == scalar.KIND_FLOAT):
+        return None
+    m, emin, bias, tmax, nan_code, subn, sat = pe[1:8]
+    if sat != 1 or subn != 1 or nan_code == scalar.NAN_NEGATIVE_ZERO or emin == -bias:
+        return None
+    emax = (tmax >> m) - bias
+    maxv = float(2.0 ** (emax - m) * ((tmax & ((1 << m) - 1)) | (1 << m)))
+    p32 = scalar.grid_f32_params(m, emin, emax, maxv)
+    p64 = scalar.grid_f64_params(m, emin, emax, maxv)
+    CW = 32 if carrier32 else 64
+    if not amax_c and carrier32 and p32 is not None:
+        cadd, minc, top, maxv32 = p32
+        grid = _called.round_grid_f32
+
+        @njit(inline="always")
+        def step(u, CW_, CM, CB, pe_, s_in, s_out, S, lo, mode, rnd, rbits):
+            y = scalar.i32_as_f32(np.int32(_scaled(u, 32, s_in, lo)))  # x * 2**-e, exact (see the module docstring)
+            q = grid(y, cadd, minc, top, maxv32)
+            return np.int64(scalar._like(u, scalar.f32_as_i32(q * np.float32(s_out))))  # q * 2**e: exact
+        return step
+    if p64 is None:
+        return None
+    cadd, minc, top, maxv64 = p64
+    grid = _called.round_grid_f64
+    if amax_c:
+        @njit(inline="always")
+        def step_amax(u, CW_, CM, CB, pe_, s_in, s_out, S, lo, mode, rnd, rbits):
+            q = grid(scalar.i64_as_f64(_quotient(u, CW, S, lo)), cadd, minc, top, maxv64)
+            return np.int64(_store(u, CW, q * S if S != 0.0 else q))
+        return step_amax
+    if carrier32:
+        return None
+
+    @njit(inline="always")
+    def step64(u, CW_, CM, CB, pe_, s_in, s_out, S, lo, mode, rnd, rbits):
+        q = grid(scalar.i64_as_f64(_scaled(u, 64, s_in, lo)), cadd, minc, top, maxv64)
+        return np.int64(_scaled(scalar.f64_as_i64(q), 64, s_out, -np.inf))
+    return step64
+
+
+def _fast_scale_amax(ps):
+    """The ``amax`` scale step of a float32 row loop without a call per block, where it gives the bits of
+    ``_scale_amax`` (scale format ``ps`` rounded nearest-even, saturating, from the float64 ratio ``r = amax /
+    (max_elem * s_t)``, finite and >= +0), else None:
+
+    - an fp32 scale format: ``float32(min(r, FLT_MAX))``, IEEE's nearest-even conversion (gradual underflow), the
+      ``min`` being the saturation (every r above FLT_MAX rounds to FLT_MAX or beyond);
+    - a float scale format (UE4M3) of at most 21 mantissa bits whose grid_f32_params exist, with subnormals and
+      ``emin - m >= -147``: ``r`` rounded to float32 to odd (:func:`_ro32`: two or more bits beyond the format's,
+      also in float32's subnormal range, so the nearest-even result is kept), then
+      :func:`~lowprec.kernels.scalar.round_grid_f32` (r >= +0: the sign and an unsigned format's NaN for negative
+      input never arise)."""
+    kind, m, emin, bias, tmax, _, subn, sat = ps[:8]
+    if kind != scalar.KIND_FLOAT or sat != 1 or (subn & 1) == 0 or emin == -bias:
+        return None
+    if (m, emin, bias) == (23, -126, 127) and (tmax >> m) - bias == 127 and tmax & ((1 << m) - 1) == (1 << m) - 1:
+        flt_max = float(np.finfo(np.float32).max)
+
+        @njit(inline="always")
+        def scale_fp32(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps_, s_t):
+            ratio = _carrier_float(amax, 32) / (max_elem * s_t)
+            Sb = np.float64(np.float32(min(ratio, flt_max)))
+            return np.int64(0), Sb, 1.0, 1.0, Sb * s_t
+        return scale_fp32
+    emax = (tmax >> m) - bias
+    maxv = float(2.0 ** (emax - m) * ((tmax & ((1 << m) - 1)) | (1 << m)))
+    params = scalar.grid_f32_params(m, emin, emax, maxv)
+    if params is None or emin - m < -147:
+        return None
+    cadd, minc, top, maxv32 = params
+    grid = _called.round_grid_f32
+
+    @njit(inline="always")
+    def scale_grid(amax, CW, CM, CB, rule, emax_elem, m_elem, max_elem, ps_, s_t):
+        ratio = _carrier_float(amax, 32) / (max_elem * s_t)
+        Sb = np.float64(grid(scalar.i32_as_f32(_ro32(ratio)), cadd, minc, top, maxv32))
+        return np.int64(0), Sb, 1.0, 1.0, Sb * s_t
+    return scale_grid
+
+
 def _build_rows(spec):
     """The loop over blocks that are contiguous runs of ``B`` elements of rows (tiles ``1 x B``: ``TA == 1``,
     ``TQ == B``, the common layout of blocks along the last axis). ``spec`` is ``("rows", op, is_amax, mode, r32,
     carrier32, B) + pe`` (``+ ps`` for ``amax`` scales): the element format's (and the scale format's) parameters
     too are compile-time constants (every shift and bound of their rounding folds), and so is ``B``: a block's
-    amax and element loops have a constant trip count, which the compiler turns into straight vector code. A
-    row's last, shorter block (``Q`` not a multiple of ``B``) is copied into a block of zeros first (zeros change
-    neither amax nor any element; its elements keep their counters) and its results copied back: one copy of the
-    steps serves both.
+    amax and element loops have a constant trip count, which the compiler turns into straight vector code.
 
-    The parallel loop only hands out chunks of blocks; the work of a chunk is an ordinary compiled function
-    (``chunk``): numba's parallel-loop passes then see a few lines, not the inlined rounding (they were most
-    of the compile time). ``chunk`` is a closure: its qualified name carries the spec, so that two
-    specialisations loaded from the cache never share a symbol name (kernels/jit.py)."""
+    Work is handed out in chunks of 4096 elements, several chunks per parallel work item (``_GROUPS`` items at
+    most, each allocating its scratch once). A chunk runs three passes: every block's amax, every block's scale,
+    then the elements of *runs* of consecutive full blocks (the whole chunk when the row length is a multiple of
+    ``B``, else a row's full blocks) in one call of ``elements``, without a test per block; a row's last, shorter
+    block is copied into a block of zeros (zeros change neither amax nor any element; its elements keep their
+    counters) and goes through the same ``elements``; blocks holding NaN or Inf are then overwritten with their
+    result (their elements went through the steps with a finite scale, harmlessly). The element step is
+    :func:`_fast_step`'s where it applies, else the general one; both on scalar.py's called definitions, which
+    LLVM inlines and vectorises.
+
+    ``chunks`` and ``elements`` are ordinary compiled functions (numba's parallel-loop passes see a few lines, not
+    the inlined rounding: they were most of the compile time); they are closures whose qualified names carry the
+    spec, so that two specialisations loaded from the cache never share a symbol name (kernels/jit.py)."""
     _, op_c, amax_c, mode_c, r32, carrier32, B = spec[:7]
     K = max(_ROW_CHUNK // B, 1)  # blocks per chunk
     pe = tuple(int(v) for v in spec[7:16])
     ps_c = tuple(int(v) for v in spec[16:]) if amax_c else (0,) * 9  # (the power-of-two rules ignore it)
     stochastic_c = mode_c == scalar.STOCHASTIC
     rand = _called.random_bits_split
-    scale_of = _scale_amax_called if amax_c else _scale_pow2
-    # amax scales, float32 input, a deterministic mode, an element format with at most 21 significand bits and
-    # its range inside float32's: the element rounds in 32-bit lanes (_quotient_ro32), the same bits
+    scale_of = ((carrier32 and _fast_scale_amax(ps_c)) or _scale_amax_called) if amax_c else _scale_pow2
+    # the general step (where _fast_step does not apply: encoding, stochastic rounding, other formats); with amax
+    # scales, float32 input, a deterministic mode, an element format with at most 21 significand bits and its
+    # range inside float32's, the element rounds in 32-bit lanes (_quotient_ro32), the same bits
     ro32 = (amax_c and carrier32 and mode_c != scalar.STOCHASTIC and pe[0] == scalar.KIND_FLOAT and pe[1] <= 21
             and (pe[4] >> pe[1]) - pe[3] <= 126 and pe[2] - pe[1] >= -147)
-    step = _ELEMENT_CALLED["ro32" if ro32 else bool(amax_c), op_c]
+    step = (_fast_step(pe, op_c, amax_c, mode_c, carrier32)
+            or _ELEMENT_CALLED["ro32" if ro32 else bool(amax_c), op_c])
     ub = np.uint64(B)
     CW, CM, CB = (32, 23, 127) if carrier32 else (64, 52, 1023)
     absmask = (1 << (CW - 1)) - 1
     infbits = ((1 << (CW - 1 - CM)) - 1) << CM
     bad_out = (infbits | (1 << (CM - 1))) if op_c == QUANTIZE else 0
+    tag = "_".join(str(int(v)) for v in spec[1:])
 
-    def chunk(c, xi, out, scale_code, scale_val, Q, nQ, nblocks, ps, rule_arg, emax_elem, m_elem, max_elem, s_t, lo,
-              key0, key1, offset, rbits, one_hi, mixed_hi0):
+    def elements(src, dst, s0, ctr0, nblk, s_ins, s_outs, Ss, k0, lo, key0, key1, offset, rb, one_hi, mixed_hi0):
+        """Blocks k0 .. k0 + nblk - 1 of the chunk, full and consecutive: elements s0 .. of src into dst, counters
+        ctr0 .. (flat indices)."""
+        for k in range(np.uint64(nblk)):
+            kk = np.uint64(k0) + k  # (unsigned indices: no negative-index wraparound code)
+            s_in, s_out, S = s_ins[kk], s_outs[kk], Ss[kk]
+            sb = s0 + k * ub
+            # the block's counters offset + ctr0 + k*B + j: their low words in 32-bit lanes; the high word's mix per
+            # block, the next one's for the elements past a wrap of the low word (one block in 2**32 / B)
+            c0 = offset + ctr0 + np.int64(k) * B
+            lo0 = np.uint32(c0 & 0xFFFFFFFF)
+            mix_a = mixed_hi0 if one_hi else scalar._mix32(np.uint32((c0 >> 32) & 0xFFFFFFFF))
+            mix_b = mixed_hi0 if one_hi else scalar._mix32(np.uint32(((c0 + B - 1) >> 32) & 0xFFFFFFFF))
+            for j in range(ub):
+                rnd = np.uint64(0)
+                if stochastic_c:
+                    lo_j = np.uint32(lo0 + np.uint32(j))
+                    rnd = rand(key0, key1, lo_j, mix_b if lo_j < lo0 else mix_a, rb)
+                dst[sb + j] = step(src[sb + j], CW, CM, CB, pe, s_in, s_out, S, lo, mode_c, rnd, rb)
+
+    elements.__qualname__ = "_rows_elements_" + tag
+    elements = njit(nogil=True, error_model="numpy")(elements)
+
+    @njit(inline="always")
+    def scales(rule_c, b0, nb, amaxes, scale_code, scale_val, s_ins, s_outs, Ss, emax_elem, m_elem, max_elem, s_t):
+        """Pass 2 of a chunk: the scales of its nb blocks (first b0) under the rule ``rule_c`` (a constant where it is
+        inlined); returns (blocks with NaN, with Inf, either)."""
+        n_nan = 0
+        n_inf = 0
+        nbad = 0
+        for k in range(nb):
+            amax64 = amaxes[k]
+            n_nan += np.int64(amax64 > infbits)
+            n_inf += np.int64(amax64 == infbits)
+            code, val, s_in, s_out, S = scale_of(min(amax64, infbits - 1), CW, CM, CB, rule_c, emax_elem, m_elem,
+                                                 max_elem, ps_c, s_t)
+            bad = amax64 >= infbits
+            nbad += np.int64(bad)
+            ib = np.uint64(b0) + np.uint64(k)  # (unsigned: no negative-index wraparound code)
+            scale_code[ib] = 255 if bad else code
+            scale_val[ib] = np.nan if bad else val
+            s_ins[k] = s_in
+            s_outs[k] = s_out
+            Ss[k] = S
+        return n_nan, n_inf, nbad
+
+    def chunks(c0, c1, xi, out, scale_code, scale_val, Q, nQ, nblocks, ps, rule_arg, emax_elem, m_elem, max_elem, s_t,
+               lo, key0, key1, offset, rbits, one_hi, mixed_hi0):
         rb = 32 if r32 else rbits
-        b0 = c * K
-        nb = min(K, nblocks - b0)
-        row0 = b0 // nQ
-        bq0 = b0 - row0 * nQ
         lane = xi[0]
         amaxes = np.empty(K, dtype=np.int64)
         s_ins = np.empty(K, dtype=np.float64)
         s_outs = np.empty(K, dtype=np.float64)
         Ss = np.empty(K, dtype=np.float64)
-        # pass 1: every block's amax (independent chains; a full block's loop has a constant trip count)
-        row, bq = row0, bq0
-        for k in range(nb):
-            q0 = bq * B
-            base = np.uint64(row * Q + q0)
-            width = min(Q - q0, B)
-            amax = scalar._like(lane, 0)
-            if width == B:
-                for j in range(ub):
-                    amax = max(amax, scalar._like(lane, xi[base + j] & scalar._like(lane, absmask)))
-            else:
-                for j in range(np.uint64(width)):
-                    amax = max(amax, scalar._like(lane, xi[base + j] & scalar._like(lane, absmask)))
-            amaxes[k] = np.int64(amax)
-            bq += 1
-            if bq == nQ:
-                bq = 0
-                row += 1
-        # pass 2: every block's scale (independent: the processor overlaps them)
-        n_nan = 0
-        n_inf = 0
-        for k in range(nb):
-            amax64 = amaxes[k]
-            n_nan += np.int64(amax64 > infbits)
-            n_inf += np.int64(amax64 == infbits)
-            code, val, s_in, s_out, S = scale_of(min(amax64, infbits - 1), CW, CM, CB, rule_arg, emax_elem, m_elem,
-                                                 max_elem, ps_c, s_t)
-            bad = amax64 >= infbits
-            scale_code[b0 + k] = 255 if bad else code
-            scale_val[b0 + k] = np.nan if bad else val
-            s_ins[k] = s_in
-            s_outs[k] = s_out
-            Ss[k] = S
-        # pass 3: the elements
         pad_in = np.zeros(B, dtype=xi.dtype)
         pad_out = np.empty(B, dtype=out.dtype)
-        row, bq = row0, bq0
-        for k in range(nb):
-            q0 = bq * B
-            base = np.uint64(row * Q + q0)
-            width = min(Q - q0, B)
-            bq += 1
-            if bq == nQ:
-                bq = 0
-                row += 1
-            if amaxes[k] >= infbits:
-                for j in range(np.uint64(width)):
-                    out[base + j] = bad_out
-                continue
-            src, dst, sbase = xi, out, base
-            if width < B:  # a row's last, shorter block: padded with zeros
-                for j in range(np.uint64(width)):
-                    pad_in[j] = xi[base + j]
-                src, dst, sbase = pad_in, pad_out, np.uint64(0)
-            s_in, s_out, S = s_ins[k], s_outs[k], Ss[k]
-            for j in range(ub):
-                rnd = np.uint64(0)
-                if stochastic_c:
-                    ci = offset + np.int64(base + j)
-                    mixed_hi = mixed_hi0 if one_hi else scalar._mix32(np.uint32((ci >> 32) & 0xFFFFFFFF))
-                    rnd = rand(key0, key1, np.uint32(ci & 0xFFFFFFFF), mixed_hi, rb)
-                dst[sbase + j] = step(src[sbase + j], CW, CM, CB, pe, s_in, s_out, S, lo, mode_c, rnd, rb)
-            if width < B:
-                for j in range(np.uint64(width)):
-                    out[base + j] = pad_out[j]
+        nfull = Q // B  # full blocks per row
+        n_nan = 0
+        n_inf = 0
+        for c in range(c0, c1):
+            b0 = c * K
+            nb = min(K, nblocks - b0)
+            row0 = b0 // nQ
+            bq0 = b0 - row0 * nQ
+            # pass 1: every block's amax (independent chains; a full block's loop has a constant trip count)
+            row, bq = row0, bq0
+            for k in range(nb):
+                q0 = bq * B
+                base = np.uint64(row * Q + q0)
+                amax = scalar._like(lane, 0)
+                if bq < nfull:
+                    for j in range(ub):
+                        amax = max(amax, scalar._like(lane, xi[base + j] & scalar._like(lane, absmask)))
+                else:
+                    for j in range(np.uint64(Q - q0)):
+                        amax = max(amax, scalar._like(lane, xi[base + j] & scalar._like(lane, absmask)))
+                amaxes[k] = np.int64(amax)
+                bq += 1
+                if bq == nQ:
+                    bq = 0
+                    row += 1
+            # pass 2: every block's scale (independent: the processor overlaps them), the rule a constant in each copy
+            if amax_c:
+                a, i, nbad = scales(AMAX, b0, nb, amaxes, scale_code, scale_val, s_ins, s_outs, Ss, emax_elem, m_elem,
+                                    max_elem, s_t)
+            elif rule_arg == FLOOR:
+                a, i, nbad = scales(FLOOR, b0, nb, amaxes, scale_code, scale_val, s_ins, s_outs, Ss, emax_elem, m_elem,
+                                    max_elem, s_t)
+            elif rule_arg == CEIL:
+                a, i, nbad = scales(CEIL, b0, nb, amaxes, scale_code, scale_val, s_ins, s_outs, Ss, emax_elem, m_elem,
+                                    max_elem, s_t)
+            elif rule_arg == EVEN:
+                a, i, nbad = scales(EVEN, b0, nb, amaxes, scale_code, scale_val, s_ins, s_outs, Ss, emax_elem, m_elem,
+                                    max_elem, s_t)
+            else:
+                a, i, nbad = scales(RCEIL, b0, nb, amaxes, scale_code, scale_val, s_ins, s_outs, Ss, emax_elem, m_elem,
+                                    max_elem, s_t)
+            n_nan += a
+            n_inf += i
+            # pass 3: the elements, in runs of consecutive full blocks
+            base0 = np.uint64(row0 * Q + bq0 * B)
+            if nfull == nQ:  # rows of whole blocks: the chunk is one run
+                elements(xi, out, base0, np.int64(base0), np.int64(nb), s_ins, s_outs, Ss, np.int64(0), lo, key0, key1,
+                         offset, rb, one_hi, mixed_hi0)
+            else:
+                row, bq, k = row0, bq0, 0
+                while k < nb:
+                    base = np.uint64(row * Q + bq * B)
+                    run = min(nfull - bq, nb - k) if bq < nfull else 0
+                    if run > 0:
+                        elements(xi, out, base, np.int64(base), np.int64(run), s_ins, s_outs, Ss, np.int64(k), lo, key0,
+                                 key1, offset, rb, one_hi, mixed_hi0)
+                        k += run
+                        bq += run
+                    elif k < nb:  # the row's last, shorter block: padded with zeros
+                        width = np.uint64(Q - bq * B)
+                        for j in range(width):
+                            pad_in[j] = xi[base + j]
+                        elements(pad_in, pad_out, np.uint64(0), np.int64(base), np.int64(1), s_ins, s_outs, Ss,
+                                 np.int64(k), lo, key0, key1, offset, rb, one_hi, mixed_hi0)
+                        for j in range(width):
+                            out[base + j] = pad_out[j]
+                        k += 1
+                        bq += 1
+                    if bq == nQ:
+                        bq = 0
+                        row += 1
+            if nbad:  # blocks holding NaN or Inf: every element NaN (QUANTIZE) or pattern 0 (ENCODE)
+                row, bq = row0, bq0
+                for k in range(nb):
+                    if amaxes[k] >= infbits:
+                        q0 = bq * B
+                        base = np.uint64(row * Q + q0)
+                        for j in range(np.uint64(min(Q - q0, B))):
+                            out[base + j] = bad_out
+                    bq += 1
+                    if bq == nQ:
+                        bq = 0
+                        row += 1
         return n_nan, n_inf
 
-    chunk.__qualname__ = "_rows_chunk_" + "_".join(str(int(v)) for v in spec[1:])
-    chunk = njit(nogil=True, error_model="numpy")(chunk)
+    chunks.__qualname__ = "_rows_chunks_" + tag
+    chunks = njit(nogil=True, error_model="numpy")(chunks)
 
     @kernel(parallel=True, spec=tuple(spec), error_model="numpy")
     def loop(op_arg, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW_arg, CM_arg, CB_arg, pe_arg, ps, rule_arg,
@@ -484,21 +656,25 @@ def _build_rows(spec):
         nblocks = P * A * nQ
         one_hi = ((offset + xi.size - 1) >> 32) == (offset >> 32)
         mixed_hi0 = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))
+        nchunks = (nblocks + K - 1) // K
+        G = min(nchunks, _GROUPS)
         n_nan = 0
         n_inf = 0
-        for c in prange((nblocks + K - 1) // K):
-            a, i = chunk(c, xi, out, scale_code, scale_val, Q, nQ, nblocks, ps, rule_arg, emax_elem, m_elem, max_elem,
-                         s_t, lo, key0, key1, offset, rbits, one_hi, mixed_hi0)
+        for g in prange(G):
+            a, i = chunks(g * nchunks // G, (g + 1) * nchunks // G, xi, out, scale_code, scale_val, Q, nQ, nblocks, ps,
+                          rule_arg, emax_elem, m_elem, max_elem, s_t, lo, key0, key1, offset, rbits, one_hi, mixed_hi0)
             n_nan += a
             n_inf += i
         return n_nan, n_inf
 
-    _CHUNKS[tuple(spec)] = chunk
+    _CHUNKS[tuple(spec)] = chunks
+    _ELEMENTS[tuple(spec)] = elements
     return loop
 
 
 _LOOPS: dict = {}
 _CHUNKS: dict = {}  # spec -> a row loop's chunk function (for inspection)
+_ELEMENTS: dict = {}  # spec -> a row loop's element-pass function (for inspection: its vector code)
 
 
 def block_any():
@@ -535,11 +711,22 @@ def block_loop(spec: tuple):
 
 @kernel(parallel=True)
 def finite_amax(xi, CW, CM):
-    """The largest finite magnitude of a carrier array, as carrier bits (0 when there is none)."""
+    """The largest finite magnitude of a carrier array, as carrier bits (0 when there is none). Chunks of
+    ``_ROW_CHUNK`` elements each reduce in the carrier's own lanes (32-bit for float32: twice the vector width)."""
     absmask = (np.int64(1) << (CW - 1)) - 1
     infbits = ((np.int64(1) << (CW - 1 - CM)) - 1) << CM
-    m = np.int64(0)
-    for i in prange(xi.size):
-        a = np.int64(xi[i]) & absmask
-        m = max(m, a if a < infbits else np.int64(0))
-    return m
+    proto = np.zeros(1, dtype=xi.dtype)[0]
+    am = scalar._like(proto, absmask)
+    ib = scalar._like(proto, infbits)
+    zero = scalar._like(proto, 0)
+    n = xi.size
+    nchunks = (n + _ROW_CHUNK - 1) // _ROW_CHUNK
+    part = np.zeros(max(nchunks, 1), dtype=np.int64)
+    for c in prange(nchunks):
+        base = np.uint64(c * _ROW_CHUNK)
+        m = zero
+        for j in range(np.uint64(min(_ROW_CHUNK, n - c * _ROW_CHUNK))):
+            a = scalar._like(proto, xi[base + j] & am)
+            m = max(m, a if a < ib else zero)
+        part[c] = np.int64(m)
+    return part.max()

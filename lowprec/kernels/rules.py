@@ -412,6 +412,8 @@ RULES = {
     "two_prod": "(a, b) -> (p, e): p = a * b rounded to nearest-even (float64), p + e = a * b",
     "odd_sum": "(x, y) -> x + y rounded to odd at 53 bits (float64); an exact zero as IEEE's x + y",
     "nearest_even": "(x, fmt) -> x rounded to nearest-even onto fmt, Inf beyond its overflow threshold",
+    "nearest_even_saturate": "(x, fmt) -> x rounded to nearest-even onto fmt (any lowprec FloatFormat), +-max beyond "
+                             "it: the saturating rounding of the block formats' elements and scales",
     "sum_nearest_even": "(s, t, fmt) -> the exact s + t rounded once to nearest-even onto fmt",
     "sum_stochastic": "(s, t, fmt, key0, key1, counter) -> the exact s + t rounded stochastically onto fmt "
                       "with the 32 random bits R = scalar.random_bits(key0, key1, counter, 32): away from zero "
@@ -577,6 +579,31 @@ def _round_sum_sr(s, t, fmt, k0, k1, c):
     return _f64(A.round_sum(np.float64(s), np.float64(t), fmt._kernel_params(), _SR, rnd, np.int64(32)))
 
 
+def _grid_f32(x, fmt):
+    """scalar.round_grid_f32 (the block row loops' element and UE4M3-scale step) of the float32 ``x``."""
+    params = scalar.grid_f32_params(fmt.man_bits, fmt.emin, fmt.emax, float(fmt.max))
+    return float(scalar.round_grid_f32(np.float32(x), *params))
+
+
+def _grid_f64(x, fmt):
+    """scalar.round_grid_f64 (the block row loops' element step on float64 values) of x."""
+    params = scalar.grid_f64_params(fmt.man_bits, fmt.emin, fmt.emax, float(fmt.max))
+    return _f64(scalar.round_grid_f64(np.float64(x), *params))
+
+
+def _grid_f64_pre(x, fmt):
+    """round_grid_f64's conditions: round_grid_f32's, for any finite float64 x."""
+    return (fmt.signed and fmt.has_subnormals and fmt.has_negative_zero and fmt.has_zero and math.isfinite(x)
+            and scalar.grid_f64_params(fmt.man_bits, fmt.emin, fmt.emax, float(fmt.max)) is not None)
+
+
+def _grid_f32_pre(x, fmt):
+    """round_grid_f32's conditions: a signed format with -0 and subnormals whose grid_f32_params exist; x a finite
+    float32 value."""
+    return (fmt.signed and fmt.has_subnormals and fmt.has_negative_zero and fmt.has_zero and math.isfinite(x)
+            and _is_f32(x) and scalar.grid_f32_params(fmt.man_bits, fmt.emin, fmt.emax, float(fmt.max)) is not None)
+
+
 REGISTRY = {
     "two_sum": [
         Implementation("rules.two_sum (float64)",
@@ -607,6 +634,10 @@ REGISTRY = {
                                                             np.int64(32)))),
         Implementation("rules.nearest_even",
                        lambda x, fmt: _f64(nearest_even(np.float64(x), *nearest_even_params(*_fields(fmt))))),
+    ],
+    "nearest_even_saturate": [
+        Implementation("scalar.round_grid_f32 (block_cpu row loops)", _grid_f32, _grid_f32_pre),
+        Implementation("scalar.round_grid_f64 (block_cpu row loops)", _grid_f64, _grid_f64_pre),
     ],
     "sum_nearest_even": [
         Implementation("accum.round_sum (nearest-even)",

@@ -415,6 +415,77 @@ def round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat,
     return _like(u, np.int64(np.int32(r))) if CW == 32 else r  # float32 bits sign-extended, as an int32 view holds them
 
 
+def grid_f32_params(m: int, emin: int, emax: int, maxv: float):
+    """``(cadd, minc, top, maxv)`` of :func:`round_grid_f32` for a float format with ``m`` mantissa bits, smallest
+    normal exponent ``emin``, top binade ``2**emax`` and largest value ``maxv``; None when the definition does not
+    apply (it needs ``m <= 21``, ``emin + 23 - m >= -126`` and ``emax + 25 - m <= 127``: every constant a normal
+    float32)."""
+    if not (0 <= m <= 21 and emin + 23 - m >= -126 and emax + 25 - m <= 127):
+        return None
+    return (np.int32(((23 - m) << 23) | (1 << 22)), np.float32(1.5 * 2.0 ** (emin + 23 - m)),
+            np.float32(2.0 ** (emax + 1)), np.float32(maxv))
+
+
+@_jit
+def round_grid_f32(y, cadd, minc, top, maxv):
+    """The float32 ``y`` rounded to nearest-even onto a float format's grid, saturating at ``maxv``: the same
+    value as :func:`round_float_carrier` in mode NEAREST_EVEN with ``sat == 1``, in a few float32 operations
+    that vectorise in 32-bit lanes (the block loops' element step). Parameters: :func:`grid_f32_params`.
+
+    Applies to formats with a sign, -0, gradual underflow and ``m <= 21`` (the grid_f32_params conditions), and
+    to finite ``y`` (an IEEE format's Inf input keeps its Inf under round_float_carrier; here it saturates, and
+    NaN gives ``maxv``): the MX element formats (fp8, fp6, fp4) saturating, and fp16 below its overflow threshold.
+
+    Proof. Let ``a = min(|y|, top)`` with ``top = 2**(emax + 1)``: every ``|y| >= top`` rounds above ``maxv`` and
+    saturates, so it may be replaced by ``top``. Let ``E = floor(log2 a)`` (float32's exponent; a float32
+    subnormal or zero has a smaller one) and ``k = max(E, emin) + 23 - m``. ``c`` is ``1.5 * 2**(E + 23 - m)``,
+    built from a's exponent field plus ``cadd``, raised to ``minc = 1.5 * 2**(emin + 23 - m)``: ``c = 1.5 *
+    2**k``. Then ``a < 2**(max(E, emin) + 1) <= 2**(k - 1)`` (as ``m <= 21``), so the exact ``a + c`` lies in
+    ``[1.5 * 2**k, 2**(k + 1))``, the binade whose float32 quantum is ``2**(k - 23) = 2**(max(E, emin) - m)``: the
+    format's quantum at ``a`` (normal or subnormal). The float32 addition rounds the exact sum once to that
+    quantum, ties to even; ``c / 2**(k - 23) = 3 * 2**22`` is even, so the parity the tie looks at is that of
+    a's quantum count, the last bit of the format's encoding (a subnormal's code, a normal's mantissa). The
+    subtraction of ``c`` is exact (a multiple of the quantum, at most ``2**(max(E, emin) + 1)``: at most
+    ``m + 2`` significant bits). So ``(a + c) - c`` is a rounded to nearest-even onto the format's grid with
+    no upper bound; ``min(., maxv)`` saturates it; the sign of ``y`` is or-ed back (so ``-0`` for a negative
+    value that rounds to zero, as the format has ``-0``)."""
+    yb = f32_as_i32(np.float32(y))
+    a = i32_as_f32(np.int32(yb & np.int32(0x7FFFFFFF)))
+    a = top if not a < top else a  # (NaN -> top)
+    c = i32_as_f32(np.int32(np.int32(f32_as_i32(a) & np.int32(0x7F800000)) + cadd))
+    c = minc if c < minc else c
+    r = (a + c) - c
+    r = maxv if r > maxv else r
+    return i32_as_f32(np.int32(f32_as_i32(r) | np.int32(yb & np.int32(-0x80000000))))
+
+
+def grid_f64_params(m: int, emin: int, emax: int, maxv: float):
+    """``(cadd, minc, top, maxv)`` of :func:`round_grid_f64`, or None where it does not apply (``m <= 50``,
+    ``emin + 52 - m >= -1022``, ``emax + 54 - m <= 1023``): :func:`grid_f32_params` for float64."""
+    if not (0 <= m <= 50 and emin + 52 - m >= -1022 and emax + 54 - m <= 1023):
+        return None
+    return (np.int64(((52 - m) << 52) | (1 << 51)), 1.5 * 2.0 ** (emin + 52 - m), 2.0 ** (emax + 1), float(maxv))
+
+
+@_jit
+def round_grid_f64(y, cadd, minc, top, maxv):
+    """:func:`round_grid_f32` in float64: the float64 ``y`` rounded to nearest-even onto a float format's grid,
+    saturating at ``maxv`` (round_float_carrier's value in mode NEAREST_EVEN with ``sat == 1``). Parameters:
+    :func:`grid_f64_params`; the same conditions on the format and on ``y`` (finite).
+
+    Proof: round_grid_f32's, with float64's 52 fraction bits for float32's 23: ``c = 1.5 * 2**k``,
+    ``k = max(E, emin) + 52 - m``, whose binade has the quantum ``2**(max(E, emin) - m)``; ``a < 2**(k - 1)``
+    for ``m <= 50``; ``c / 2**(k - 52) = 3 * 2**51`` is even."""
+    yb = f64_as_i64(np.float64(y))
+    a = i64_as_f64(yb & np.int64(0x7FFFFFFFFFFFFFFF))
+    a = top if not a < top else a  # (NaN -> top)
+    c = i64_as_f64((f64_as_i64(a) & np.int64(0x7FF0000000000000)) + cadd)
+    c = minc if c < minc else c
+    r = (a + c) - c
+    r = maxv if r > maxv else r
+    return i64_as_f64(f64_as_i64(r) | (yb & np.int64(-0x8000000000000000)))
+
+
 @_jit
 def carrier_to_float_code(r, CW, CM, CB, m, emin, nan_code):
     """(sign, T, cls) of a carrier value that is a value of the format (exact, no rounding)."""
