@@ -14,6 +14,7 @@ import numpy as np
 
 from .formats import FixedFormat, FloatFormat, get_format
 from .kernels import dispatch
+from .kernels.jit import entry_point
 from .rng import RandomStream, resolve_seed
 from .rounding import MAX_RANDOM_BITS, DEFAULT_RANDOM_BITS, Rounding, get_rounding
 
@@ -288,7 +289,7 @@ class PreparedRounding:
         ity = self._carrier[3]
         self._choices = tuple(dispatch.element_choice("round", self._p, self._mode, self.random_bits, parallel, ity, ity)
                               for parallel in (False, True)) if self._cpu else None
-        self._entries = {}  # loop -> its compiled entry for this rounding's argument types (dispatch.entry_point)
+        self._entries = {}  # loop -> its compiled entry for this rounding's argument types (jit.entry_point)
 
     def __repr__(self) -> str:
         return (f"PreparedRounding({self.fmt.name!r}, {self.rounding.name.lower()!r}, {self.dtype.name}, "
@@ -346,7 +347,7 @@ class PreparedRounding:
         args = (dispatch.ROUND, flat.view(ity), res.view(ity), CW, CM, CB, self._p, self._mode, *keys, self.random_bits)
         loop(*args)
         if flat.flags.aligned and res.flags.aligned and len(self._entries) < 8:
-            self._entries[loop] = dispatch.entry_point(loop, args)
+            self._entries[loop] = entry_point(loop, args)
 
 
 @lru_cache(maxsize=512, typed=True)  # typed: True and 1 are different arguments (one of them is invalid)

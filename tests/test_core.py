@@ -129,7 +129,7 @@ def test_nearest_even_million_random_float32(name):
 
 
 def test_repeated_small_calls_take_the_compiled_entry_and_keep_the_bits():
-    """After its first call, a small round_to calls the loop's compiled entry directly (kernels/dispatch.py's
+    """After its first call, a small round_to calls the loop's compiled entry directly (kernels/jit.py's
     entry_point: the float32 array itself in place of its int32 carrier view, no type dispatch). The bits stay
     ml_dtypes' for every layout, including those the entry was not compiled for (read-only, unaligned, strided,
     2-D input; unaligned out=), and stochastic rounding draws the same bits through the entry as through
@@ -147,8 +147,11 @@ def test_repeated_small_calls_take_the_compiled_entry_and_keep_the_bits():
         assert not u.flags.aligned
         return u
 
+    from lowprec.kernels import dispatch
+
     for name in ("bf16", "fp8_e4m3fn", "fp8_e5m2"):
         want = _ml_round(x, name)
+        lowprec.round_to(np.zeros(dispatch.INTERPRET_UPTO + 1, np.float32), name)  # a compiled loop from here on
         for _ in range(3):
             assert _same_bits(lowprec.round_to(x, name), want).all(), name
         entries = core.prepare_rounding(name, dtype=np.float32)._entries

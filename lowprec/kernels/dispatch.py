@@ -43,13 +43,12 @@ from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import numpy as np
-from numba import typeof
 
 from ..formats import FP32 as _FP32
 from ..formats import FloatFormat
 from ..rounding import Rounding
 from . import cpu, plain
-from .jit import ParallelKernel, is_cached
+from .jit import is_cached
 
 BACKENDS = ("cpu", "cuda", "auto")
 ROUND, ENCODE, DECODE = cpu.ROUND, cpu.ENCODE, cpu.DECODE  # the loops' op codes
@@ -127,27 +126,6 @@ class _Runtime:
             return self.interpreted
         self.ready = True
         return self.compiled
-
-
-def entry_point(loop, args):
-    """The compiled entry of ``loop`` for exactly these arguments' types, or None (not a compiled dispatcher,
-    not compiled for them yet, or a numba without the attributes).
-
-    Calling it skips the dispatcher's type resolution (~1 us of a small call's ~3). Its argument
-    unboxing checks an array's item size, not its dtype, so an element loop's entry for ``int32`` carrier
-    arrays also takes the ``float32`` arrays themselves (same item size, same bytes): no ``view`` per call.
-    Only for arguments of exactly the types given here: the same scalar types, and arrays of the same item
-    size, number of dimensions, layout (C-contiguous) and alignment (numba compiled the loop for them; the
-    caller checks) -- anything else goes through the dispatcher. Serial loops only: a parallel kernel is launched
-    through its wrapper, which serialises launches where numba's threading layer needs it."""
-    if isinstance(loop, ParallelKernel):  # (its launches may need jit.ParallelKernel's lock: keep the wrapper)
-        return None
-    try:
-        sig = tuple(typeof(a) for a in args)
-        overload = loop.overloads.get(sig)
-        return None if overload is None else overload.entry_point
-    except Exception:  # not a numba dispatcher (the interpreted loop), or another numba
-        return None
 
 
 _RUNTIME: dict = {}

@@ -39,7 +39,7 @@ import numba
 from numba.core.caching import FunctionCache, IndexDataCacheFile
 from numba.core.serialize import dumps
 
-__all__ = ["FASTER_INLINING", "Definitions", "interpreted", "is_cached", "kernel", "plain_inlining", "source_digest"]
+__all__ = ["FASTER_INLINING", "Definitions", "entry_point", "is_cached", "kernel", "plain_inlining", "source_digest"]
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "lowprec.kernels"
 
@@ -328,12 +328,12 @@ class Definitions:
     kernels built on those compile in a fraction of the time (each function is typed once, not once per
     call site) and run at scalar speed. Both are the module's own source: the called copies are the
     same code objects with a namespace in which the decorated names are bound to the called versions.
+    (The interpreter runs the same source too: kernels/plain.py's ``twin``.)
     """
 
     def __init__(self):
         self._py = {}
         self._called = None
-        self._python = None
 
     def __call__(self, f):
         self._py[f.__name__] = f
@@ -354,28 +354,23 @@ class Definitions:
             self._called = mod
         return self._called
 
-    def python(self, twins: dict) -> _pytypes.ModuleType:
-        """The same functions run by the Python interpreter, no compiler involved (built on first use).
 
-        ``twins`` maps the names the source uses that only numba can run (intrinsics, numpy's
-        fixed-width integer conversions) to plain-Python equivalents; everything else is the module's
-        own source, as in :meth:`called`."""
-        if self._python is None:
-            mod = _pytypes.ModuleType(next(iter(self._py.values())).__module__ + "<python>")
-            namespace = dict(next(iter(self._py.values())).__globals__)
-            namespace.update(twins)
-            for name, f in self._py.items():
-                namespace[name] = interpreted(f, namespace)
-                setattr(mod, name, namespace[name])
-            self._python = mod
-        return self._python
+def entry_point(loop, args):
+    """The compiled entry of ``loop`` for exactly these arguments' types, or None (not a compiled dispatcher,
+    not compiled for them yet, or a numba without the attributes).
 
-
-def interpreted(fn, namespace: dict):
-    """A plain-Python copy of ``fn`` (a function or a numba dispatcher's ``py_func``) whose global names
-    are looked up in ``namespace`` (the same code object and closure cells)."""
-    f = getattr(fn, "py_func", fn)
-    copy = _pytypes.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
-    copy.__qualname__ = f.__qualname__ + "<python>"
-    copy.__module__ = f.__module__
-    return copy
+    Calling it skips the dispatcher's type resolution (~1 us of a small call's ~3). Its argument
+    unboxing checks an array's item size, not its dtype, so an element loop's entry for ``int32`` carrier
+    arrays also takes the ``float32`` arrays themselves (same item size, same bytes): no ``view`` per call.
+    Only for arguments of exactly the types given here: the same scalar types, and arrays of the same item
+    size, number of dimensions, layout (C-contiguous) and alignment (numba compiled the loop for them; the
+    caller checks) -- anything else goes through the dispatcher. Serial loops only: a parallel kernel is launched
+    through its wrapper, which serialises launches where numba's threading layer needs it."""
+    if isinstance(loop, ParallelKernel):  # (its launches may need jit.ParallelKernel's lock: keep the wrapper)
+        return None
+    try:
+        sig = tuple(numba.typeof(a) for a in args)
+        overload = loop.overloads.get(sig)
+        return None if overload is None else overload.entry_point
+    except Exception:  # not a numba dispatcher (the interpreted loop), or another numba
+        return None
