@@ -13,7 +13,7 @@ import pytest
 
 import lowprec
 from lowprec import Rounding
-from lowprec.kernels import cpu, dispatch
+from lowprec.kernels import cpu, dispatch, scalar
 from lowprec.rng import derive_key
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
@@ -76,6 +76,81 @@ def test_specialised_loops_equal_the_runtime_argument_loop(name, mode, carriers,
                 cpu.specialised(op, spec, False)(cpu.OPS[op], x.view(ity), got, *args)
                 bad = np.flatnonzero(got != want)
                 assert bad.size == 0, (op, dtype.__name__, rbits, x[bad[:5]], got[bad[:5]], want[bad[:5]])
+
+
+_NE32_CUSTOM = (lowprec.get_format("fp16").replace(saturate=True, name="fp16-sat"),
+                lowprec.get_format("fp8_e4m3fn").replace(saturate=True, name="e4m3fn-sat"),
+                lowprec.FloatFormat(5, 3, has_subnormals=False, name="e5m3-ftz"),
+                lowprec.FloatFormat(3, 2, bias=1, has_inf=False, nan="none", name="e3m2-bias1"),
+                lowprec.FloatFormat(8, 22, name="e8m22"), lowprec.FloatFormat(8, 1, name="e8m1"))
+_NE32_FORMATS = [f for f in [lowprec.get_format(n) for n in lowprec.preset_names()] + list(_NE32_CUSTOM)
+                 if isinstance(f, lowprec.FloatFormat) and scalar.nearest_even_f32_applies(f._kernel_params())]
+
+
+def _float32_patterns(m: int) -> np.ndarray:
+    """float32 bit patterns that reach every branch of a nearest-even rounding to m mantissa bits: each sign and
+    float32 exponent (zeros, subnormals, Inf, NaN) with the dropped bits at 0, 1, just below / at / above half
+    of the target quantum, with an even and an odd kept value, all ones; and 2**20 patterns spread over all
+    2**32."""
+    d = 23 - m
+    lsb, half = 1 << d, 1 << (d - 1)
+    mants = {0, 1, 2, lsb - 1, lsb, lsb + 1, half - 1, half, half + 1, lsb + half - 1, lsb + half, lsb + half + 1,
+             (1 << 23) - 1, (1 << 23) - half, (1 << 23) - half - 1, 1 << 22, (1 << 22) + half}
+    grid = np.array([(s << 31) | (e << 23) | (mt & 0x7FFFFF) for s in (0, 1) for e in range(256) for mt in mants],
+                    dtype=np.int64)
+    spread = np.arange(1 << 20, dtype=np.int64) * 4093 + 17
+    return (np.concatenate([grid, spread]) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+@pytest.mark.parametrize("fmt", _NE32_FORMATS, ids=lambda f: f.name)
+def test_nearest_even_f32_step_equals_the_definition(fmt):
+    """The specialised nearest-even loops of float32 data run scalar.round_nearest_even_f32, not the definition
+    (dispatch.ELEMENT_KERNELS): the same bits (NaN payloads and signs included) as the runtime-argument loop,
+    on patterns that reach each of its branches. (``slow``: every 2**32 pattern.)"""
+    p = fmt._kernel_params()
+    assert dispatch.element_step("round", p, int(Rounding.NEAREST_EVEN), np.int32) == cpu.NEAREST_EVEN_F32
+    u = np.concatenate([_float32_patterns(fmt.man_bits), _edge(np.float32, fmt).view(np.int32)])
+    args = (32, 23, 127, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+    want = np.empty_like(u)
+    cpu.element_any(cpu.ROUND, p[0])(cpu.ROUND, u, want, *args)
+    got = np.empty_like(u)
+    cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F32), True)(cpu.ROUND, u, got, *args)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(hex(u[i] & 0xFFFFFFFF), hex(got[i] & 0xFFFFFFFF), hex(want[i] & 0xFFFFFFFF))
+                           for i in bad[:5]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", _NE32_FORMATS, ids=lambda f: f.name)
+def test_nearest_even_f32_step_equals_the_definition_on_every_float32(fmt):
+    """round_nearest_even_f32 against the definition's specialised loop on all 2**32 float32 bit patterns."""
+    p = fmt._kernel_params()
+    args = (32, 23, 127, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+    fast = cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F32), True)
+    ref = cpu.specialised("round", cpu.spec_of(p, 0, 32), True)
+    chunk = 1 << 26
+    got, want = np.empty(chunk, np.int32), np.empty(chunk, np.int32)
+    for lo in range(0, 1 << 32, chunk):
+        u = (np.arange(lo, lo + chunk, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+        fast(cpu.ROUND, u, got, *args)
+        ref(cpu.ROUND, u, want, *args)
+        bad = np.flatnonzero(got != want)
+        assert bad.size == 0, [hex(int(u[i]) & 0xFFFFFFFF) for i in bad[:5]]
+
+
+def test_dispatch_runs_the_nearest_even_f32_step_only_where_it_applies():
+    """The fast element step for float32 data at nearest-even; the definition for encode, float64 data, other
+    modes, fp32 itself (m = 23), E8M0 (no zero) and fixed point."""
+    ne, step = int(Rounding.NEAREST_EVEN), dispatch.element_step
+    fp16 = lowprec.get_format("fp16")._kernel_params()
+    assert step("round", fp16, ne, np.int32) == cpu.NEAREST_EVEN_F32
+    assert step("encode", fp16, ne, np.int32) == cpu.DEFINITION
+    assert step("round", fp16, ne, np.int64) == cpu.DEFINITION
+    assert step("round", fp16, int(Rounding.STOCHASTIC), np.int32) == cpu.DEFINITION
+    for fmt in (lowprec.get_format("fp32"), lowprec.E8M0, lowprec.get_format("int8")):
+        assert step("round", fmt._kernel_params(), ne, np.int32) == cpu.DEFINITION, fmt.name
+    choice = dispatch.element_choice("round", fp16, ne, 32, True, np.int32, np.int32)
+    assert choice.loop is cpu.specialised("round", cpu.spec_of(fp16, ne, 32, cpu.NEAREST_EVEN_F32), True)
 
 
 def test_decode_loops_agree():

@@ -161,6 +161,23 @@ def ref_nearest_even_saturate(x, fmt):
     return want
 
 
+#: every kind of float format round_to handles: IEEE (Inf), NaN-only, fnuz (no -0), no NaN, saturating,
+#: flush-to-zero, a shifted bias, float32's exponent range, m from 1 to 22
+ALL_KINDS = ([get_format(n) for n in ("fp16", "bf16", "tf32", "fp8_e4m3fn", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz",
+                                      "fp6_e3m2fn", "fp6_e2m3fn", "fp4_e2m1fn")]
+             + [get_format(n).replace(saturate=True, name=n + "-sat") for n in ("fp16", "fp8_e4m3fn", "bf16")]
+             + [FloatFormat(exp_bits=5, man_bits=3, has_subnormals=False, name="e5m3-ftz"),
+                FloatFormat(exp_bits=3, man_bits=2, bias=1, has_inf=False, nan="none", name="e3m2-bias1"),
+                FloatFormat(exp_bits=8, man_bits=22, name="e8m22"), FloatFormat(exp_bits=8, man_bits=1, name="e8m1")])
+
+
+def ref_round_nearest_even(x, fmt):
+    want = round_fraction(x, fmt, "nearest_even")
+    scalar_def = float(np.asarray(round_to(np.array([x], dtype=np.float32), fmt), dtype=np.float64)[0])
+    assert same(want, scalar_def), ("reference and lowprec.round_to differ", x, fmt.name, want, scalar_def)
+    return want
+
+
 def _exact_sum(s, t):
     """The exact s + t (a Fraction), or the float result where it is not finite or is an exact zero."""
     if not (math.isfinite(s) and math.isfinite(t)):
@@ -220,6 +237,8 @@ RULE_TESTS = {
     "nearest_even": (lambda: [(x, fmt) for fmt in FORMATS for x in round_inputs(fmt)], _value_check(ref_nearest_even)),
     "nearest_even_saturate": (lambda: [(x, fmt) for fmt in SATURATING for x in saturating_inputs(fmt)],
                               _value_check(ref_nearest_even_saturate)),
+    "round_nearest_even": (lambda: [(x, fmt) for fmt in ALL_KINDS for x in saturating_inputs(fmt)],
+                           _value_check(ref_round_nearest_even)),
     "sum_nearest_even": (_sum_data, _value_check(ref_sum_nearest_even)),
     "sum_stochastic": (_stochastic_data, _value_check(ref_sum_stochastic)),
     "random_bits": (lambda: [(k0, k1, c) for k0, k1 in KEYS for c in COUNTERS + [c + 2 ** 32 for c in COUNTERS[:4]]],

@@ -74,13 +74,19 @@ def element_any(op: int, kind: int):
 # ---------------------------------------------------------------------------------------------------
 # specialised loops
 # ---------------------------------------------------------------------------------------------------
-def spec_of(p, mode: int, rbits: int) -> tuple:
+#: The specialisations' last constant: the element step a specialised round loop runs (dispatch.ELEMENT_KERNELS
+#: decides): the definition, or scalar.round_nearest_even_f32 (float32 carrier, nearest-even).
+DEFINITION, NEAREST_EVEN_F32 = 0, 1
+
+
+def spec_of(p, mode: int, rbits: int, step: int = DEFINITION) -> tuple:
     """The compile-time constants of a (format parameters, mode, random bits) call:
-    (kind, mode, r == 32, flag0, flag1, flag2). A float format's flags are (NaN encoding, subnormals,
-    saturation); a fixed format's (signed, wrap, 0). Other parameters stay runtime arguments."""
+    (kind, mode, r == 32, flag0, flag1, flag2, step). A float format's flags are (NaN encoding, subnormals,
+    saturation); a fixed format's (signed, wrap, 0); ``step`` :data:`DEFINITION` or a fast element step
+    (:data:`NEAREST_EVEN_F32`). Other parameters stay runtime arguments."""
     r32 = mode == STOCHASTIC and rbits == 32
     flags = (int(p[5]), int(p[6]), int(p[7])) if p[0] == scalar.KIND_FLOAT else (int(p[3]), int(p[4]), 0)
-    return (int(p[0]), int(mode), bool(r32)) + flags
+    return (int(p[0]), int(mode), bool(r32)) + flags + (int(step),)
 
 
 @njit(inline="always")
@@ -92,15 +98,22 @@ def _round_element(kind, u, CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rbits
     return scalar.round_fixed_carrier(u, CW, CM, CB, p[1], p[2], flag0, flag1, mode, rnd, rbits)
 
 
-def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2):
+def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
     stochastic = mode == STOCHASTIC
+    ne32 = step == NEAREST_EVEN_F32
 
     if op == "round":
-        @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2))
+        @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2, step))
         def loop(op_arg, x, out, CW, CM, CB, p, mode_arg, key0, key1, offset, rbits):
             rb = 32 if r32 else rbits  # a constant 32 (the default) lets the compiler fold the r-dependent shifts
             n = x.size
-            if stochastic and n > 0 and ((offset + n - 1) >> 32) == (offset >> 32):
+            if ne32:  # int32 carrier bits in and out
+                lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits = scalar.nearest_even_f32_consts(
+                    p[1], p[2], p[3], p[4], flag0, flag2)
+                for i in prange(n):
+                    out[i] = scalar.round_nearest_even_f32(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
+                                                           maxbits, overbits, infbits, nanbits)
+            elif stochastic and n > 0 and ((offset + n - 1) >> 32) == (offset >> 32):
                 # every counter shares its high word: hash it once (random_bits_split, same bits)
                 mixed_hi = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))
                 lo0 = offset & 0xFFFFFFFF
@@ -113,7 +126,7 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2):
                     out[i] = _round_element(kind, x[i], CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rb)
         return loop
 
-    @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2))
+    @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2, step))
     def loop(op_arg, x, out, CW, CM, CB, p, mode_arg, key0, key1, offset, rbits):
         rb = 32 if r32 else rbits
         for i in prange(x.size):

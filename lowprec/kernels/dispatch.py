@@ -23,7 +23,9 @@ interpreted                interpreter (kernels/plain.py), so that a first call 
 =========================  ================================================================
 
 All loops give the same bits (the same scalar definition; tests/test_kernels_cpu.py checks every
-specialisation, and the interpreted loops, against the runtime-argument loop).
+specialisation, and the interpreted loops, against the runtime-argument loop). A specialised round loop runs
+the definition, or the first element step of :data:`ELEMENT_KERNELS` whose precondition holds (a faster
+algorithm for the same rule; its proof in docs/kernels.md).
 ``LOWPREC_SPECIALISE=always`` specialises at the first call, ``never`` only runs specialised loops that are
 compiled or for large arrays.
 
@@ -179,7 +181,7 @@ _CHOICES: dict = {}
 def element_choice(op: str, p, mode: int, rbits: int, parallel: bool, xdtype, outdtype) -> _Choice:
     """The state of the CPU ``op`` ("round" or "encode") loops for one specialisation and size class
     (memoised: one entry per combination in use)."""
-    spec = cpu.spec_of(p, mode, rbits)
+    spec = cpu.spec_of(p, mode, rbits, element_step(op, p, mode, xdtype))
     key = (op, spec, bool(parallel), np.dtype(xdtype).num, np.dtype(outdtype).num)
     c = _CHOICES.get(key)
     if c is None:
@@ -241,6 +243,32 @@ class FastKernel(NamedTuple):
     name: str
     needs: str
     plan: Callable
+
+
+def _nearest_even_f32(op, p, mode, xdtype):
+    from . import scalar
+
+    ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int32
+          and scalar.nearest_even_f32_applies(p))
+    return () if ok else None
+
+
+#: Element steps a specialised round loop runs in place of the definition (kernels/cpu.py), first match; plan
+#: (op, format parameters, mode, carrier dtype). The proofs are in docs/kernels.md, one section per step.
+ELEMENT_KERNELS = (
+    FastKernel("nearest-even-f32", "round (not encode), nearest-even, float32 data, a float format with a sign and "
+               "a zero, 1 <= m <= 22 and emin >= -126", _nearest_even_f32),
+)
+_ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32}
+
+
+def element_step(op: str, p, mode: int, xdtype) -> int:
+    """The element step (cpu.spec_of's ``step``) the specialised ``op`` loop runs: the first of
+    :data:`ELEMENT_KERNELS` whose precondition holds, else the definition."""
+    for k in ELEMENT_KERNELS:
+        if k.plan(op, p, mode, xdtype) is not None:
+            return _ELEMENT_STEPS[k.name]
+    return cpu.DEFINITION
 
 
 def _fp32_fma(acc):

@@ -414,6 +414,8 @@ RULES = {
     "nearest_even": "(x, fmt) -> x rounded to nearest-even onto fmt, Inf beyond its overflow threshold",
     "nearest_even_saturate": "(x, fmt) -> x rounded to nearest-even onto fmt (any lowprec FloatFormat), +-max beyond "
                              "it: the saturating rounding of the block formats' elements and scales",
+    "round_nearest_even": "(x, fmt) -> lowprec.round_to(x, fmt) at nearest-even, for any lowprec FloatFormat: the "
+                          "format's overflow (Inf, NaN or +-max), NaN, flush to zero and signed zeros",
     "sum_nearest_even": "(s, t, fmt) -> the exact s + t rounded once to nearest-even onto fmt",
     "sum_stochastic": "(s, t, fmt, key0, key1, counter) -> the exact s + t rounded stochastically onto fmt "
                       "with the 32 random bits R = scalar.random_bits(key0, key1, counter, 32): away from zero "
@@ -591,6 +593,25 @@ def _grid_f64(x, fmt):
     return _f64(scalar.round_grid_f64(np.float64(x), *params))
 
 
+@njit(nogil=True)
+def _run_nearest_even_f32(u, p):
+    lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits = scalar.nearest_even_f32_consts(
+        p[1], p[2], p[3], p[4], p[5], p[7])
+    return scalar.round_nearest_even_f32(u, p[5], p[6], p[7], lsb, half1, dmask, minnorm, c, maxbits, overbits,
+                                         infbits, nanbits)
+
+
+def _nearest_even_f32(x, fmt):
+    """scalar.round_nearest_even_f32 (cpu.py's specialised nearest-even round loops of float32 data) of x."""
+    u = np.float32(x).view(np.int32)
+    return float(np.int32(_run_nearest_even_f32(u, np.array(fmt._kernel_params(), np.int64))).view(np.float32))
+
+
+def _nearest_even_f32_pre(x, fmt):
+    """round_nearest_even_f32's conditions: scalar.nearest_even_f32_applies, x a float32 value (Inf, NaN too)."""
+    return _is_f32(x) and scalar.nearest_even_f32_applies(fmt._kernel_params())
+
+
 def _grid_f64_pre(x, fmt):
     """round_grid_f64's conditions: round_grid_f32's, for any finite float64 x."""
     return (fmt.signed and fmt.has_subnormals and fmt.has_negative_zero and fmt.has_zero and math.isfinite(x)
@@ -638,6 +659,10 @@ REGISTRY = {
     "nearest_even_saturate": [
         Implementation("scalar.round_grid_f32 (block_cpu row loops)", _grid_f32, _grid_f32_pre),
         Implementation("scalar.round_grid_f64 (block_cpu row loops)", _grid_f64, _grid_f64_pre),
+    ],
+    "round_nearest_even": [
+        Implementation("scalar.round_nearest_even_f32 (cpu.py specialised round loops)", _nearest_even_f32,
+                       _nearest_even_f32_pre),
     ],
     "sum_nearest_even": [
         Implementation("accum.round_sum (nearest-even)",

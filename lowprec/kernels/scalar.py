@@ -486,6 +486,81 @@ def round_grid_f64(y, cadd, minc, top, maxv):
     return i64_as_f64(f64_as_i64(r) | (yb & np.int64(-0x8000000000000000)))
 
 
+_INF32 = 0x7F800000  # float32 Inf's bits
+
+
+def nearest_even_f32_applies(p) -> bool:
+    """Whether :func:`round_nearest_even_f32` computes the nearest-even rounding of float32 values to the
+    format of parameters ``p`` (FloatFormat._kernel_params): a float format with a sign and a zero (not
+    E8M0), ``1 <= m <= 22`` and ``emin >= -126`` (its values then fit float32, as its carrier is float32)."""
+    kind, m, emin, bias, _, _, subn = (int(v) for v in p[:7])
+    return kind == KIND_FLOAT and 1 <= m <= 22 and -126 <= emin and emin != -bias and (subn & 2) == 0
+
+
+@_jit
+def nearest_even_f32_consts(m, emin, bias, tmax, nan_code, sat):
+    """The constants of :func:`round_nearest_even_f32`, as int32 (``c`` float32):
+    ``(lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits)``: the carrier bit of the target's
+    last mantissa bit, half the target quantum minus one and the mask of the kept bits (in normal carrier
+    units), the smallest normal's float32 bits, ``c = 1.5 * 2**(emin - m + 23)``, the largest value's bits,
+    what overflow gives (``maxbits`` saturating, else Inf for an IEEE format, else NaN), what an Inf input
+    gives (Inf for an IEEE format, else ``maxbits`` saturating, else NaN), and the carrier's NaN: the
+    definition's constants (:func:`_float_consts`) and choices (round_float_carrier in mode NEAREST_EVEN)."""
+    maxbits, minnorm, _, infbits, nanbits = _float_consts(32, 23, 127, m, emin, bias, tmax)
+    overbits = maxbits if sat == 1 else (infbits if nan_code == NAN_IEEE else nanbits)
+    inbits = infbits if nan_code == NAN_IEEE else (maxbits if sat == 1 else nanbits)
+    d = 23 - m
+    i32 = np.int32
+    c = i32_as_f32(i32(((emin - m + 23 + 127) << 23) | (1 << 22)))
+    return (i32(np.int64(1) << d), i32((np.int64(1) << (d - 1)) - 1), i32(-(np.int64(1) << d)), i32(minnorm), c,
+            i32(maxbits), i32(overbits), i32(inbits), i32(nanbits))
+
+
+@_jit
+def round_nearest_even_f32(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits,
+                           nanbits):
+    """round_float_carrier in mode NEAREST_EVEN for a float32 carrier (``u`` the int32 bits of a float32), in
+    ~20 vector instructions per 8 elements (the definition inlined takes ~45): the specialised round loop of
+    the formats :func:`nearest_even_f32_applies` admits (constants: :func:`nearest_even_f32_consts`;
+    ``nan_code``, ``subn``, ``sat`` the format's flags, constants of the loop). The same bits, NaNs included.
+
+    Proof. Let ``a = |u|`` (bits) and ``ac = min(a, Inf's bits)``; bit patterns of non-negative floats
+    compare as their values. (1) ``ac >= minnorm``, a float32 normal in the target's normal range (as
+    ``emin >= -126``): the target's quantum there is ``2**(E - m)``, ``d = 23 - m`` carrier bits, constant.
+    ``((ac + half1 + odd) & dmask)`` with ``odd`` the kept value's last bit is nearest-even on those bits:
+    the dropped bits ``r`` push a carry iff ``r + 2**(d-1) - 1 + odd >= 2**d``, i.e. ``r > 2**(d-1)``, or
+    ``r == 2**(d-1)`` and the kept value is odd (the target's last encoded bit, as ``m >= 1``). A carry out of
+    the mantissa moves into the exponent field: the next binade, as in the definition; nothing wraps
+    (``ac + 2**d <= Inf + 2**22 < 2**31``). (2) ``ac < minnorm``: the float32 sum ``ac + c`` with
+    ``c = 1.5 * 2**k``, ``k = emin - m + 23`` (a float32 normal, as ``emin >= -126``) lies in
+    ``[2**k, 2**(k + 1))`` (``ac < 2**emin <= 2**(k - 1)`` as ``m <= 22``), whose float32 quantum is
+    ``2**(emin - m)``, the target's subnormal quantum: the addition rounds ``ac`` once onto the target's
+    grid, ties to an even multiple of the quantum (``c`` is ``3 * 2**22`` quanta: even), and the
+    subtraction is exact (round_grid_f32's proof). So ``r`` is ``a`` rounded to nearest-even onto the
+    target's grid without an upper bound, as the definition's ``res`` before its selects; the rest are the
+    definition's selects in its order: above ``maxbits`` -> ``overbits``; without subnormals, below
+    ``minnorm`` -> 0; an Inf input (whose ``r`` is above ``maxbits``) -> ``infbits``, which differs from
+    ``overbits`` only for a saturating IEEE format; a NaN input -> ``nanbits``; the input's sign or-ed
+    back, except on a zero of a format whose -0 is NaN."""
+    i32 = np.int32
+    s = i32(u & i32(-0x80000000))
+    a = i32(u & i32(0x7FFFFFFF))
+    ac = i32(min(a, i32(_INF32)))
+    odd = i32(1) if i32(ac & lsb) != i32(0) else i32(0)
+    rn = i32(i32(i32(ac + half1) + odd) & dmask)
+    rs = f32_as_i32(np.float32(np.float32(i32_as_f32(ac) + c) - c))
+    r = rs if ac < minnorm else rn
+    r = overbits if r > maxbits else r
+    if (subn & 1) == 0:
+        r = i32(0) if r < minnorm else r
+    if (sat == 1) & (nan_code == NAN_IEEE):
+        r = infbits if a == i32(_INF32) else r
+    r = nanbits if a > i32(_INF32) else r
+    if nan_code == NAN_NEGATIVE_ZERO:
+        s = i32(0) if r == i32(0) else s
+    return i32(r | s)
+
+
 @_jit
 def carrier_to_float_code(r, CW, CM, CB, m, emin, nan_code):
     """(sign, T, cls) of a carrier value that is a value of the format (exact, no rounding)."""
