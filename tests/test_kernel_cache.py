@@ -1,7 +1,7 @@
 """numba's on-disk cache hands every process the kernel it asked for, whatever order filled it.
 
 A fresh cache directory is filled in one order (small calls first, then large; one format, then
-another), then a new process loads every specialisation from it and checks that each loaded kernel
+another; a format's fast element step and its definition loop), then a new process loads every specialisation from it and checks that each loaded kernel
 is the one asked for: the bits of its results (against numpy's float16 cast and int8 rounding) and the
 parallel or serial code (the loaded code holds numba's parfor functions exactly when it is a parallel
 kernel). Then the same in the reverse order.
@@ -24,17 +24,18 @@ _SCRIPT = textwrap.dedent(r"""
     calls = json.loads(sys.argv[1])
     check = sys.argv[2] == "check"
     report = []
-    for fmt, mode, n in calls:
+    for fmt, mode, n, step in calls:
         x = (np.random.default_rng(n).standard_normal(n) * 100).astype(np.float32)
         x[:4] = [0.1, -2.5, 1e-30, 7e4]
         p = lowprec.get_format(fmt)._kernel_params()
         m = int(lowprec.get_rounding(mode))
         parallel = n >= dispatch.PARALLEL_FROM
-        loop = cpu.specialised("round", cpu.spec_of(p, m, 32), parallel)
+        step = cpu.DEFINITION if step == "definition" else dispatch.element_step("round", p, m, np.int32)
+        loop = cpu.specialised("round", cpu.spec_of(p, m, 32, step), parallel)
         args = (32, 23, 127, p, m, np.uint32(5), np.uint32(6), np.int64(7), 32)
         out = np.empty_like(x)
         loop(cpu.ROUND, x.view(np.int32), out.view(np.int32), *args)
-        entry = {"fmt": fmt, "mode": mode, "n": n, "parallel": parallel,
+        entry = {"fmt": fmt, "mode": mode, "n": n, "step": step, "parallel": parallel,
                  "hits": sum(loop.stats.cache_hits.values()), "misses": sum(loop.stats.cache_misses.values())}
         lib = loop.overloads[loop.signatures[0]].library
         entry["parfor"] = "parfor" in str(lib._shared_module) + str(lib._final_module)
@@ -46,8 +47,11 @@ _SCRIPT = textwrap.dedent(r"""
     print("REPORT" + json.dumps(report))
 """)
 
-_CALLS = [["fp16", "nearest_even", 100], ["fp16", "nearest_even", 1 << 18],
-          ["int8", "nearest_even", 100], ["int8", "nearest_even", 1 << 18]]
+#: (format, mode, size, element step): the dispatcher's step (fp16: the nearest-even-f32 step; int8: the
+#: definition), and fp16's definition loop, which must not share a cache entry with its fast step's
+_CALLS = [["fp16", "nearest_even", 100, "dispatch"], ["fp16", "nearest_even", 1 << 18, "dispatch"],
+          ["int8", "nearest_even", 100, "dispatch"], ["int8", "nearest_even", 1 << 18, "dispatch"],
+          ["fp16", "nearest_even", 100, "definition"]]
 
 
 def _run(cache_dir, calls, what):
