@@ -25,7 +25,8 @@ def _edge(dtype, fmt) -> np.ndarray:
         ulp_max = 2.0 ** (fmt.emax - fmt.man_bits)
         for v in (float(fmt.max), float(fmt.tiny), float(fmt.max) + ulp_max / 2, float(fmt.tiny) / 2,
                   2.0 ** (fmt.emin - fmt.man_bits), 1 + 2.0 ** -(fmt.man_bits + 1)):
-            vals += [v, -v, np.nextafter(v, 0), np.nextafter(v, np.inf)]
+            with np.errstate(over="ignore"):  # (float64's largest value's neighbour above is Inf)
+                vals += [v, -v, np.nextafter(v, 0), np.nextafter(v, np.inf)]
     else:
         vals += [fmt.max + 0.5, -fmt.max - 1.5, 0.5, -0.5, 1.5, 2 ** -fmt.frac_bits / 2]
     with np.errstate(over="ignore"):
@@ -138,17 +139,75 @@ def test_nearest_even_f32_step_equals_the_definition_on_every_float32(fmt):
         assert bad.size == 0, [hex(int(u[i]) & 0xFFFFFFFF) for i in bad[:5]]
 
 
-def test_dispatch_runs_the_nearest_even_f32_step_only_where_it_applies():
-    """The fast element step for float32 data at nearest-even; the definition for encode, float64 data, other
-    modes, fp32 itself (m = 23), E8M0 (no zero) and fixed point."""
+_NE64_FORMATS = [f for f in [lowprec.get_format(n) for n in lowprec.preset_names()] + list(_NE32_CUSTOM)
+                 + [lowprec.FloatFormat(11, 51, name="e11m51"), lowprec.FloatFormat(11, 1, name="e11m1")]
+                 if isinstance(f, lowprec.FloatFormat) and scalar.nearest_even_f64_applies(f._kernel_params())]
+
+
+def _float64_patterns(m: int, n_spread: int) -> np.ndarray:
+    """:func:`_float32_patterns` for float64: every sign and float64 exponent with the dropped bits at each
+    branch's edges, and ``n_spread`` random bit patterns."""
+    d = 52 - m
+    lsb, half = 1 << d, 1 << (d - 1)
+    mants = {0, 1, 2, lsb - 1, lsb, lsb + 1, half - 1, half, half + 1, lsb + half - 1, lsb + half, lsb + half + 1,
+             (1 << 52) - 1, (1 << 52) - half, (1 << 52) - half - 1, 1 << 51, (1 << 51) + half}
+    mants = np.array(sorted(v & ((1 << 52) - 1) for v in mants), dtype=np.uint64)
+    grid = ((np.arange(2048, dtype=np.uint64)[:, None] << np.uint64(52)) | mants[None, :]).ravel()
+    rng = np.random.default_rng(m)
+    spread = rng.integers(0, 1 << 62, n_spread, dtype=np.uint64) * np.uint64(4) + rng.integers(0, 4, n_spread,
+                                                                                                 dtype=np.uint64)
+    return np.concatenate([grid, grid | np.uint64(1 << 63), spread]).view(np.int64)
+
+
+def _ne64_against_definition(fmt, u, reference):
+    p = fmt._kernel_params()
+    args = (64, 52, 1023, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+    want = np.empty_like(u)
+    reference(p)(cpu.ROUND, u, want, *args)
+    got = np.empty_like(u)
+    cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F64), True)(cpu.ROUND, u, got, *args)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(hex(int(u[i]) & (2 ** 64 - 1)), hex(int(got[i]) & (2 ** 64 - 1)),
+                            hex(int(want[i]) & (2 ** 64 - 1))) for i in bad[:5]]
+
+
+@pytest.mark.parametrize("fmt", _NE64_FORMATS, ids=lambda f: f.name)
+def test_nearest_even_f64_step_equals_the_definition(fmt):
+    """The specialised nearest-even loops of float64 data run scalar.round_nearest_even_f64: the runtime-argument
+    loop's bits on patterns that reach each of its branches, and on random patterns. (``slow``: 2**26 more
+    random patterns against the definition's specialised loop.)"""
+    p = fmt._kernel_params()
+    assert dispatch.element_step("round", p, int(Rounding.NEAREST_EVEN), np.int64) == cpu.NEAREST_EVEN_F64
+    u = np.concatenate([_float64_patterns(fmt.man_bits, 1 << 16), _edge(np.float64, fmt).view(np.int64)])
+    _ne64_against_definition(fmt, u, lambda p: cpu.element_any(cpu.ROUND, p[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", _NE64_FORMATS, ids=lambda f: f.name)
+def test_nearest_even_f64_step_equals_the_definition_on_many_float64(fmt):
+    rng = np.random.default_rng(fmt.man_bits + 100)
+    scale = np.exp2(rng.integers(fmt.emin - fmt.man_bits - 4, min(fmt.emax + 3, 1023), 1 << 24)).astype(np.float64)
+    with np.errstate(over="ignore"):  # (float64's range: some overflow to Inf)
+        near = (rng.standard_normal(1 << 24) * scale).view(np.int64)  # values across the format's binades
+    u = np.concatenate([_float64_patterns(fmt.man_bits, 1 << 26), near])
+    _ne64_against_definition(fmt, u, lambda p: cpu.specialised("round", cpu.spec_of(p, 0, 32), True))
+
+
+def test_dispatch_runs_the_nearest_even_steps_only_where_they_apply():
+    """The fast element steps for float32 and float64 data at nearest-even; the definition for encode, other
+    modes, fp32 itself on float32 data (m = 23), E8M0 (no zero) and fixed point."""
     ne, step = int(Rounding.NEAREST_EVEN), dispatch.element_step
     fp16 = lowprec.get_format("fp16")._kernel_params()
+    fp32 = lowprec.get_format("fp32")._kernel_params()
     assert step("round", fp16, ne, np.int32) == cpu.NEAREST_EVEN_F32
-    assert step("encode", fp16, ne, np.int32) == cpu.DEFINITION
-    assert step("round", fp16, ne, np.int64) == cpu.DEFINITION
+    assert step("round", fp16, ne, np.int64) == step("round", fp32, ne, np.int64) == cpu.NEAREST_EVEN_F64
+    assert step("encode", fp16, ne, np.int32) == step("encode", fp16, ne, np.int64) == cpu.DEFINITION
     assert step("round", fp16, int(Rounding.STOCHASTIC), np.int32) == cpu.DEFINITION
-    for fmt in (lowprec.get_format("fp32"), lowprec.E8M0, lowprec.get_format("int8")):
-        assert step("round", fmt._kernel_params(), ne, np.int32) == cpu.DEFINITION, fmt.name
+    assert step("round", fp16, int(Rounding.NEAREST_AWAY), np.int64) == cpu.DEFINITION
+    assert step("round", fp32, ne, np.int32) == cpu.DEFINITION
+    for fmt in (lowprec.E8M0, lowprec.get_format("int8")):
+        for carrier in (np.int32, np.int64):
+            assert step("round", fmt._kernel_params(), ne, carrier) == cpu.DEFINITION, fmt.name
     choice = dispatch.element_choice("round", fp16, ne, 32, True, np.int32, np.int32)
     assert choice.loop is cpu.specialised("round", cpu.spec_of(fp16, ne, 32, cpu.NEAREST_EVEN_F32), True)
 

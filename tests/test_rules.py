@@ -61,6 +61,10 @@ def format_values(fmt):
     return with_negatives(xs)
 
 
+def _pow2(k: int) -> float:
+    return math.inf if k > 1023 else 2.0 ** k
+
+
 def round_inputs(fmt):
     """float64 values to round onto the format: its values, the exact ties between neighbours and values
     next to them, around the overflow threshold and the smallest subnormal, Inf, NaN, -0."""
@@ -74,7 +78,7 @@ def round_inputs(fmt):
             mid = v + 2.0 ** (max(math.frexp(v)[1] - 1, emin) - m) / 2 if v else q / 2  # the tie above v
             xs += [mid, math.nextafter(mid, 0.0), math.nextafter(mid, math.inf)]
     xs += [q / 2, q / 4, 3 * q / 2, 5 * q / 2, q / 2 + q / 8, thr, math.nextafter(thr, 0.0),
-           math.nextafter(thr, math.inf), top + 2.0 ** (emax - m) / 4, 2.0 ** (emax + 1), 2.0 ** (emax + 5), 1e300, 5e-324, 2.0 ** -1022,
+           math.nextafter(thr, math.inf), top + 2.0 ** (emax - m) / 4, _pow2(emax + 1), _pow2(emax + 5), 1e300, 5e-324, 2.0 ** -1022,
            1.0 + 2.0 ** -(m + 1), 1.0 + 3 * 2.0 ** -(m + 2), 1.0 + 2.0 ** -(m + 1) + 2.0 ** -40, 0.1, 1 / 3,
            math.inf, math.nan]
     return with_negatives(xs)
@@ -162,19 +166,24 @@ def ref_nearest_even_saturate(x, fmt):
 
 
 #: every kind of float format round_to handles: IEEE (Inf), NaN-only, fnuz (no -0), no NaN, saturating,
-#: flush-to-zero, a shifted bias, float32's exponent range, m from 1 to 22
+#: flush-to-zero, a shifted bias, float32's and float64's exponent ranges, m from 1 to 22 and 51
 ALL_KINDS = ([get_format(n) for n in ("fp16", "bf16", "tf32", "fp8_e4m3fn", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz",
                                       "fp6_e3m2fn", "fp6_e2m3fn", "fp4_e2m1fn")]
              + [get_format(n).replace(saturate=True, name=n + "-sat") for n in ("fp16", "fp8_e4m3fn", "bf16")]
              + [FloatFormat(exp_bits=5, man_bits=3, has_subnormals=False, name="e5m3-ftz"),
                 FloatFormat(exp_bits=3, man_bits=2, bias=1, has_inf=False, nan="none", name="e3m2-bias1"),
-                FloatFormat(exp_bits=8, man_bits=22, name="e8m22"), FloatFormat(exp_bits=8, man_bits=1, name="e8m1")])
+                FloatFormat(exp_bits=8, man_bits=22, name="e8m22"), FloatFormat(exp_bits=8, man_bits=1, name="e8m1"),
+                get_format("fp32"), FloatFormat(exp_bits=11, man_bits=51, name="e11m51"),
+                FloatFormat(exp_bits=11, man_bits=1, name="e11m1")])
 
 
 def ref_round_nearest_even(x, fmt):
     want = round_fraction(x, fmt, "nearest_even")
-    scalar_def = float(np.asarray(round_to(np.array([x], dtype=np.float32), fmt), dtype=np.float64)[0])
-    assert same(want, scalar_def), ("reference and lowprec.round_to differ", x, fmt.name, want, scalar_def)
+    for dtype in (np.float32, np.float64):
+        if dtype == np.float64 or (rules._is_f32(x) and fmt.fits_in(np.float32)):
+            scalar_def = float(np.asarray(round_to(np.array([x], dtype=dtype), fmt), dtype=np.float64)[0])
+            assert same(want, scalar_def), ("reference and lowprec.round_to differ", x, fmt.name, dtype, want,
+                                            scalar_def)
     return want
 
 

@@ -75,15 +75,15 @@ def element_any(op: int, kind: int):
 # specialised loops
 # ---------------------------------------------------------------------------------------------------
 #: The specialisations' last constant: the element step a specialised round loop runs (dispatch.ELEMENT_KERNELS
-#: decides): the definition, or scalar.round_nearest_even_f32 (float32 carrier, nearest-even).
-DEFINITION, NEAREST_EVEN_F32 = 0, 1
+#: decides): the definition, or scalar.round_nearest_even_f32 / _f64 (nearest-even of float32 / float64 data).
+DEFINITION, NEAREST_EVEN_F32, NEAREST_EVEN_F64 = 0, 1, 2
 
 
 def spec_of(p, mode: int, rbits: int, step: int = DEFINITION) -> tuple:
     """The compile-time constants of a (format parameters, mode, random bits) call:
     (kind, mode, r == 32, flag0, flag1, flag2, step). A float format's flags are (NaN encoding, subnormals,
     saturation); a fixed format's (signed, wrap, 0); ``step`` :data:`DEFINITION` or a fast element step
-    (:data:`NEAREST_EVEN_F32`). Other parameters stay runtime arguments."""
+    (:data:`NEAREST_EVEN_F32`, :data:`NEAREST_EVEN_F64`). Other parameters stay runtime arguments."""
     r32 = mode == STOCHASTIC and rbits == 32
     flags = (int(p[5]), int(p[6]), int(p[7])) if p[0] == scalar.KIND_FLOAT else (int(p[3]), int(p[4]), 0)
     return (int(p[0]), int(mode), bool(r32)) + flags + (int(step),)
@@ -101,6 +101,7 @@ def _round_element(kind, u, CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rbits
 def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
     stochastic = mode == STOCHASTIC
     ne32 = step == NEAREST_EVEN_F32
+    ne64 = step == NEAREST_EVEN_F64
 
     if op == "round":
         @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2, step))
@@ -112,6 +113,12 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
                     p[1], p[2], p[3], p[4], flag0, flag2)
                 for i in prange(n):
                     out[i] = scalar.round_nearest_even_f32(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
+                                                           maxbits, overbits, infbits, nanbits)
+            elif ne64:  # int64 carrier bits (float64 data, CW == 64) in and out
+                lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits = scalar.nearest_even_f64_consts(
+                    p[1], p[2], p[3], p[4], flag0, flag2)
+                for i in prange(n):
+                    out[i] = scalar.round_nearest_even_f64(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
                                                            maxbits, overbits, infbits, nanbits)
             elif stochastic and n > 0 and ((offset + n - 1) >> 32) == (offset >> 32):
                 # every counter shares its high word: hash it once (random_bits_split, same bits)

@@ -253,13 +253,23 @@ def _nearest_even_f32(op, p, mode, xdtype):
     return () if ok else None
 
 
+def _nearest_even_f64(op, p, mode, xdtype):
+    from . import scalar
+
+    ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int64
+          and scalar.nearest_even_f64_applies(p))
+    return () if ok else None
+
+
 #: Element steps a specialised round loop runs in place of the definition (kernels/cpu.py), first match; plan
 #: (op, format parameters, mode, carrier dtype). The proofs are in docs/kernels.md, one section per step.
 ELEMENT_KERNELS = (
     FastKernel("nearest-even-f32", "round (not encode), nearest-even, float32 data, a float format with a sign and "
                "a zero, 1 <= m <= 22 and emin >= -126", _nearest_even_f32),
+    FastKernel("nearest-even-f64", "round (not encode), nearest-even, float64 data (int64 carrier, CW = 64), a float "
+               "format with a sign and a zero, 1 <= m <= 51 and emin >= -1022", _nearest_even_f64),
 )
-_ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32}
+_ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32, "nearest-even-f64": cpu.NEAREST_EVEN_F64}
 
 
 def element_step(op: str, p, mode: int, xdtype) -> int:

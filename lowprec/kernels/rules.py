@@ -607,6 +607,20 @@ def _nearest_even_f32(x, fmt):
     return float(np.int32(_run_nearest_even_f32(u, np.array(fmt._kernel_params(), np.int64))).view(np.float32))
 
 
+@njit(nogil=True)
+def _run_nearest_even_f64(u, p):
+    lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits = scalar.nearest_even_f64_consts(
+        p[1], p[2], p[3], p[4], p[5], p[7])
+    return scalar.round_nearest_even_f64(u, p[5], p[6], p[7], lsb, half1, dmask, minnorm, c, maxbits, overbits,
+                                         infbits, nanbits)
+
+
+def _nearest_even_f64(x, fmt):
+    """scalar.round_nearest_even_f64 (cpu.py's specialised nearest-even round loops of float64 data) of x."""
+    u = np.float64(x).view(np.int64)
+    return _f64(np.int64(_run_nearest_even_f64(u, np.array(fmt._kernel_params(), np.int64))).view(np.float64))
+
+
 def _nearest_even_f32_pre(x, fmt):
     """round_nearest_even_f32's conditions: scalar.nearest_even_f32_applies, x a float32 value (Inf, NaN too)."""
     return _is_f32(x) and scalar.nearest_even_f32_applies(fmt._kernel_params())
@@ -663,6 +677,8 @@ REGISTRY = {
     "round_nearest_even": [
         Implementation("scalar.round_nearest_even_f32 (cpu.py specialised round loops)", _nearest_even_f32,
                        _nearest_even_f32_pre),
+        Implementation("scalar.round_nearest_even_f64 (cpu.py specialised round loops)", _nearest_even_f64,
+                       lambda x, fmt: scalar.nearest_even_f64_applies(fmt._kernel_params())),
     ],
     "sum_nearest_even": [
         Implementation("accum.round_sum (nearest-even)",

@@ -487,6 +487,7 @@ def round_grid_f64(y, cadd, minc, top, maxv):
 
 
 _INF32 = 0x7F800000  # float32 Inf's bits
+_INF64 = 0x7FF0000000000000  # float64 Inf's bits
 
 
 def nearest_even_f32_applies(p) -> bool:
@@ -559,6 +560,57 @@ def round_nearest_even_f32(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c
     if nan_code == NAN_NEGATIVE_ZERO:
         s = i32(0) if r == i32(0) else s
     return i32(r | s)
+
+
+def nearest_even_f64_applies(p) -> bool:
+    """Whether :func:`round_nearest_even_f64` computes the nearest-even rounding of float64 values to the
+    format of parameters ``p``: a float format with a sign and a zero (not E8M0), ``1 <= m <= 51`` and
+    ``emin >= -1022``."""
+    kind, m, emin, bias, _, _, subn = (int(v) for v in p[:7])
+    return kind == KIND_FLOAT and 1 <= m <= 51 and -1022 <= emin and emin != -bias and (subn & 2) == 0
+
+
+@_jit
+def nearest_even_f64_consts(m, emin, bias, tmax, nan_code, sat):
+    """:func:`nearest_even_f32_consts` for float64 data (int64; ``c = 1.5 * 2**(emin - m + 52)`` float64)."""
+    maxbits, minnorm, _, infbits, nanbits = _float_consts(64, 52, 1023, m, emin, bias, tmax)
+    overbits = maxbits if sat == 1 else (infbits if nan_code == NAN_IEEE else nanbits)
+    inbits = infbits if nan_code == NAN_IEEE else (maxbits if sat == 1 else nanbits)
+    d = 52 - m
+    i64 = np.int64
+    c = i64_as_f64(i64(((emin - m + 52 + 1023) << 52) | (i64(1) << 51)))
+    return (i64(1) << d, (i64(1) << (d - 1)) - 1, -(i64(1) << d), i64(minnorm), c, i64(maxbits), i64(overbits),
+            i64(inbits), i64(nanbits))
+
+
+@_jit
+def round_nearest_even_f64(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits,
+                           nanbits):
+    """:func:`round_nearest_even_f32` for float64 data (``u`` the int64 bits of a float64; constants:
+    :func:`nearest_even_f64_consts`): the definition's nearest-even bits in 64-bit lanes, for the formats
+    :func:`nearest_even_f64_applies` admits.
+
+    Proof: round_nearest_even_f32's, with float64's 52 fraction bits and exponents down to -1022 for
+    float32's 23 and -126: ``d = 52 - m`` dropped bits in the normal range (``ac + 2**d < 2**63``), and
+    ``c = 1.5 * 2**(emin - m + 52)``, a float64 normal whose binade has the quantum ``2**(emin - m)`` (as
+    ``m <= 51``)."""
+    i64 = np.int64
+    s = u & i64(-0x8000000000000000)
+    a = u & i64(0x7FFFFFFFFFFFFFFF)
+    ac = min(a, i64(_INF64))
+    odd = i64(1) if (ac & lsb) != i64(0) else i64(0)
+    rn = ((ac + half1) + odd) & dmask
+    rs = f64_as_i64((i64_as_f64(ac) + c) - c)
+    r = rs if ac < minnorm else rn
+    r = overbits if r > maxbits else r
+    if (subn & 1) == 0:
+        r = i64(0) if r < minnorm else r
+    if (sat == 1) & (nan_code == NAN_IEEE):
+        r = infbits if a == i64(_INF64) else r
+    r = nanbits if a > i64(_INF64) else r
+    if nan_code == NAN_NEGATIVE_ZERO:
+        s = i64(0) if r == i64(0) else s
+    return r | s
 
 
 @_jit
