@@ -369,7 +369,13 @@ def _tensor_scale(bf, flat_int, CW, CM) -> float:
     bits = block_cpu.finite_amax(flat_int, CW, CM)
     amax = float(np.array([bits], dtype=np.int32 if CW == 32 else np.int64).view(
         np.float32 if CW == 32 else np.float64)[0])
-    s_t = np.float32(amax / _derived(bf).tensor_den)
+    den = _derived(bf).tensor_den
+    with np.errstate(over="ignore"):
+        s_t = np.float32(amax / den)
+    if np.isfinite(amax) and not np.isfinite(s_t):
+        raise ValueError(f"x's largest finite magnitude {amax:.6g} needs a {bf.name} tensor scale amax / {den:g} "
+                         f"beyond fp32's range (amax at most {float(np.finfo(np.float32).max) * den:.6g}); "
+                         "scale x down first")
     return float(s_t) if s_t > 0 and np.isfinite(s_t) else 1.0
 
 

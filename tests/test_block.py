@@ -236,6 +236,18 @@ def test_nvfp4_two_levels():
     _same(dec.astype(np.float32), lb.quantize(x, "nvfp4"))
 
 
+def test_nvfp4_tensor_scale_beyond_fp32_is_an_error():
+    """float64 input whose fp32 tensor scale amax / 2688 overflows: a clear error (it quantized every value to
+    2688 x the block scale's limit, with an overflow warning); the largest amax whose scale is finite works."""
+    top = float(np.finfo(np.float32).max) * 2688
+    x = np.zeros(16)
+    for f in (lb.quantize, lb.encode):
+        with pytest.raises(ValueError, match="x's largest finite magnitude .* tensor scale"):
+            f(np.where(np.arange(16) == 0, 1e45, x), "nvfp4")
+    x[0] = 0.99 * top
+    assert lb.quantize(x, "nvfp4")[0] == pytest.approx(x[0], rel=0.2)
+
+
 # ---------------------------------------------------------------------------------------------------
 # every element format x scale rule x block size against the Fraction reference
 # ---------------------------------------------------------------------------------------------------
