@@ -1,6 +1,7 @@
 """Rounding throughput: lowprec.round_to vs the memory floor and peers, in one run, as ratios.
 
-2**24 float32 values (normal random data), on 1 and 2 threads. Columns:
+2**24 float32 values (normal random data), on 1 and 2 threads, and the same values as float64 (numpy's
+default dtype; against a copy of float64 values). Columns:
 
 * copy: a parallel numba copy of the same array into a preallocated output (the floor);
 * lowprec: ``round_to(..., out=preallocated)`` against that floor, and ``round_to``
@@ -77,8 +78,10 @@ def main(argv=None) -> int:
     import ml_dtypes
 
     n = 1 << args.log2n
-    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    x64 = np.random.default_rng(0).standard_normal(n)
+    x = x64.astype(np.float32)
     out = np.empty_like(x)
+    out64 = np.empty_like(x64)
     peers = {
         "numpy f16": lambda: x.astype(np.float16).astype(np.float32),
         "ml_dtypes bf16": lambda: x.astype(ml_dtypes.bfloat16).astype(np.float32),
@@ -108,6 +111,15 @@ def main(argv=None) -> int:
             alloc = n / _best(lambda: lowprec.round_to(x, fmt, mode, seed=1), args.repeat) / 1e6
             vs_peer = f"{alloc / peer_rate[peer]:.1f}x {peer}" if peer else "-"
             print(f"| {threads} | {fmt} | {mode} | {rate:.0f} | {med:.2f} | {top:.2f} | {alloc:.0f} | {vs_peer} |")
+        # float64 data (numpy's default dtype), against a copy of float64 values
+        copy64 = n / _best(lambda: _pcopy(x64, out64), args.repeat) / 1e6
+        print(f"| {threads} | (parallel copy, float64) | - | {copy64:.0f} | 1.00 | 1.00 | - | - |")
+        for fmt in ("fp16", "bf16"):
+            t, med, top = _paired(lambda: lowprec.round_to(x64, fmt, out=out64), lambda: _pcopy(x64, out64),
+                                  args.repeat)
+            alloc = n / _best(lambda: lowprec.round_to(x64, fmt), args.repeat) / 1e6
+            print(f"| {threads} | {fmt}, float64 data | nearest_even | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} "
+                  f"| {alloc:.0f} | - |")
     numba.set_num_threads(before)
     print(f"\nfirst call in a fresh process (cache warm): {_first_call_seconds():.3f} s")
     return 0

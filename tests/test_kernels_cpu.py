@@ -139,6 +139,55 @@ def test_nearest_even_f32_step_equals_the_definition_on_every_float32(fmt):
         assert bad.size == 0, [hex(int(u[i]) & 0xFFFFFFFF) for i in bad[:5]]
 
 
+_SR32_FORMATS = [f for f in _NE32_FORMATS if scalar.stochastic_f32_applies(f._kernel_params()) is not None]
+
+
+def _sr32_step(p) -> int:
+    step = dispatch.element_step("round", p, int(Rounding.STOCHASTIC), np.int32, 32)
+    assert step == (cpu.STOCHASTIC_F32_WIDE if p[2] == -126 else cpu.STOCHASTIC_F32)
+    return step
+
+
+@pytest.mark.parametrize("fmt", _SR32_FORMATS, ids=lambda f: f.name)
+def test_stochastic_f32_step_equals_the_definition(fmt):
+    """The specialised stochastic loops (32 random bits) of float32 data run scalar.round_stochastic_f32 (narrow,
+    or wide for float32's exponent range): the runtime-argument loop's bits on the branch-reaching patterns, under
+    two keys, with counters inside one 2**32 block and crossing one. (``slow``: every 2**32 pattern.)"""
+    p = fmt._kernel_params()
+    sr = int(Rounding.STOCHASTIC)
+    u = np.concatenate([_float32_patterns(fmt.man_bits), _edge(np.float32, fmt).view(np.int32)])
+    fast = cpu.specialised("round", cpu.spec_of(p, sr, 32, _sr32_step(p)), True)
+    for (k0, k1), offset in (((0x1234, 0xBEEF), 5), ((0xFFFFFFFF, 0), 2 ** 32 - 1000)):
+        args = (32, 23, 127, p, sr, np.uint32(k0), np.uint32(k1), np.int64(offset), 32)
+        want = np.empty_like(u)
+        cpu.element_any(cpu.ROUND, p[0])(cpu.ROUND, u, want, *args)
+        got = np.empty_like(u)
+        fast(cpu.ROUND, u, got, *args)
+        bad = np.flatnonzero(got != want)
+        assert bad.size == 0, [(hex(u[i] & 0xFFFFFFFF), hex(got[i] & 0xFFFFFFFF), hex(want[i] & 0xFFFFFFFF))
+                               for i in bad[:5]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", _SR32_FORMATS, ids=lambda f: f.name)
+def test_stochastic_f32_step_equals_the_definition_on_every_float32(fmt):
+    """round_stochastic_f32 against the definition's specialised stochastic loop on all 2**32 float32 patterns
+    (the random bits of each from its counter)."""
+    p = fmt._kernel_params()
+    sr = int(Rounding.STOCHASTIC)
+    fast = cpu.specialised("round", cpu.spec_of(p, sr, 32, _sr32_step(p)), True)
+    ref = cpu.specialised("round", cpu.spec_of(p, sr, 32), True)
+    chunk = 1 << 26
+    got, want = np.empty(chunk, np.int32), np.empty(chunk, np.int32)
+    for j, lo in enumerate(range(0, 1 << 32, chunk)):
+        u = (np.arange(lo, lo + chunk, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+        args = (32, 23, 127, p, sr, np.uint32(0x9E37 + j), np.uint32(7), np.int64(j << 26), 32)
+        fast(cpu.ROUND, u, got, *args)
+        ref(cpu.ROUND, u, want, *args)
+        bad = np.flatnonzero(got != want)
+        assert bad.size == 0, [hex(int(u[i]) & 0xFFFFFFFF) for i in bad[:5]]
+
+
 _NE64_FORMATS = [f for f in [lowprec.get_format(n) for n in lowprec.preset_names()] + list(_NE32_CUSTOM)
                  + [lowprec.FloatFormat(11, 51, name="e11m51"), lowprec.FloatFormat(11, 1, name="e11m1")]
                  if isinstance(f, lowprec.FloatFormat) and scalar.nearest_even_f64_applies(f._kernel_params())]
@@ -193,16 +242,24 @@ def test_nearest_even_f64_step_equals_the_definition_on_many_float64(fmt):
     _ne64_against_definition(fmt, u, lambda p: cpu.specialised("round", cpu.spec_of(p, 0, 32), True))
 
 
-def test_dispatch_runs_the_nearest_even_steps_only_where_they_apply():
-    """The fast element steps for float32 and float64 data at nearest-even; the definition for encode, other
-    modes, fp32 itself on float32 data (m = 23), E8M0 (no zero) and fixed point."""
+def test_dispatch_runs_the_fast_steps_only_where_they_apply():
+    """The fast element steps for float32 and float64 data at nearest-even and for float32 data at stochastic
+    rounding with 32 random bits; the definition for encode, other modes and random-bit counts, fp32 itself on
+    float32 data (m = 23), E8M0 (no zero) and fixed point."""
     ne, step = int(Rounding.NEAREST_EVEN), dispatch.element_step
     fp16 = lowprec.get_format("fp16")._kernel_params()
     fp32 = lowprec.get_format("fp32")._kernel_params()
     assert step("round", fp16, ne, np.int32) == cpu.NEAREST_EVEN_F32
     assert step("round", fp16, ne, np.int64) == step("round", fp32, ne, np.int64) == cpu.NEAREST_EVEN_F64
     assert step("encode", fp16, ne, np.int32) == step("encode", fp16, ne, np.int64) == cpu.DEFINITION
-    assert step("round", fp16, int(Rounding.STOCHASTIC), np.int32) == cpu.DEFINITION
+    assert step("round", fp16, int(Rounding.STOCHASTIC), np.int32, 32) == cpu.STOCHASTIC_F32
+    bf16 = lowprec.get_format("bf16")._kernel_params()
+    assert step("round", bf16, int(Rounding.STOCHASTIC), np.int32, 32) == cpu.STOCHASTIC_F32_WIDE
+    odd = lowprec.FloatFormat(7, 10, bias=121, name="e7m10-b121")  # emin - m = -130, emin = -120: neither variant
+    assert step("round", odd._kernel_params(), int(Rounding.STOCHASTIC), np.int32, 32) == cpu.DEFINITION
+    assert step("round", odd._kernel_params(), ne, np.int32) == cpu.NEAREST_EVEN_F32
+    assert step("round", fp16, int(Rounding.STOCHASTIC), np.int32, 7) == cpu.DEFINITION  # (r < 32: the definition)
+    assert step("round", fp16, int(Rounding.STOCHASTIC), np.int64, 32) == cpu.DEFINITION
     assert step("round", fp16, int(Rounding.NEAREST_AWAY), np.int64) == cpu.DEFINITION
     assert step("round", fp32, ne, np.int32) == cpu.DEFINITION
     for fmt in (lowprec.E8M0, lowprec.get_format("int8")):

@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from reference import random_bits_ref, round_fraction
+from reference import neighbours, random_bits_ref, round_fraction
 
 from lowprec import round_to
 from lowprec.formats import FloatFormat, get_format
@@ -187,6 +187,25 @@ def ref_round_nearest_even(x, fmt):
     return want
 
 
+def _stochastic_round_data():
+    """(x, fmt, R): ALL_KINDS' inputs with the random bits at the boundary of each x (the largest R that rounds away
+    and the next), and at 0, 2**31 and 2**32 - 1."""
+    out = []
+    for fmt in ALL_KINDS:
+        for x in saturating_inputs(fmt):
+            Rs = {0, 2 ** 31, 2 ** 32 - 1}
+            if math.isfinite(x) and x != 0:
+                lo, _, q, _ = neighbours(Fraction(x), fmt)
+                b = math.floor((abs(Fraction(x)) - lo) / q * 2 ** 32)  # away iff R < b
+                Rs |= {r for r in (b - 1, b, b + 1) if 0 <= r < 2 ** 32}
+            out += [(x, fmt, R) for R in sorted(Rs)]
+    return out
+
+
+def ref_round_stochastic(x, fmt, R):
+    return round_fraction(x, fmt, "stochastic", u=Fraction(R, 2 ** 32), rbits=32)
+
+
 def _exact_sum(s, t):
     """The exact s + t (a Fraction), or the float result where it is not finite or is an exact zero."""
     if not (math.isfinite(s) and math.isfinite(t)):
@@ -248,6 +267,7 @@ RULE_TESTS = {
                               _value_check(ref_nearest_even_saturate)),
     "round_nearest_even": (lambda: [(x, fmt) for fmt in ALL_KINDS for x in saturating_inputs(fmt)],
                            _value_check(ref_round_nearest_even)),
+    "round_stochastic": (_stochastic_round_data, _value_check(ref_round_stochastic)),
     "sum_nearest_even": (_sum_data, _value_check(ref_sum_nearest_even)),
     "sum_stochastic": (_stochastic_data, _value_check(ref_sum_stochastic)),
     "random_bits": (lambda: [(k0, k1, c) for k0, k1 in KEYS for c in COUNTERS + [c + 2 ** 32 for c in COUNTERS[:4]]],

@@ -75,15 +75,17 @@ def element_any(op: int, kind: int):
 # specialised loops
 # ---------------------------------------------------------------------------------------------------
 #: The specialisations' last constant: the element step a specialised round loop runs (dispatch.ELEMENT_KERNELS
-#: decides): the definition, or scalar.round_nearest_even_f32 / _f64 (nearest-even of float32 / float64 data).
-DEFINITION, NEAREST_EVEN_F32, NEAREST_EVEN_F64 = 0, 1, 2
+#: decides): the definition, scalar.round_nearest_even_f32 / _f64 (nearest-even of float32 / float64 data) or
+#: scalar.round_stochastic_f32 (stochastic with 32 random bits, float32 data; narrow and wide variants).
+DEFINITION, NEAREST_EVEN_F32, NEAREST_EVEN_F64, STOCHASTIC_F32, STOCHASTIC_F32_WIDE = 0, 1, 2, 3, 4
 
 
 def spec_of(p, mode: int, rbits: int, step: int = DEFINITION) -> tuple:
     """The compile-time constants of a (format parameters, mode, random bits) call:
     (kind, mode, r == 32, flag0, flag1, flag2, step). A float format's flags are (NaN encoding, subnormals,
     saturation); a fixed format's (signed, wrap, 0); ``step`` :data:`DEFINITION` or a fast element step
-    (:data:`NEAREST_EVEN_F32`, :data:`NEAREST_EVEN_F64`). Other parameters stay runtime arguments."""
+    (:data:`NEAREST_EVEN_F32`, :data:`NEAREST_EVEN_F64`, :data:`STOCHASTIC_F32`, :data:`STOCHASTIC_F32_WIDE`).
+    Other parameters stay runtime arguments."""
     r32 = mode == STOCHASTIC and rbits == 32
     flags = (int(p[5]), int(p[6]), int(p[7])) if p[0] == scalar.KIND_FLOAT else (int(p[3]), int(p[4]), 0)
     return (int(p[0]), int(mode), bool(r32)) + flags + (int(step),)
@@ -102,6 +104,8 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
     stochastic = mode == STOCHASTIC
     ne32 = step == NEAREST_EVEN_F32
     ne64 = step == NEAREST_EVEN_F64
+    sr32 = step in (STOCHASTIC_F32, STOCHASTIC_F32_WIDE)
+    wide = 1 if step == STOCHASTIC_F32_WIDE else 0
 
     if op == "round":
         @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2, step))
@@ -120,6 +124,22 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
                 for i in prange(n):
                     out[i] = scalar.round_nearest_even_f64(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
                                                            maxbits, overbits, infbits, nanbits)
+            elif sr32:  # int32 carrier bits, 32 random bits
+                lsb, dmask, minnorm, q, up, dbase, maxbits, overbits, infbits, nanbits = scalar.stochastic_f32_consts(
+                    p[1], p[2], p[3], p[4], flag0, flag2)
+                if n > 0 and ((offset + n - 1) >> 32) == (offset >> 32):
+                    mixed_hi = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))
+                    lo0 = offset & 0xFFFFFFFF
+                    lo0_32 = np.uint32(lo0)
+                    for i in prange(n):  # (the counter's low word in 32-bit lanes: lo0 + i < 2**32 here)
+                        rnd = scalar.random_bits_split(key0, key1, np.uint32(lo0_32 + np.uint32(i)), mixed_hi, 32)
+                        out[i] = scalar.round_stochastic_f32(x[i], rnd, flag0, flag1, flag2, wide, lsb, dmask, minnorm,
+                                                             q, up, dbase, maxbits, overbits, infbits, nanbits)
+                else:
+                    for i in prange(n):
+                        rnd = scalar.random_bits(key0, key1, offset + i, 32)
+                        out[i] = scalar.round_stochastic_f32(x[i], rnd, flag0, flag1, flag2, wide, lsb, dmask, minnorm,
+                                                             q, up, dbase, maxbits, overbits, infbits, nanbits)
             elif stochastic and n > 0 and ((offset + n - 1) >> 32) == (offset >> 32):
                 # every counter shares its high word: hash it once (random_bits_split, same bits)
                 mixed_hi = scalar._mix32(np.uint32((offset >> 32) & 0xFFFFFFFF))

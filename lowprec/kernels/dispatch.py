@@ -181,7 +181,7 @@ _CHOICES: dict = {}
 def element_choice(op: str, p, mode: int, rbits: int, parallel: bool, xdtype, outdtype) -> _Choice:
     """The state of the CPU ``op`` ("round" or "encode") loops for one specialisation and size class
     (memoised: one entry per combination in use)."""
-    spec = cpu.spec_of(p, mode, rbits, element_step(op, p, mode, xdtype))
+    spec = cpu.spec_of(p, mode, rbits, element_step(op, p, mode, xdtype, rbits))
     key = (op, spec, bool(parallel), np.dtype(xdtype).num, np.dtype(outdtype).num)
     c = _CHOICES.get(key)
     if c is None:
@@ -245,7 +245,7 @@ class FastKernel(NamedTuple):
     plan: Callable
 
 
-def _nearest_even_f32(op, p, mode, xdtype):
+def _nearest_even_f32(op, p, mode, xdtype, rbits):
     from . import scalar
 
     ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int32
@@ -253,7 +253,7 @@ def _nearest_even_f32(op, p, mode, xdtype):
     return () if ok else None
 
 
-def _nearest_even_f64(op, p, mode, xdtype):
+def _nearest_even_f64(op, p, mode, xdtype, rbits):
     from . import scalar
 
     ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int64
@@ -261,22 +261,37 @@ def _nearest_even_f64(op, p, mode, xdtype):
     return () if ok else None
 
 
+def _stochastic_f32(wide):
+    def plan(op, p, mode, xdtype, rbits):
+        from . import scalar
+
+        ok = (op == "round" and mode == scalar.STOCHASTIC and rbits == 32 and np.dtype(xdtype) == np.int32
+              and scalar.stochastic_f32_applies(p) == wide)
+        return () if ok else None
+
+    return plan
+
+
 #: Element steps a specialised round loop runs in place of the definition (kernels/cpu.py), first match; plan
-#: (op, format parameters, mode, carrier dtype). The proofs are in docs/kernels.md, one section per step.
+#: (op, format parameters, mode, carrier dtype, random bits). The proofs are in docs/kernels.md, one section per step.
 ELEMENT_KERNELS = (
     FastKernel("nearest-even-f32", "round (not encode), nearest-even, float32 data, a float format with a sign and "
                "a zero, 1 <= m <= 22 and emin >= -126", _nearest_even_f32),
     FastKernel("nearest-even-f64", "round (not encode), nearest-even, float64 data (int64 carrier, CW = 64), a float "
                "format with a sign and a zero, 1 <= m <= 51 and emin >= -1022", _nearest_even_f64),
+    FastKernel("stochastic-f32", "round, stochastic with 32 random bits, float32 data, a float format with a sign and "
+               "a zero, 1 <= m <= 22 and emin - m >= -126", _stochastic_f32(0)),
+    FastKernel("stochastic-f32-wide", "as stochastic-f32, with emin == -126 (bf16, tf32)", _stochastic_f32(1)),
 )
-_ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32, "nearest-even-f64": cpu.NEAREST_EVEN_F64}
+_ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32, "nearest-even-f64": cpu.NEAREST_EVEN_F64,
+                  "stochastic-f32": cpu.STOCHASTIC_F32, "stochastic-f32-wide": cpu.STOCHASTIC_F32_WIDE}
 
 
-def element_step(op: str, p, mode: int, xdtype) -> int:
+def element_step(op: str, p, mode: int, xdtype, rbits: int = 32) -> int:
     """The element step (cpu.spec_of's ``step``) the specialised ``op`` loop runs: the first of
     :data:`ELEMENT_KERNELS` whose precondition holds, else the definition."""
     for k in ELEMENT_KERNELS:
-        if k.plan(op, p, mode, xdtype) is not None:
+        if k.plan(op, p, mode, xdtype, rbits) is not None:
             return _ELEMENT_STEPS[k.name]
     return cpu.DEFINITION
 

@@ -416,6 +416,9 @@ RULES = {
                              "it: the saturating rounding of the block formats' elements and scales",
     "round_nearest_even": "(x, fmt) -> lowprec.round_to(x, fmt) at nearest-even, for any lowprec FloatFormat: the "
                           "format's overflow (Inf, NaN or +-max), NaN, flush to zero and signed zeros",
+    "round_stochastic": "(x, fmt, R) -> lowprec.round_to(x, fmt, 'stochastic') given its 32 random bits R, for any "
+                        "lowprec FloatFormat: away from zero iff R < the 32 bits below the kept ones, then the "
+                        "format's overflow, NaN, flush to zero and signed zeros",
     "sum_nearest_even": "(s, t, fmt) -> the exact s + t rounded once to nearest-even onto fmt",
     "sum_stochastic": "(s, t, fmt, key0, key1, counter) -> the exact s + t rounded stochastically onto fmt "
                       "with the 32 random bits R = scalar.random_bits(key0, key1, counter, 32): away from zero "
@@ -621,6 +624,28 @@ def _nearest_even_f64(x, fmt):
     return _f64(np.int64(_run_nearest_even_f64(u, np.array(fmt._kernel_params(), np.int64))).view(np.float64))
 
 
+@njit(nogil=True)
+def _run_stochastic_f32(u, rnd, p, wide):
+    lsb, dmask, minnorm, q, up, dbase, maxbits, overbits, infbits, nanbits = scalar.stochastic_f32_consts(
+        p[1], p[2], p[3], p[4], p[5], p[7])
+    return scalar.round_stochastic_f32(u, rnd, p[5], p[6], p[7], wide, lsb, dmask, minnorm, q, up, dbase, maxbits,
+                                       overbits, infbits, nanbits)
+
+
+def _stochastic_f32(x, fmt, R, wide):
+    """scalar.round_stochastic_f32 (cpu.py's specialised stochastic round loops of float32 data) of x with bits R."""
+    u = np.float32(x).view(np.int32)
+    got = _run_stochastic_f32(u, np.uint64(R), np.array(fmt._kernel_params(), np.int64), wide)
+    return float(np.int32(got).view(np.float32))
+
+
+def _round_carrier_sr(x, fmt, R):
+    """scalar.round_float_carrier (the definition) in mode STOCHASTIC with the bits R, on x's float64 bits."""
+    p = fmt._kernel_params()
+    u = np.float64(x).view(np.int64)
+    return _f64(np.int64(scalar.round_float_carrier(u, 64, 52, 1023, *p[1:8], _SR, np.uint64(R), 32)).view(np.float64))
+
+
 def _nearest_even_f32_pre(x, fmt):
     """round_nearest_even_f32's conditions: scalar.nearest_even_f32_applies, x a float32 value (Inf, NaN too)."""
     return _is_f32(x) and scalar.nearest_even_f32_applies(fmt._kernel_params())
@@ -679,6 +704,16 @@ REGISTRY = {
                        _nearest_even_f32_pre),
         Implementation("scalar.round_nearest_even_f64 (cpu.py specialised round loops)", _nearest_even_f64,
                        lambda x, fmt: scalar.nearest_even_f64_applies(fmt._kernel_params())),
+    ],
+    "round_stochastic": [
+        Implementation("scalar.round_float_carrier (the definition, float64 carrier)", _round_carrier_sr,
+                       lambda x, fmt, R: fmt.fits_in(np.float64)),
+        Implementation("scalar.round_stochastic_f32 (narrow; cpu.py specialised round loops)",
+                       lambda x, fmt, R: _stochastic_f32(x, fmt, R, 0),
+                       lambda x, fmt, R: _is_f32(x) and scalar.stochastic_f32_applies(fmt._kernel_params()) == 0),
+        Implementation("scalar.round_stochastic_f32 (wide; cpu.py specialised round loops)",
+                       lambda x, fmt, R: _stochastic_f32(x, fmt, R, 1),
+                       lambda x, fmt, R: _is_f32(x) and scalar.stochastic_f32_applies(fmt._kernel_params()) == 1),
     ],
     "sum_nearest_even": [
         Implementation("accum.round_sum (nearest-even)",

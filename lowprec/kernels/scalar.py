@@ -562,6 +562,87 @@ def round_nearest_even_f32(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c
     return i32(r | s)
 
 
+def stochastic_f32_applies(p):
+    """Which variant of :func:`round_stochastic_f32` computes stochastic rounding of float32 values with 32 random
+    bits to the format of parameters ``p``: 1 (*wide*: ``emin == -126``, float32's exponent range, where the
+    target's quantum below its normal range is float32's and the normal-range rule covers every value), 0
+    (*narrow*: ``emin - m >= -126``, the target's subnormal quantum a float32 normal) or None (the definition),
+    for the formats :func:`nearest_even_f32_applies` admits."""
+    if not nearest_even_f32_applies(p):
+        return None
+    m, emin = int(p[1]), int(p[2])
+    return 1 if emin == -126 else (0 if emin - m >= -126 else None)
+
+
+@_jit
+def stochastic_f32_consts(m, emin, bias, tmax, nan_code, sat):
+    """The constants of :func:`round_stochastic_f32`: ``(lsb, dmask, minnorm, q, up, dbase, maxbits, overbits,
+    infbits, nanbits)``: :func:`nearest_even_f32_consts`' ``lsb``, ``dmask``, ``minnorm`` and overflow/Inf/NaN
+    bits, the float32 ``q = 2**(emin - m)`` (the target's subnormal quantum; used by the narrow variant only,
+    where it is a float32 normal), ``up = 9 + m`` (``32 - d`` for the ``d = 23 - m`` dropped bits of the normal
+    range) and ``dbase = 23 - m + emin + 127``."""
+    lsb, _, dmask, minnorm, _, maxbits, overbits, infbits, nanbits = nearest_even_f32_consts(m, emin, bias, tmax,
+                                                                                               nan_code, sat)
+    i32 = np.int32
+    q = i32_as_f32(i32((max(emin - m, -126) + 127) << 23))
+    return lsb, dmask, minnorm, q, i32(9 + m), i32(23 - m + emin + 127), maxbits, overbits, infbits, nanbits
+
+
+@_jit
+def round_stochastic_f32(u, rnd, nan_code, subn, sat, wide, lsb, dmask, minnorm, q, up, dbase, maxbits, overbits,
+                         infbits, nanbits):
+    """round_float_carrier in mode STOCHASTIC with 32 random bits ``rnd`` for a float32 carrier (``u`` the int32 bits
+    of a float32), in 32-bit lanes without the definition's general path: the specialised stochastic round loops
+    of the formats :func:`stochastic_f32_applies` admits, ``rbits == 32`` (``wide`` its variant, a constant of the
+    loop; constants: :func:`stochastic_f32_consts`; flags as :func:`round_nearest_even_f32`). The same bits.
+
+    Proof. The definition moves one quantum away from zero iff ``R < rem_r`` (unsigned 32-bit), ``rem_r = (rem >>
+    sh_down) << sh_up`` with ``rem`` the ``d`` dropped bits of the 24-bit significand, ``sh_down = min(max(d - 32,
+    0), 31)``, ``sh_up = min(max(32 - d, 0), 31)`` (its 32-bit lane rule); unsigned order is compared as signed
+    order after flipping the top bit of both sides. Let ``ac = min(|u|, Inf's bits)``. (1) ``ac >= minnorm``:
+    ``d = 23 - m`` everywhere (as ``emin >= -126``), and ``ac << (9 + m)`` in 32 bits is ``rem << (32 - d)`` (the
+    kept bits shift out); the result is the truncated bits ``ac & dmask`` plus one quantum ``lsb`` if away, a
+    carry out of the mantissa being the next binade, as in the definition (no wrap: ``ac + lsb < 2**31``). With
+    ``emin == -126`` (wide) this covers every ``ac``: below ``2**-126`` the target's quantum ``2**(-126 - m)`` is
+    again ``lsb`` carrier units (float32's subnormals have float32's normal quantum), and a carry out of the
+    subnormal mantissa is ``2**-126``'s bits. (2) Narrow, ``ac < minnorm``: ``d = dbase - max(E, 1)`` per lane (E
+    the biased exponent field), the definition's ``max(ex, emin) - m + 23 - ex`` below the target's normal range;
+    the significand is split at ``min(d, 31)`` (for ``d >= 24`` the kept part is 0 and ``rem`` the whole
+    significand either way, as with the definition's clamp at 30); the result ``(kept + inc) * q`` is 0 or a
+    multiple of the float32 normal ``q = 2**(emin - m)`` at most ``2**emin``, an integer below ``2**24`` times a
+    power of two: exact in float32 (no subnormal operand or result, which would cost a microcode assist), and
+    the definition's value. (3) The selects are :func:`round_nearest_even_f32`'s: the definition clamps overflow
+    to ``maxbits`` in stochastic mode only for a saturating format, as at nearest-even."""
+    i32 = np.int32
+    top = i32(-0x80000000)
+    R = i32(i32(rnd) ^ top)
+    s = i32(u & top)
+    a = i32(u & i32(0x7FFFFFFF))
+    ac = i32(min(a, i32(_INF32)))
+    r = i32(i32(ac & dmask) + (lsb if R < i32(_shl(ac, up) ^ top) else i32(0)))
+    if wide == 0:
+        E = i32(_shr(ac, i32(23)))
+        sig = i32(i32(ac & i32(0x7FFFFF)) | (i32(0x800000) if E != i32(0) else i32(0)))
+        d = i32(dbase - max(E, i32(1)))
+        dd = i32(min(d, i32(31)))
+        kept = i32(_shr(sig, dd))
+        rem = i32(sig & i32(_shl(i32(1), dd) - i32(1)))
+        sh_down = i32(min(max(i32(d - i32(32)), i32(0)), i32(31)))
+        sh_up = i32(min(max(i32(i32(32) - d), i32(0)), i32(31)))
+        rem_r = i32(i32(_shl(i32(_shr(np.uint32(rem), sh_down)), sh_up)) ^ top)
+        rs = f32_as_i32(np.float32(np.float32(i32(kept + (i32(1) if R < rem_r else i32(0)))) * q))
+        r = rs if ac < minnorm else r
+    r = overbits if r > maxbits else r
+    if (subn & 1) == 0:
+        r = i32(0) if r < minnorm else r
+    if (sat == 1) & (nan_code == NAN_IEEE):
+        r = infbits if a == i32(_INF32) else r
+    r = nanbits if a > i32(_INF32) else r
+    if nan_code == NAN_NEGATIVE_ZERO:
+        s = i32(0) if r == i32(0) else s
+    return i32(r | s)
+
+
 def nearest_even_f64_applies(p) -> bool:
     """Whether :func:`round_nearest_even_f64` computes the nearest-even rounding of float64 values to the
     format of parameters ``p``: a float format with a sign and a zero (not E8M0), ``1 <= m <= 51`` and
