@@ -214,3 +214,17 @@ def test_api_reference_lists_every_public_name():
     missing = sorted(expected - headings)
     assert not missing, f"docs/api.md lacks {missing[:10]}: run python scripts/gen_api.py"
     assert {"lowprec.core.round_to", "lowprec.sweep.run_sweep", "lowprec.study.run_study"} <= headings
+
+
+def test_every_fast_kernel_has_its_proof_section_in_kernels_md():
+    """dispatch's tables promise the proof of each fast kernel's precondition in a docs/kernels.md section
+    named after the kernel: every table entry has a heading that names it."""
+    from lowprec.kernels import dispatch
+
+    text = (DOCS / "kernels.md").read_text()
+    named = set()
+    for heading in re.findall(r"^###+ (.+)$", text, re.MULTILINE):
+        named |= set(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", heading.split(":")[-1]))
+    tables = (dispatch.ELEMENT_KERNELS, dispatch.FP32_TILE_KERNELS, dispatch.NARROW_KERNELS)
+    missing = [k.name for table in tables for k in table if k.name not in named]
+    assert not missing, f"docs/kernels.md has no section for {missing}"

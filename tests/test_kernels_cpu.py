@@ -242,10 +242,80 @@ def test_nearest_even_f64_step_equals_the_definition_on_many_float64(fmt):
     _ne64_against_definition(fmt, u, lambda p: cpu.specialised("round", cpu.spec_of(p, 0, 32), True))
 
 
+_FIXED_FORMATS = [lowprec.get_format(n) for n in ("int8", "uint8", "int4", "int16")] + [
+    lowprec.FixedFormat(16, 8), lowprec.FixedFormat(4, -3), lowprec.FixedFormat(22, 0),
+    lowprec.FixedFormat(22, 126, signed=False), lowprec.FixedFormat(12, -64), lowprec.FixedFormat(1, 0, signed=False)]
+_FIXED64_FORMATS = _FIXED_FORMATS + [lowprec.get_format("int32"), lowprec.FixedFormat(32, 0, signed=False)] + [
+    lowprec.FixedFormat(32, 20), lowprec.FixedFormat(23, 0)]
+
+
+def _fixed_patterns(fmt, dtype) -> np.ndarray:
+    """Bit patterns that reach every branch of a nearest-even rounding to a fixed-point format: every sign and
+    exponent of ``dtype`` with several mantissas (zeros, subnormals, Inf, NaN payloads), the ties (k + 1/2) * q and
+    their neighbours for k near 0 and both ends, and 2**20 patterns spread over the bit patterns."""
+    ity, nb, mb = (np.int32, 32, 23) if dtype == np.float32 else (np.int64, 64, 52)
+    mants = [0, 1, 2, 3, (1 << mb) - 1, 1 << (mb - 1), (1 << (mb - 1)) + 1, 0x2AAAAA]
+    grid = [(s << (nb - 1)) | (e << mb) | mt for s in (0, 1) for e in range(1 << (nb - 1 - mb)) for mt in mants]
+    grid = (np.array(grid, dtype=np.uint64) & np.uint64(2 ** nb - 1)).astype(np.uint32 if nb == 32 else np.uint64)
+    q = 2.0 ** -fmt.frac_bits
+    k = np.array(sorted({0, 1, 2, 3, 4, 5, fmt.kmax - 1, fmt.kmax, fmt.kmax + 1, fmt.kmin - 1, fmt.kmin,
+                         fmt.kmin + 1}), dtype=np.float64)
+    k = np.concatenate([k, -k])
+    with np.errstate(over="ignore"):
+        ties = ((k + 0.5) * q).astype(dtype)
+        ties = np.concatenate([ties, np.nextafter(ties, dtype(np.inf)), np.nextafter(ties, dtype(-np.inf)),
+                               (k * q).astype(dtype), ((k + 0.25) * q).astype(dtype)])
+    rng = np.random.default_rng(fmt.bits)
+    spread = rng.integers(0, 2 ** nb, 1 << 20, dtype=np.uint64).astype(np.uint32 if nb == 32 else np.uint64)
+    return np.concatenate([grid.view(ity), ties.view(ity), spread.view(ity), _edge(dtype, fmt).view(ity)])
+
+
+def _fixed_against_definition(fmt, dtype, u, reference):
+    p = fmt._kernel_params()
+    CW, CM, CB, ity = lowprec.core.carrier_of(dtype)
+    step = dispatch.element_step("round", p, int(Rounding.NEAREST_EVEN), ity)
+    assert step == (cpu.FIXED_NEAREST_F32 if dtype == np.float32 else cpu.FIXED_NEAREST_F64)
+    args = (CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+    want, got = np.empty_like(u), np.empty_like(u)
+    reference(p)(cpu.ROUND, u, want, *args)
+    cpu.specialised("round", cpu.spec_of(p, 0, 32, step), True)(cpu.ROUND, u, got, *args)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(u[i:i + 1].view(dtype)[0], got[i:i + 1].view(dtype)[0], want[i:i + 1].view(dtype)[0])
+                           for i in bad[:5]]
+
+
+@pytest.mark.parametrize("fmt", _FIXED_FORMATS, ids=lambda f: f.name)
+def test_fixed_nearest_f32_step_equals_the_definition(fmt):
+    """The specialised nearest-even loops of float32 data to a saturating fixed-point format of at most 22 bits
+    run scalar.round_fixed_nearest_f32: the runtime-argument loop's bits on patterns that reach each of its
+    branches. (``slow``: every 2**32 pattern.)"""
+    _fixed_against_definition(fmt, np.float32, _fixed_patterns(fmt, np.float32),
+                              lambda p: cpu.element_any(cpu.ROUND, p[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", _FIXED_FORMATS, ids=lambda f: f.name)
+def test_fixed_nearest_f32_step_equals_the_definition_on_every_float32(fmt):
+    p = fmt._kernel_params()
+    ref = cpu.specialised("round", cpu.spec_of(p, 0, 32), True)
+    chunk = 1 << 26
+    for lo in range(0, 1 << 32, chunk):
+        u = (np.arange(lo, lo + chunk, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+        _fixed_against_definition(fmt, np.float32, u, lambda p: ref)
+
+
+@pytest.mark.parametrize("fmt", _FIXED64_FORMATS, ids=lambda f: f.name)
+def test_fixed_nearest_f64_step_equals_the_definition(fmt):
+    """The same for float64 data (scalar.round_fixed_nearest_f64, formats of at most 51 bits: every FixedFormat)."""
+    _fixed_against_definition(fmt, np.float64, _fixed_patterns(fmt, np.float64),
+                              lambda p: cpu.element_any(cpu.ROUND, p[0]))
+
+
 def test_dispatch_runs_the_fast_steps_only_where_they_apply():
-    """The fast element steps for float32 and float64 data at nearest-even and for float32 data at stochastic
-    rounding with 32 random bits; the definition for encode, other modes and random-bit counts, fp32 itself on
-    float32 data (m = 23), E8M0 (no zero) and fixed point."""
+    """The fast element steps for float32 and float64 data at nearest-even (float and saturating fixed-point
+    formats) and for float32 data at stochastic rounding with 32 random bits; the definition for encode, other
+    modes and random-bit counts, fp32 itself on float32 data (m = 23), E8M0 (no zero), wrapping fixed point and
+    fixed point wider than 22 bits on float32 data."""
     ne, step = int(Rounding.NEAREST_EVEN), dispatch.element_step
     fp16 = lowprec.get_format("fp16")._kernel_params()
     fp32 = lowprec.get_format("fp32")._kernel_params()
@@ -262,9 +332,17 @@ def test_dispatch_runs_the_fast_steps_only_where_they_apply():
     assert step("round", fp16, int(Rounding.STOCHASTIC), np.int64, 32) == cpu.DEFINITION
     assert step("round", fp16, int(Rounding.NEAREST_AWAY), np.int64) == cpu.DEFINITION
     assert step("round", fp32, ne, np.int32) == cpu.DEFINITION
-    for fmt in (lowprec.E8M0, lowprec.get_format("int8")):
-        for carrier in (np.int32, np.int64):
-            assert step("round", fmt._kernel_params(), ne, carrier) == cpu.DEFINITION, fmt.name
+    for carrier in (np.int32, np.int64):
+        assert step("round", lowprec.E8M0._kernel_params(), ne, carrier) == cpu.DEFINITION
+    int8 = lowprec.get_format("int8")
+    assert step("round", int8._kernel_params(), ne, np.int32) == cpu.FIXED_NEAREST_F32
+    assert step("round", int8._kernel_params(), ne, np.int64) == cpu.FIXED_NEAREST_F64
+    assert step("encode", int8._kernel_params(), ne, np.int32) == cpu.DEFINITION
+    assert step("round", int8._kernel_params(), int(Rounding.STOCHASTIC), np.int32, 32) == cpu.DEFINITION
+    wrap = lowprec.FixedFormat(8, 0, overflow="wrap")
+    assert step("round", wrap._kernel_params(), ne, np.int32) == cpu.DEFINITION
+    assert step("round", lowprec.FixedFormat(23, 0)._kernel_params(), ne, np.int32) == cpu.DEFINITION
+    assert step("round", lowprec.FixedFormat(23, 0)._kernel_params(), ne, np.int64) == cpu.FIXED_NEAREST_F64
     choice = dispatch.element_choice("round", fp16, ne, 32, True, np.int32, np.int32)
     assert choice.loop is cpu.specialised("round", cpu.spec_of(fp16, ne, 32, cpu.NEAREST_EVEN_F32), True)
 

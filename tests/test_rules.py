@@ -19,7 +19,7 @@ import pytest
 from reference import neighbours, random_bits_ref, round_fraction
 
 from lowprec import round_to
-from lowprec.formats import FloatFormat, get_format
+from lowprec.formats import FixedFormat, FloatFormat, get_format
 from lowprec.kernels import rules
 
 FORMATS = [get_format("fp16"), get_format("bf16"), get_format("fp8_e5m2")]
@@ -187,6 +187,44 @@ def ref_round_nearest_even(x, fmt):
     return want
 
 
+#: saturating fixed-point formats: signed and unsigned, integers, fractions, a quantum above 1, the widest the
+#: float32 step takes (22 bits) and wider (float64's only), frac_bits at both ends of FixedFormat's range
+FIXED_KINDS = [get_format(n) for n in ("int8", "uint8", "int4", "int16", "int32")] + [
+    FixedFormat(16, 8), FixedFormat(4, -3), FixedFormat(22, 0), FixedFormat(22, 126, signed=False),
+    FixedFormat(12, -64), FixedFormat(1, 0, signed=False), FixedFormat(2, 1), FixedFormat(23, 0),
+    FixedFormat(32, 20, signed=False)]
+
+
+def fixed_inputs(fmt):
+    """Values to round onto a fixed-point format: ties k + 1/2 quanta and their float32 and float64 neighbours,
+    quarters, for k around 0 and both ends, values far beyond the ends, tiny values, Inf, NaN and zeros."""
+    q = 2.0 ** -fmt.frac_bits
+    ks = {0, 1, 2, 3, fmt.kmax - 2, fmt.kmax - 1, fmt.kmax, fmt.kmin, fmt.kmin + 1, fmt.kmin + 2, -1, -2, -3}
+    xs = []
+    for k in sorted(ks):
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+            x = (k + t) * q
+            xs.append(x)
+            if t == 0.5:
+                f = np.float32(x)
+                xs += [math.nextafter(x, 0.0), math.nextafter(x, math.inf), math.nextafter(x, -math.inf),
+                       float(np.nextafter(f, np.float32(0))), float(np.nextafter(f, np.float32(np.inf))),
+                       float(np.nextafter(f, np.float32(-np.inf)))]
+    xs += [(fmt.kmax + 1.5) * q, (fmt.kmin - 1.5) * q, 1e300, -1e300, 3e38, 2.0 ** 120, q * 2.0 ** -30, 5e-324,
+           2.0 ** -149, 0.1, 1 / 3, math.inf, -math.inf, math.nan, 0.0, -0.0]
+    return with_negatives(xs)
+
+
+def ref_round_fixed_nearest_even(x, fmt):
+    want = round_fraction(x, fmt, "nearest_even")
+    for dtype in (np.float32, np.float64):
+        if dtype == np.float64 or (rules._is_f32(x) and fmt.fits_in(np.float32)):
+            scalar_def = float(np.asarray(round_to(np.array([x], dtype=dtype), fmt), dtype=np.float64)[0])
+            assert same(want, scalar_def), ("reference and lowprec.round_to differ", x, fmt.name, dtype, want,
+                                            scalar_def)
+    return want
+
+
 def _stochastic_round_data():
     """(x, fmt, R): ALL_KINDS' inputs with the random bits at the boundary of each x (the largest R that rounds away
     and the next), and at 0, 2**31 and 2**32 - 1."""
@@ -268,6 +306,8 @@ RULE_TESTS = {
     "round_nearest_even": (lambda: [(x, fmt) for fmt in ALL_KINDS for x in saturating_inputs(fmt)],
                            _value_check(ref_round_nearest_even)),
     "round_stochastic": (_stochastic_round_data, _value_check(ref_round_stochastic)),
+    "round_fixed_nearest_even": (lambda: [(x, fmt) for fmt in FIXED_KINDS for x in fixed_inputs(fmt)],
+                                 _value_check(ref_round_fixed_nearest_even)),
     "sum_nearest_even": (_sum_data, _value_check(ref_sum_nearest_even)),
     "sum_stochastic": (_stochastic_data, _value_check(ref_sum_stochastic)),
     "random_bits": (lambda: [(k0, k1, c) for k0, k1 in KEYS for c in COUNTERS + [c + 2 ** 32 for c in COUNTERS[:4]]],

@@ -75,16 +75,19 @@ def element_any(op: int, kind: int):
 # specialised loops
 # ---------------------------------------------------------------------------------------------------
 #: The specialisations' last constant: the element step a specialised round loop runs (dispatch.ELEMENT_KERNELS
-#: decides): the definition, scalar.round_nearest_even_f32 / _f64 (nearest-even of float32 / float64 data) or
-#: scalar.round_stochastic_f32 (stochastic with 32 random bits, float32 data; narrow and wide variants).
+#: decides): the definition, scalar.round_nearest_even_f32 / _f64 (nearest-even of float32 / float64 data),
+#: scalar.round_stochastic_f32 (stochastic with 32 random bits, float32 data; narrow and wide variants) or
+#: scalar.round_fixed_nearest_f32 / _f64 (nearest-even to a saturating fixed-point format).
 DEFINITION, NEAREST_EVEN_F32, NEAREST_EVEN_F64, STOCHASTIC_F32, STOCHASTIC_F32_WIDE = 0, 1, 2, 3, 4
+FIXED_NEAREST_F32, FIXED_NEAREST_F64 = 5, 6
 
 
 def spec_of(p, mode: int, rbits: int, step: int = DEFINITION) -> tuple:
     """The compile-time constants of a (format parameters, mode, random bits) call:
     (kind, mode, r == 32, flag0, flag1, flag2, step). A float format's flags are (NaN encoding, subnormals,
     saturation); a fixed format's (signed, wrap, 0); ``step`` :data:`DEFINITION` or a fast element step
-    (:data:`NEAREST_EVEN_F32`, :data:`NEAREST_EVEN_F64`, :data:`STOCHASTIC_F32`, :data:`STOCHASTIC_F32_WIDE`).
+    (:data:`NEAREST_EVEN_F32`, :data:`NEAREST_EVEN_F64`, :data:`STOCHASTIC_F32`, :data:`STOCHASTIC_F32_WIDE`,
+    :data:`FIXED_NEAREST_F32`, :data:`FIXED_NEAREST_F64`).
     Other parameters stay runtime arguments."""
     r32 = mode == STOCHASTIC and rbits == 32
     flags = (int(p[5]), int(p[6]), int(p[7])) if p[0] == scalar.KIND_FLOAT else (int(p[3]), int(p[4]), 0)
@@ -106,6 +109,8 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
     ne64 = step == NEAREST_EVEN_F64
     sr32 = step in (STOCHASTIC_F32, STOCHASTIC_F32_WIDE)
     wide = 1 if step == STOCHASTIC_F32_WIDE else 0
+    fx32 = step == FIXED_NEAREST_F32
+    fx64 = step == FIXED_NEAREST_F64
 
     if op == "round":
         @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2, step))
@@ -124,6 +129,14 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
                 for i in prange(n):
                     out[i] = scalar.round_nearest_even_f64(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
                                                            maxbits, overbits, infbits, nanbits)
+            elif fx32:  # int32 carrier bits in and out; flag0: signed
+                fs, finv, flo, fhi, kmin, kmax, c, nanbits = scalar.fixed_nearest_f32_consts(p[1], p[2], flag0)
+                for i in prange(n):
+                    out[i] = scalar.round_fixed_nearest_f32(x[i], fs, finv, flo, fhi, kmin, kmax, c, nanbits)
+            elif fx64:  # int64 carrier bits (float64 data) in and out
+                fs, finv, flo, fhi, kmin, kmax, c, nanbits = scalar.fixed_nearest_f64_consts(p[1], p[2], flag0)
+                for i in prange(n):
+                    out[i] = scalar.round_fixed_nearest_f64(x[i], fs, finv, flo, fhi, kmin, kmax, c, nanbits)
             elif sr32:  # int32 carrier bits, 32 random bits
                 lsb, dmask, minnorm, q, up, dbase, maxbits, overbits, infbits, nanbits = scalar.stochastic_f32_consts(
                     p[1], p[2], p[3], p[4], flag0, flag2)

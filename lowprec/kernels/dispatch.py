@@ -272,6 +272,17 @@ def _stochastic_f32(wide):
     return plan
 
 
+def _fixed_nearest(cw):
+    def plan(op, p, mode, xdtype, rbits):
+        from . import scalar
+
+        ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.dtype(f"int{cw}")
+              and scalar.fixed_nearest_applies(p, cw))
+        return () if ok else None
+
+    return plan
+
+
 #: Element steps a specialised round loop runs in place of the definition (kernels/cpu.py), first match; plan
 #: (op, format parameters, mode, carrier dtype, random bits). The proofs are in docs/kernels.md, one section per step.
 ELEMENT_KERNELS = (
@@ -282,9 +293,14 @@ ELEMENT_KERNELS = (
     FastKernel("stochastic-f32", "round, stochastic with 32 random bits, float32 data, a float format with a sign and "
                "a zero, 1 <= m <= 22 and emin - m >= -126", _stochastic_f32(0)),
     FastKernel("stochastic-f32-wide", "as stochastic-f32, with emin == -126 (bf16, tf32)", _stochastic_f32(1)),
+    FastKernel("fixed-nearest-f32", "round, nearest-even, float32 data, a saturating fixed-point format of at most 22 "
+               "bits", _fixed_nearest(32)),
+    FastKernel("fixed-nearest-f64", "round, nearest-even, float64 data, a saturating fixed-point format of at most 51 "
+               "bits", _fixed_nearest(64)),
 )
 _ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32, "nearest-even-f64": cpu.NEAREST_EVEN_F64,
-                  "stochastic-f32": cpu.STOCHASTIC_F32, "stochastic-f32-wide": cpu.STOCHASTIC_F32_WIDE}
+                  "stochastic-f32": cpu.STOCHASTIC_F32, "stochastic-f32-wide": cpu.STOCHASTIC_F32_WIDE,
+                  "fixed-nearest-f32": cpu.FIXED_NEAREST_F32, "fixed-nearest-f64": cpu.FIXED_NEAREST_F64}
 
 
 def element_step(op: str, p, mode: int, xdtype, rbits: int = 32) -> int:

@@ -419,6 +419,9 @@ RULES = {
     "round_stochastic": "(x, fmt, R) -> lowprec.round_to(x, fmt, 'stochastic') given its 32 random bits R, for any "
                         "lowprec FloatFormat: away from zero iff R < the 32 bits below the kept ones, then the "
                         "format's overflow, NaN, flush to zero and signed zeros",
+    "round_fixed_nearest_even": "(x, fmt) -> lowprec.round_to(x, fmt) at nearest-even, for a saturating "
+                                "FixedFormat: the integer k nearest x * 2**frac_bits (ties to even) clamped to the "
+                                "format's range, times 2**-frac_bits; Inf to the nearest end, NaN to NaN, 0 positive",
     "sum_nearest_even": "(s, t, fmt) -> the exact s + t rounded once to nearest-even onto fmt",
     "sum_stochastic": "(s, t, fmt, key0, key1, counter) -> the exact s + t rounded stochastically onto fmt "
                       "with the 32 random bits R = scalar.random_bits(key0, key1, counter, 32): away from zero "
@@ -646,6 +649,35 @@ def _round_carrier_sr(x, fmt, R):
     return _f64(np.int64(scalar.round_float_carrier(u, 64, 52, 1023, *p[1:8], _SR, np.uint64(R), 32)).view(np.float64))
 
 
+@njit(nogil=True)
+def _run_fixed_nearest_f32(u, p):
+    s, inv, lo, hi, kmin, kmax, c, nanbits = scalar.fixed_nearest_f32_consts(p[1], p[2], p[3])
+    return scalar.round_fixed_nearest_f32(u, s, inv, lo, hi, kmin, kmax, c, nanbits)
+
+
+@njit(nogil=True)
+def _run_fixed_nearest_f64(u, p):
+    s, inv, lo, hi, kmin, kmax, c, nanbits = scalar.fixed_nearest_f64_consts(p[1], p[2], p[3])
+    return scalar.round_fixed_nearest_f64(u, s, inv, lo, hi, kmin, kmax, c, nanbits)
+
+
+def _fixed_nearest(x, fmt, cw):
+    """scalar.round_fixed_nearest_f32 (``cw`` 32) or _f64 (cpu.py's specialised nearest-even round loops of
+    fixed-point formats) of x."""
+    p = np.array(fmt._kernel_params(), np.int64)
+    if cw == 32:
+        return float(np.int32(_run_fixed_nearest_f32(np.float32(x).view(np.int32), p)).view(np.float32))
+    return _f64(np.int64(_run_fixed_nearest_f64(np.float64(x).view(np.int64), p)).view(np.float64))
+
+
+def _round_fixed_carrier(x, fmt):
+    """scalar.round_fixed_carrier (the definition) in mode NEAREST_EVEN on x's float64 bits."""
+    p = fmt._kernel_params()
+    u = np.float64(x).view(np.int64)
+    return _f64(np.int64(scalar.round_fixed_carrier(u, 64, 52, 1023, *p[1:5], _RN, np.uint64(0), 32))
+                .view(np.float64))
+
+
 def _nearest_even_f32_pre(x, fmt):
     """round_nearest_even_f32's conditions: scalar.nearest_even_f32_applies, x a float32 value (Inf, NaN too)."""
     return _is_f32(x) and scalar.nearest_even_f32_applies(fmt._kernel_params())
@@ -714,6 +746,15 @@ REGISTRY = {
         Implementation("scalar.round_stochastic_f32 (wide; cpu.py specialised round loops)",
                        lambda x, fmt, R: _stochastic_f32(x, fmt, R, 1),
                        lambda x, fmt, R: _is_f32(x) and scalar.stochastic_f32_applies(fmt._kernel_params()) == 1),
+    ],
+    "round_fixed_nearest_even": [
+        Implementation("scalar.round_fixed_carrier (the definition, float64 carrier)", _round_fixed_carrier),
+        Implementation("scalar.round_fixed_nearest_f32 (cpu.py specialised round loops)",
+                       lambda x, fmt: _fixed_nearest(x, fmt, 32),
+                       lambda x, fmt: _is_f32(x) and scalar.fixed_nearest_applies(fmt._kernel_params(), 32)),
+        Implementation("scalar.round_fixed_nearest_f64 (cpu.py specialised round loops)",
+                       lambda x, fmt: _fixed_nearest(x, fmt, 64),
+                       lambda x, fmt: scalar.fixed_nearest_applies(fmt._kernel_params(), 64)),
     ],
     "sum_nearest_even": [
         Implementation("accum.round_sum (nearest-even)",

@@ -857,6 +857,91 @@ def round_fixed_carrier(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd,
     return _like(u, np.int64(np.int32(r))) if CW == 32 else r
 
 
+def fixed_nearest_applies(p, cw: int) -> bool:
+    """Whether :func:`round_fixed_nearest_f32` (``cw`` 32: float32 data) or :func:`round_fixed_nearest_f64`
+    (``cw`` 64: float64 data) computes the nearest-even rounding to the fixed-point format of parameters ``p``
+    (FixedFormat._kernel_params): a saturating format (not wrap) of at most 22 (float32) or 51 (float64) bits whose
+    ``2**frac_bits`` and ``2**-frac_bits`` are normal numbers of the carrier (every FixedFormat's are)."""
+    kind, bits, frac, _, wrap = (int(v) for v in p[:5])
+    max_bits, max_e = (22, 126) if cw == 32 else (51, 1022)
+    return kind == KIND_FIXED and wrap == 0 and 1 <= bits <= max_bits and -max_e <= frac <= max_e
+
+
+@_jit
+def _fixed_nearest_consts(bits, frac_bits, signed):
+    """(2**frac_bits, the definition's 2**-frac_bits, kmin - 1, kmax + 1, kmin, kmax) as float64 and int64."""
+    kmax = (np.int64(1) << (bits - 1)) - 1 if signed == 1 else (np.int64(1) << bits) - 1
+    kmin = -(np.int64(1) << (bits - 1)) if signed == 1 else np.int64(0)
+    return (np.float64(2.0) ** np.float64(frac_bits), np.float64(2.0) ** -np.float64(frac_bits),
+            np.float64(kmin - 1), np.float64(kmax + 1), kmin, kmax)
+
+
+@_jit
+def fixed_nearest_f32_consts(bits, frac_bits, signed):
+    """The constants of :func:`round_fixed_nearest_f32`: ``(s, inv, lo, hi, kmin, kmax, c, nanbits)``, ``s`` and
+    ``inv`` the float32 ``2**frac_bits`` and ``2**-frac_bits``, ``lo``/``hi`` the float32 ``kmin - 1``/``kmax + 1``,
+    ``kmin``/``kmax`` the format's integer range (int32), ``c = 1.5 * 2**23`` and the carrier's NaN (int32)."""
+    s, inv, lo, hi, kmin, kmax = _fixed_nearest_consts(bits, frac_bits, signed)
+    f32 = np.float32
+    return (f32(s), f32(inv), f32(lo), f32(hi), np.int32(kmin), np.int32(kmax), f32(12582912.0),
+            np.int32(0x7FC00000))
+
+
+@_jit
+def round_fixed_nearest_f32(u, s, inv, lo, hi, kmin, kmax, c, nanbits):
+    """round_fixed_carrier in mode NEAREST_EVEN for a float32 carrier (``u`` the int32 bits of a float32), in
+    float32 arithmetic (a multiply, two clamps, the rounding add, two conversions, a multiply): the specialised
+    round loop of the formats :func:`fixed_nearest_applies` admits (constants: :func:`fixed_nearest_f32_consts`).
+    The same bits, NaN included.
+
+    Proof. (1) ``y = x * 2**frac_bits`` (the value in quanta) is exact unless it overflows (Inf: beyond every end)
+    or falls below ``2**-126`` (rounding it then keeps it below 1/2 in magnitude: nearest-even gives 0 either
+    way). (2) Clamping ``y`` to ``[kmin - 1, kmax + 1]`` before rounding and the integer to ``[kmin, kmax]`` after
+    gives the rounded integer clamped, as the definition's saturation does (rounding is monotonic and maps the
+    clamp bounds, integers, to themselves); an Inf input goes to the nearest end, as in the definition. (3) For
+    ``|y| <= 2**22`` (``bits <= 22``) the float32 sum ``y + 1.5 * 2**23`` lies in ``[2**23, 2**24]`` whose
+    float32 quantum is 1: the addition rounds ``y`` to nearest-even onto the integers (``1.5 * 2**23`` is even)
+    and the subtraction is exact. (4) The result ``float32(k) * float32(2**-frac_bits)`` is the definition's
+    own expression (``k`` exact in float32, a zero positive: -0.4 gives +0 as the definition's integer 0 does).
+    (5) A NaN input gives the carrier's positive quiet NaN, as the definition (it is set to 0 before the
+    conversion, which a NaN would make undefined)."""
+    i32 = np.int32
+    f32 = np.float32
+    isnan = i32(u & i32(0x7FFFFFFF)) > i32(_INF32)
+    y = f32(i32_as_f32(u) * s)
+    y = hi if y > hi else y
+    y = lo if y < lo else y
+    y = f32(0.0) if isnan else y
+    k = i32(f32(f32(y + c) - c))
+    k = kmax if k > kmax else k
+    k = kmin if k < kmin else k
+    r = f32_as_i32(f32(f32(k) * inv))
+    return nanbits if isnan else r
+
+
+@_jit
+def fixed_nearest_f64_consts(bits, frac_bits, signed):
+    """:func:`fixed_nearest_f32_consts` for float64 data: float64 and int64 constants, ``c = 1.5 * 2**52``."""
+    s, inv, lo, hi, kmin, kmax = _fixed_nearest_consts(bits, frac_bits, signed)
+    return s, inv, lo, hi, kmin, kmax, np.float64(6755399441055744.0), np.int64(0x7FF8000000000000)
+
+
+@_jit
+def round_fixed_nearest_f64(u, s, inv, lo, hi, kmin, kmax, c, nanbits):
+    """:func:`round_fixed_nearest_f32` for float64 data (``u`` the int64 bits of a float64, ``bits <= 51``,
+    ``|y| <= 2**51`` so the sum with ``1.5 * 2**52`` lies in ``[2**52, 2**53]``); the same proof."""
+    isnan = np.int64(u & np.int64(0x7FFFFFFFFFFFFFFF)) > np.int64(_INF64)
+    y = i64_as_f64(u) * s
+    y = hi if y > hi else y
+    y = lo if y < lo else y
+    y = 0.0 if isnan else y
+    k = np.int64((y + c) - c)
+    k = kmax if k > kmax else k
+    k = kmin if k < kmin else k
+    r = f64_as_i64(np.float64(k) * inv)
+    return nanbits if isnan else r
+
+
 @_jit
 def fixed_int_to_bits(k, cls, CW, CM, CB, frac_bits):
     expmax = (np.int64(1) << (CW - 1 - CM)) - 1
