@@ -8,7 +8,9 @@ default dtype; against a copy of float64 values). Columns:
   allocating its result (as numpy's astype does: a new 64 MiB array costs page
   faults on first touch) against the peers, per preset and mode;
 * numpy f16: ``x.astype(float16).astype(float32)``;
-* ml_dtypes: bf16 and fp8 e4m3fn round trips.
+* ml_dtypes: bf16 and fp8 e4m3fn round trips;
+* encode (bit patterns) and decode (to float32) of fp16 and fp8 e4m3fn, allocating, against numpy's and
+  ml_dtypes' casts to and from those dtypes.
 
 Every number is Melem/s (best of N). Against the copy floor: the median, over N repetitions, of the
 copy's time over lowprec's, each repetition timing a copy right before the call (so that other work on
@@ -120,6 +122,22 @@ def main(argv=None) -> int:
             alloc = n / _best(lambda: lowprec.round_to(x64, fmt), args.repeat) / 1e6
             print(f"| {threads} | {fmt}, float64 data | nearest_even | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} "
                   f"| {alloc:.0f} | - |")
+    # encode (bit patterns in the smallest unsigned dtype) and decode, both allocating, against the peers' casts
+    pats = {"fp16": lowprec.encode(x, "fp16"), "fp8_e4m3fn": lowprec.encode(x, "fp8_e4m3fn")}
+    ml = {"fp16": np.float16, "fp8_e4m3fn": ml_dtypes.float8_e4m3fn}
+    peer_ops = {("encode", f): (lambda f=f: x.astype(ml[f])) for f in ml}
+    peer_ops.update({("decode", f): (lambda f=f: pats[f].view(ml[f]).astype(np.float32)) for f in ml})
+    peer_codec = {k: n / _best(g, args.repeat) / 1e6 for k, g in peer_ops.items()}
+    print("\n| threads | op | format | Melem/s | peer (numpy / ml_dtypes cast) Melem/s | vs peer |")
+    print("|---|---|---|---|---|---|")
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        for (op, fmt), peer in peer_codec.items():
+            if op == "encode":
+                rate = n / _best(lambda: lowprec.encode(x, fmt), args.repeat) / 1e6
+            else:
+                rate = n / _best(lambda: lowprec.decode(pats[fmt], fmt, np.float32), args.repeat) / 1e6
+            print(f"| {threads} | {op} | {fmt} | {rate:.0f} | {peer:.0f} | {rate / peer:.1f}x |")
     numba.set_num_threads(before)
     print(f"\nfirst call in a fresh process (cache warm): {_first_call_seconds():.3f} s")
     return 0

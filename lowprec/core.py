@@ -432,10 +432,10 @@ def encode(x, fmt, rounding="nearest_even", *, seed=None, stream: int = 0, offse
     # the random stream moves only once every check has passed
     key = resolve_seed(seed, flat.size, stream, offset) if mode is Rounding.STOCHASTIC else (0, 0, 0)
     CW, CM, CB, ity = carrier_of(arr.dtype)
-    codes = np.empty(flat.size, dtype=np.int64)
+    codes = np.empty(flat.size, dtype=_pattern_dtype(fmt.bits))
     dispatch.encode_array(backend, flat.view(ity), codes, CW, CM, CB, p, int(mode),
                           np.uint32(key[0]), np.uint32(key[1]), np.int64(key[2]), rbits)
-    out = codes.astype(_pattern_dtype(fmt.bits)).reshape(arr.shape)
+    out = codes.reshape(arr.shape)
     return out[()] if is_scalar else out
 
 
@@ -471,9 +471,9 @@ def decode(bits, fmt, dtype=np.float64, *, backend: str = "auto"):
             raise ValueError(f"bits must be non-negative patterns, got {b.min()}")
         if int(b.max()) >= 1 << fmt.bits:
             raise ValueError(f"bits must be below 2**{fmt.bits} for {fmt.name}, got {int(b.max())}")
-    flat = np.ascontiguousarray(b, dtype=np.int64).reshape(-1)
+    flat = np.ascontiguousarray(b, dtype=b.dtype.newbyteorder("=")).reshape(-1)  # (its own integer type)
     CW, CM, CB, ity = carrier_of(dtype)
     out = np.empty(flat.size, dtype=dtype)
-    dispatch.decode_array(backend, flat, out.view(ity), CW, CM, CB, fmt._kernel_params())
+    dispatch.decode_array(backend, flat, out.view(ity), CW, CM, CB, fmt._kernel_params(), fmt.bits)
     out = out.reshape(b.shape)
     return out[()] if is_scalar else out

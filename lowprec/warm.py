@@ -23,8 +23,9 @@ __all__ = ["warm", "GROUPS"]
 
 
 def _elements() -> None:
-    """round_to / encode / decode of float32 and float64 arrays (the runtime-argument loops), and the
-    specialised parallel loops of the common formats at nearest-even and of bf16's stochastic rounding."""
+    """round_to / encode / decode of float32 and float64 arrays (the runtime-argument loops), the specialised
+    parallel loops of the common formats at nearest-even and of bf16's stochastic rounding, and fp8/fp16 encode and
+    decode of large arrays."""
     from . import core
     from .kernels import dispatch
 
@@ -39,6 +40,8 @@ def _elements() -> None:
     for fmt in ("fp16", "int8", "fp8_e4m3fn"):
         core.round_to(big, fmt)
     core.round_to(big, "bf16", "stochastic", seed=0)  # (gradients, studies: the parallel stochastic loop)
+    for fmt in ("fp8_e4m3fn", "fp16"):  # the encode loops and the decode table's gather (uint8, uint16 patterns)
+        core.decode(core.encode(big, fmt), fmt, dtype=np.float32)
 
 
 def _training() -> None:

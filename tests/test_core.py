@@ -72,6 +72,49 @@ def test_encode_decode_round_trip_every_pattern(name):
         assert back.dtype == (np.uint8 if fmt.bits <= 8 else np.uint16)
 
 
+_PEER_FLOATS = ["fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz"]
+
+
+@pytest.mark.parametrize("name", _PEER_FLOATS, ids=str)
+def test_encode_of_many_float32_equals_the_peer_cast(name):
+    """encode of 2**20 random float32 bit patterns (every exponent, NaN and Inf; large enough for the specialised
+    loops and their fast element steps) gives the peer's patterns (numpy float16, ml_dtypes; nearest-even, the same
+    overflow) wherever the peer's value is not NaN, and a NaN pattern where it is; stochastic encoding gives the
+    patterns of round_to's values under the same seed."""
+    fmt = get_format(name)
+    u = np.random.default_rng(fmt.bits + fmt.man_bits).integers(0, 2 ** 32, 1 << 20, dtype=np.uint64)
+    x = u.astype(np.uint32).view(np.float32)
+    ours = lowprec.encode(x, fmt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        peer = x.astype(ML[name])
+        nan = np.isnan(peer.astype(np.float32))
+    assert ours.dtype == (np.uint8 if fmt.bits <= 8 else np.uint16)
+    np.testing.assert_array_equal(ours[~nan], peer.view(ours.dtype)[~nan])
+    assert np.isnan(lowprec.decode(ours[nan], fmt)).all()
+    sr = lowprec.encode(x, fmt, "stochastic", seed=7)
+    want = lowprec.round_to(x, fmt, "stochastic", seed=7)
+    assert _same_bits(lowprec.decode(sr, fmt, np.float32), want).all()
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3fn", "fp4_e2m1fn", "int8", "int4", "fp16", "bf16"], ids=str)
+def test_decode_through_the_table_equals_small_calls(name):
+    """Many patterns decode through a table of every pattern's value (at least 2**12 patterns of a format of at
+    most 16 bits): the same bits as calls small enough to run the decode loops, for every integer dtype of the
+    patterns (big-endian too), float32 and float64."""
+    fmt = get_format(name)
+    rng = np.random.default_rng(fmt.bits)
+    pats = rng.permutation(np.resize(np.arange(1 << fmt.bits), max(5000, 1 << fmt.bits)))
+    for dtype in (np.float64, np.float32):
+        small = np.concatenate([lowprec.decode(pats[i:i + 200].astype(np.int64), fmt, dtype)
+                                for i in range(0, pats.size, 200)])
+        for idt in (np.uint16, np.int32, np.int64, np.dtype(">u2"), np.uint64):
+            big = lowprec.decode(pats.astype(idt), fmt, dtype)
+            assert big.dtype == dtype and np.array_equal(big.view(f"u{big.itemsize}"),
+                                                         small.view(f"u{small.itemsize}")), (idt, dtype)
+    with pytest.raises(ValueError, match="below 2"):
+        lowprec.decode(np.full(5000, 1 << fmt.bits, np.int64), fmt)
+
+
 def test_integer_patterns_match_numpy():
     pats = np.arange(256, dtype=np.uint8)
     np.testing.assert_array_equal(lowprec.decode(pats, "int8"), pats.view(np.int8).astype(np.float64))

@@ -311,17 +311,54 @@ def test_fixed_nearest_f64_step_equals_the_definition(fmt):
                               lambda p: cpu.element_any(cpu.ROUND, p[0]))
 
 
+_ENCODE_CI = ("fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2fnuz", "e5m3-ftz", "e3m2-bias1", "fp16-sat", "fp4_e2m1fn")
+
+
+def _encode_cases():
+    out = []
+    for fmt in _NE32_FORMATS:
+        for mode in (Rounding.NEAREST_EVEN, Rounding.STOCHASTIC):
+            for dtype in ((np.float32, np.float64) if mode is Rounding.NEAREST_EVEN else (np.float32,)):
+                if mode is Rounding.STOCHASTIC and fmt not in _SR32_FORMATS:
+                    continue
+                marks = () if fmt.name in _ENCODE_CI and dtype == np.float32 else (pytest.mark.slow,)
+                out.append(pytest.param(fmt, mode, dtype, marks=marks,
+                                        id=f"{fmt.name}-{mode.name.lower()}-{np.dtype(dtype).name}"))
+    return out
+
+
+@pytest.mark.parametrize("fmt,mode,dtype", _encode_cases())
+def test_encode_with_a_fast_step_equals_the_definition(fmt, mode, dtype):
+    """The specialised encode loops round with the fast element step, then take scalar.float_pattern_of: the
+    runtime-argument encode loop's patterns (scalar.encode_bits) on the branch-reaching patterns."""
+    p = fmt._kernel_params()
+    CW, CM, CB, ity = lowprec.core.carrier_of(dtype)
+    step = dispatch.element_step("encode", p, int(mode), ity, 32)
+    assert step != cpu.DEFINITION
+    if dtype == np.float32:
+        u = np.concatenate([_float32_patterns(fmt.man_bits), _edge(np.float32, fmt).view(np.int32)])
+    else:
+        u = np.concatenate([_float64_patterns(fmt.man_bits, 1 << 16), _edge(np.float64, fmt).view(np.int64)])
+    args = (CW, CM, CB, p, int(mode), np.uint32(0x1234), np.uint32(0xBEEF), np.int64(2 ** 32 - 1000), 32)
+    want, got = np.empty(u.size, np.int64), np.empty(u.size, np.int64)
+    cpu.element_any(cpu.ENCODE, p[0])(cpu.ENCODE, u, want, *args)
+    cpu.specialised("encode", cpu.spec_of(p, int(mode), 32, step), True)(cpu.ENCODE, u, got, *args)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(hex(int(u[i])), hex(int(got[i])), hex(int(want[i]))) for i in bad[:5]]
+
+
 def test_dispatch_runs_the_fast_steps_only_where_they_apply():
     """The fast element steps for float32 and float64 data at nearest-even (float and saturating fixed-point
-    formats) and for float32 data at stochastic rounding with 32 random bits; the definition for encode, other
-    modes and random-bit counts, fp32 itself on float32 data (m = 23), E8M0 (no zero), wrapping fixed point and
+    formats; encode too for float formats) and for float32 data at stochastic rounding with 32 random bits; the
+    definition for fixed-point encode, other modes and random-bit counts, fp32 itself on float32 data (m = 23), E8M0 (no zero), wrapping fixed point and
     fixed point wider than 22 bits on float32 data."""
     ne, step = int(Rounding.NEAREST_EVEN), dispatch.element_step
     fp16 = lowprec.get_format("fp16")._kernel_params()
     fp32 = lowprec.get_format("fp32")._kernel_params()
     assert step("round", fp16, ne, np.int32) == cpu.NEAREST_EVEN_F32
     assert step("round", fp16, ne, np.int64) == step("round", fp32, ne, np.int64) == cpu.NEAREST_EVEN_F64
-    assert step("encode", fp16, ne, np.int32) == step("encode", fp16, ne, np.int64) == cpu.DEFINITION
+    assert step("encode", fp16, ne, np.int32) == cpu.NEAREST_EVEN_F32  # (then scalar.float_pattern_of)
+    assert step("encode", fp16, ne, np.int64) == cpu.NEAREST_EVEN_F64
     assert step("round", fp16, int(Rounding.STOCHASTIC), np.int32, 32) == cpu.STOCHASTIC_F32
     bf16 = lowprec.get_format("bf16")._kernel_params()
     assert step("round", bf16, int(Rounding.STOCHASTIC), np.int32, 32) == cpu.STOCHASTIC_F32_WIDE

@@ -103,6 +103,15 @@ def _round_element(kind, u, CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rbits
     return scalar.round_fixed_carrier(u, CW, CM, CB, p[1], p[2], flag0, flag1, mode, rnd, rbits)
 
 
+@njit(inline="always")
+def _encode_element(kind, u, CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rbits):
+    """One element's pattern: kind, flags and mode are the loop's compile-time constants."""
+    if kind == scalar.KIND_FLOAT:
+        return scalar.encode_float(u, CW, CM, CB, p[1], p[2], p[3], p[4], flag0, flag1, flag2, p[8], mode, rnd,
+                                   rbits)
+    return scalar.encode_fixed(u, CW, CM, CB, p[1], p[2], flag0, flag1, mode, rnd, rbits)
+
+
 def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
     stochastic = mode == STOCHASTIC
     ne32 = step == NEAREST_EVEN_F32
@@ -168,10 +177,36 @@ def _build(op, parallel, kind, mode, r32, flag0, flag1, flag2, step):
 
     @kernel(parallel=parallel, spec=(op, parallel, kind, mode, r32, flag0, flag1, flag2, step))
     def loop(op_arg, x, out, CW, CM, CB, p, mode_arg, key0, key1, offset, rbits):
+        # the pattern of the rounded value: the round loop's element step (its bits are the definition's),
+        # then scalar.float_pattern_of; else the definition's encode with the kind and flags as constants
         rb = 32 if r32 else rbits
-        for i in prange(x.size):
-            rnd = scalar.random_bits(key0, key1, offset + i, rb) if stochastic else 0
-            out[i] = scalar.encode_bits(x[i], CW, CM, CB, p, mode, rnd, rb)
+        n = x.size
+        if ne32:
+            lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits = scalar.nearest_even_f32_consts(
+                p[1], p[2], p[3], p[4], flag0, flag2)
+            for i in prange(n):
+                r = scalar.round_nearest_even_f32(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
+                                                  maxbits, overbits, infbits, nanbits)
+                out[i] = scalar.float_pattern_of(r, 32, 23, 127, p[1], p[2], p[3], flag0, p[8])
+        elif ne64:
+            lsb, half1, dmask, minnorm, c, maxbits, overbits, infbits, nanbits = scalar.nearest_even_f64_consts(
+                p[1], p[2], p[3], p[4], flag0, flag2)
+            for i in prange(n):
+                r = scalar.round_nearest_even_f64(x[i], flag0, flag1, flag2, lsb, half1, dmask, minnorm, c,
+                                                  maxbits, overbits, infbits, nanbits)
+                out[i] = scalar.float_pattern_of(r, 64, 52, 1023, p[1], p[2], p[3], flag0, p[8])
+        elif sr32:
+            lsb, dmask, minnorm, q, up, dbase, maxbits, overbits, infbits, nanbits = scalar.stochastic_f32_consts(
+                p[1], p[2], p[3], p[4], flag0, flag2)
+            for i in prange(n):
+                rnd = scalar.random_bits(key0, key1, offset + i, 32)
+                r = scalar.round_stochastic_f32(x[i], rnd, flag0, flag1, flag2, wide, lsb, dmask, minnorm, q, up,
+                                                dbase, maxbits, overbits, infbits, nanbits)
+                out[i] = scalar.float_pattern_of(r, 32, 23, 127, p[1], p[2], p[3], flag0, p[8])
+        else:
+            for i in prange(n):
+                rnd = scalar.random_bits(key0, key1, offset + i, rb) if stochastic else 0
+                out[i] = _encode_element(kind, x[i], CW, CM, CB, p, flag0, flag1, flag2, mode, rnd, rb)
     return loop
 
 
@@ -191,4 +226,12 @@ def specialised(op: str, spec: tuple, parallel: bool):
 def decode_parallel(op, bits, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
     for i in prange(bits.size):
         out[i] = scalar.decode_bits(bits[i], CW, CM, CB, p)
+
+
+@kernel(parallel=True)
+def gather_parallel(bits, table, out):
+    """``out[i] = table[bits[i]]``: decoding through a table of every pattern's value (dispatch.decode_array;
+    the caller checked every pattern is below the table's size)."""
+    for i in prange(bits.size):
+        out[i] = table[bits[i]]
 

@@ -208,26 +208,54 @@ def round_array(backend, x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits)
 
 
 def encode_array(backend, x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits):
-    """Encode the flat carrier view ``x`` into bit patterns ``out`` (int64)."""
+    """Encode the flat carrier view ``x`` into bit patterns ``out`` (an unsigned or int64 array wide enough for
+    the format's patterns: the CPU loops write it directly)."""
     if resolve_backend(backend) == "cpu":
         element_loop("encode", x, out, p, mode, rbits)(cpu.ENCODE, x, out, CW, CM, CB, p, mode, key0, key1, offset,
                                                        rbits)
     else:
         from . import cuda
 
-        cuda._encode_cuda(x, out, CW, CM, CB, p, mode, key0, key1, offset, rbits)
+        codes = out if out.dtype == np.int64 else np.empty(out.shape, np.int64)
+        cuda._encode_cuda(x, codes, CW, CM, CB, p, mode, key0, key1, offset, rbits)
+        if codes is not out:
+            out[...] = codes
 
 
-def decode_array(backend, bits, out, CW, CM, CB, p):
-    """Decode the bit patterns ``bits`` (int64) into the carrier view ``out``."""
+#: decode_array looks values up in a table of every pattern's value (made by the decode loops) for formats of
+#: at most TABLE_BITS bits and at least TABLE_FROM patterns: a gather in place of the definition per element.
+TABLE_BITS, TABLE_FROM = 16, 1 << 12
+
+
+@lru_cache(maxsize=64)
+def decode_table(p: tuple, nbits: int, CW: int, CM: int, CB: int) -> np.ndarray:
+    """The carrier bits of every pattern's value of the format with parameters ``p`` and ``nbits`` bits (read-only;
+    computed by the decode loop, so the definition's bits)."""
+    codes = np.arange(1 << nbits, dtype=np.int64)
+    table = np.empty(codes.size, np.int32 if CW == 32 else np.int64)
+    _decode_loop(codes, table, CW, CM, CB, p)
+    table.setflags(write=False)
+    return table
+
+
+def _decode_loop(bits, out, CW, CM, CB, p):
+    n = bits.size
+    loop = cpu.decode_parallel if n >= PARALLEL_FROM else runtime_loop(cpu.DECODE, p[0], bits.dtype, out.dtype).pick(n)
+    loop(cpu.DECODE, bits, out, CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+
+
+def decode_array(backend, bits, out, CW, CM, CB, p, nbits: int = 64):
+    """Decode the bit patterns ``bits`` (a flat integer array, every pattern below ``2**nbits``, ``nbits`` the
+    format's width) into the carrier view ``out``."""
     if resolve_backend(backend) == "cpu":
-        n = bits.size
-        loop = cpu.decode_parallel if n >= PARALLEL_FROM else runtime_loop(cpu.DECODE, p[0], bits.dtype, out.dtype).pick(n)
-        loop(cpu.DECODE, bits, out, CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
+        if nbits <= TABLE_BITS and bits.size >= TABLE_FROM:
+            cpu.gather_parallel(bits, decode_table(tuple(int(v) for v in p), nbits, CW, CM, CB), out)
+        else:
+            _decode_loop(bits if bits.dtype == np.int64 else bits.astype(np.int64), out, CW, CM, CB, p)
     else:
         from . import cuda
 
-        cuda._decode_cuda(bits, out, CW, CM, CB, p)
+        cuda._decode_cuda(bits if bits.dtype == np.int64 else bits.astype(np.int64), out, CW, CM, CB, p)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,7 +276,7 @@ class FastKernel(NamedTuple):
 def _nearest_even_f32(op, p, mode, xdtype, rbits):
     from . import scalar
 
-    ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int32
+    ok = (op in ("round", "encode") and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int32
           and scalar.nearest_even_f32_applies(p))
     return () if ok else None
 
@@ -256,7 +284,7 @@ def _nearest_even_f32(op, p, mode, xdtype, rbits):
 def _nearest_even_f64(op, p, mode, xdtype, rbits):
     from . import scalar
 
-    ok = (op == "round" and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int64
+    ok = (op in ("round", "encode") and mode == scalar.NEAREST_EVEN and np.dtype(xdtype) == np.int64
           and scalar.nearest_even_f64_applies(p))
     return () if ok else None
 
@@ -265,8 +293,8 @@ def _stochastic_f32(wide):
     def plan(op, p, mode, xdtype, rbits):
         from . import scalar
 
-        ok = (op == "round" and mode == scalar.STOCHASTIC and rbits == 32 and np.dtype(xdtype) == np.int32
-              and scalar.stochastic_f32_applies(p) == wide)
+        ok = (op in ("round", "encode") and mode == scalar.STOCHASTIC and rbits == 32
+              and np.dtype(xdtype) == np.int32 and scalar.stochastic_f32_applies(p) == wide)
         return () if ok else None
 
     return plan
@@ -286,17 +314,17 @@ def _fixed_nearest(cw):
 #: Element steps a specialised round loop runs in place of the definition (kernels/cpu.py), first match; plan
 #: (op, format parameters, mode, carrier dtype, random bits). The proofs are in docs/kernels.md, one section per step.
 ELEMENT_KERNELS = (
-    FastKernel("nearest-even-f32", "round (not encode), nearest-even, float32 data, a float format with a sign and "
+    FastKernel("nearest-even-f32", "round or encode, nearest-even, float32 data, a float format with a sign and "
                "a zero, 1 <= m <= 22 and emin >= -126", _nearest_even_f32),
-    FastKernel("nearest-even-f64", "round (not encode), nearest-even, float64 data (int64 carrier, CW = 64), a float "
+    FastKernel("nearest-even-f64", "round or encode, nearest-even, float64 data (int64 carrier, CW = 64), a float "
                "format with a sign and a zero, 1 <= m <= 51 and emin >= -1022", _nearest_even_f64),
-    FastKernel("stochastic-f32", "round, stochastic with 32 random bits, float32 data, a float format with a sign and "
-               "a zero, 1 <= m <= 22 and emin - m >= -126", _stochastic_f32(0)),
+    FastKernel("stochastic-f32", "round or encode, stochastic with 32 random bits, float32 data, a float format with a "
+               "sign and a zero, 1 <= m <= 22 and emin - m >= -126", _stochastic_f32(0)),
     FastKernel("stochastic-f32-wide", "as stochastic-f32, with emin == -126 (bf16, tf32)", _stochastic_f32(1)),
-    FastKernel("fixed-nearest-f32", "round, nearest-even, float32 data, a saturating fixed-point format of at most 22 "
-               "bits", _fixed_nearest(32)),
-    FastKernel("fixed-nearest-f64", "round, nearest-even, float64 data, a saturating fixed-point format of at most 51 "
-               "bits", _fixed_nearest(64)),
+    FastKernel("fixed-nearest-f32", "round (not encode), nearest-even, float32 data, a saturating fixed-point format "
+               "of at most 22 bits", _fixed_nearest(32)),
+    FastKernel("fixed-nearest-f64", "round (not encode), nearest-even, float64 data, a saturating fixed-point format "
+               "of at most 51 bits", _fixed_nearest(64)),
 )
 _ELEMENT_STEPS = {"nearest-even-f32": cpu.NEAREST_EVEN_F32, "nearest-even-f64": cpu.NEAREST_EVEN_F64,
                   "stochastic-f32": cpu.STOCHASTIC_F32, "stochastic-f32-wide": cpu.STOCHASTIC_F32_WIDE,

@@ -696,20 +696,25 @@ def round_nearest_even_f64(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c
 
 @_jit
 def carrier_to_float_code(r, CW, CM, CB, m, emin, nan_code):
-    """(sign, T, cls) of a carrier value that is a value of the format (exact, no rounding)."""
-    r = np.int64(r)
-    sign = (r >> (CW - 1)) & 1
-    a = r & ((np.int64(1) << (CW - 1)) - 1)
-    E = a >> CM
-    frac = a & ((np.int64(1) << CM) - 1)
-    special = E == (np.int64(1) << (CW - 1 - CM)) - 1
-    ex = max(E, 1) - CB
-    sig = frac | (np.int64(E != 0) << CM)
-    eq = max(ex, emin)
-    d = min(eq - m - ex + CM, 62)
-    T = (np.int64(eq - emin) << m) + (sig >> d)
-    cls = (CLS_NAN if frac != 0 else CLS_INF) if special else CLS_FINITE
-    T = 0 if special else T
+    """(sign, T, cls) of a carrier value that is a value of the format (exact, no rounding), in the lane type
+    of ``r`` (32-bit lanes for an int32 holding float32 bits, as :func:`round_float_carrier`)."""
+    r = _like(r, np.int64(r) & 0xFFFFFFFF) if CW == 32 else r
+    zero = _like(r, 0)
+    one = _like(r, 1)
+    cm = _like(r, CM)
+    sign = _like(r, _shr(r, CW - 1) & one)
+    a = _like(r, r & _like(r, (np.int64(1) << (CW - 1)) - 1))
+    E = _shr(a, cm)
+    frac = _like(r, a & _like(r, (np.int64(1) << CM) - 1))
+    special = E == _like(r, (np.int64(1) << (CW - 1 - CM)) - 1)
+    ex = _like(r, max(E, one) - _like(r, CB))
+    sig = _like(r, frac | _shl(_like(r, E != zero), cm))
+    eq = max(ex, _like(r, emin))
+    # bits below the format's quantum (0 for a format value), capped where sig (< 2**(CM+1)) shifts out
+    d = min(_like(r, _like(r, eq - _like(r, m)) - ex + cm), _like(r, CW - 2))
+    T = _like(r, _shl(_like(r, eq - _like(r, emin)), _like(r, m)) + _shr(sig, d))
+    cls = (_like(r, CLS_NAN) if frac != zero else _like(r, CLS_INF)) if special else _like(r, CLS_FINITE)
+    T = zero if special else T
     return sign, T, cls
 
 
@@ -730,21 +735,21 @@ def float_code_to_bits(sign, T, cls, CW, CM, CB, m, emin, bias):
 
 @_jit
 def float_code_to_pattern(sign, T, cls, m, nan_code, exp_bits):
-    """The format's own bit pattern ``sign | exponent | mantissa`` of (sign, T, cls)."""
+    """The format's own bit pattern ``sign | exponent | mantissa`` of (sign, T, cls), in the lane type of ``T``
+    (a 32-bit format's sign bit is then the lane's: :func:`float_pattern_of` zero-extends it)."""
     width = exp_bits + m
-    sbit = np.int64(sign) << width
-    ones = (np.int64(1) << width) - 1
-    if cls == CLS_NAN:
-        if nan_code == NAN_IEEE:
-            return sbit | (((np.int64(1) << exp_bits) - 1) << m) | (np.int64(1) << max(m - 1, 0))
-        if nan_code == NAN_ALL_ONES:
-            return sbit | ones
-        if nan_code == NAN_NEGATIVE_ZERO:
-            return np.int64(1) << width
-        return np.int64(0)  # no NaN encoding: callers reject NaN before encoding
-    if cls == CLS_INF:
-        return sbit | (((np.int64(1) << exp_bits) - 1) << m)
-    return sbit | T
+    sbit = _like(T, _shl(_like(T, sign), _like(T, width)))
+    expf = _like(T, ((np.int64(1) << exp_bits) - 1) << m)
+    if nan_code == NAN_IEEE:
+        nanp = _like(T, sbit | expf | _like(T, np.int64(1) << max(m - 1, 0)))
+    elif nan_code == NAN_ALL_ONES:
+        nanp = _like(T, sbit | _like(T, (np.int64(1) << width) - 1))
+    elif nan_code == NAN_NEGATIVE_ZERO:
+        nanp = _like(T, np.int64(1) << width)
+    else:
+        nanp = _like(T, 0)  # no NaN encoding: callers reject NaN before encoding
+    fin = _like(T, sbit | T)
+    return nanp if cls == _like(T, CLS_NAN) else (_like(T, sbit | expf) if cls == _like(T, CLS_INF) else fin)
 
 
 @_jit
@@ -965,18 +970,38 @@ def round_bits(u, CW, CM, CB, p, mode, rnd, rbits):
 
 
 @_jit
+def float_pattern_of(r, CW, CM, CB, m, emin, bias, nan_code, exp_bits):
+    """The format's bit pattern (an int64, unsigned in the low bits) of ``r``, the carrier bits of a value of the
+    format, Inf or NaN (what :func:`round_float_carrier` returns), computed in the lane type of ``r``."""
+    sign, T, cls = carrier_to_float_code(r, CW, CM, CB, m, emin, nan_code)
+    # without zero (emin == -bias) codes count from the smallest binade, which the code
+    # relative to emin counts as 1 << m (every finite result is >= that value)
+    if emin == -bias:
+        T = _like(T, T - _like(T, np.int64(1) << m)) if cls == _like(T, CLS_FINITE) else T
+    pat = float_code_to_pattern(sign, T, cls, m, nan_code, exp_bits)
+    return np.int64(pat) & 0xFFFFFFFF if _like(pat, np.int64(1) << 40) == 0 else np.int64(pat)
+
+
+@_jit
+def encode_float(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat, exp_bits, mode, rnd, rbits):
+    """Carrier bits in -> the float format's bit pattern (an int64, unsigned in the low bits)."""
+    r = round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat, mode, rnd, rbits)
+    return float_pattern_of(r, CW, CM, CB, m, emin, bias, nan_code, exp_bits)
+
+
+@_jit
+def encode_fixed(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbits):
+    """Carrier bits in -> the fixed-point format's bit pattern: two's complement in ``bits`` bits (an int64)."""
+    k, cls = round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbits)
+    return np.int64(k) & ((np.int64(1) << bits) - 1)
+
+
+@_jit
 def encode_bits(u, CW, CM, CB, p, mode, rnd, rbits):
     """Carrier bits in -> the format's bit pattern (unsigned, in the low bits)."""
     if p[0] == KIND_FLOAT:
-        r = round_float_carrier(u, CW, CM, CB, p[1], p[2], p[3], p[4], p[5], p[6], p[7],
-                                mode, rnd, rbits)
-        sign, T, cls = carrier_to_float_code(r, CW, CM, CB, p[1], p[2], p[5])
-        # without zero (emin == -bias) codes count from the smallest binade, which the code
-        # relative to emin counts as 1 << m (every finite result is >= that value)
-        T = T - (np.int64(1) << p[1]) if (p[2] == -p[3]) & (cls == CLS_FINITE) else T
-        return float_code_to_pattern(sign, T, cls, p[1], p[5], p[8])
-    k, cls = round_fixed_int(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
-    return np.int64(k) & ((np.int64(1) << p[1]) - 1)  # two's complement in `bits` bits
+        return encode_float(u, CW, CM, CB, p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], mode, rnd, rbits)
+    return encode_fixed(u, CW, CM, CB, p[1], p[2], p[3], p[4], mode, rnd, rbits)
 
 
 @_jit
