@@ -6,7 +6,8 @@
 * copy: a parallel numba copy of the same array into a preallocated output (the floor; the target is
   lowprec >= 0.5x of it);
 * lowprec: ``lowprec.block.quantize`` (allocates its result), nearest-even and stochastic, and nearest-even
-  into a preallocated ``out=`` (as the copy writes);
+  into a preallocated ``out=`` (as the copy writes); ``lowprec.block.encode`` (element patterns, fp4 packed two
+  per byte, and encoded scales);
 * ml_dtypes: the element cast alone (``x.astype(float8_e4m3fn).astype(float32)``,
   ``float4_e2m1fn``), no scales: a lower bound on any numpy-level block quantizer built on it;
 * gfloat: ``gfloat.quantize_block`` (pure Python, MX), when it is installed, on 2**12 values.
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
             print(f"| lowprec {name} {mode} | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} |")
         t, med, top = paired(lambda name=name: lb.quantize(x, name, out=out), args.repeat)  # no new array to touch
         print(f"| lowprec {name} nearest_even, out= | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} |")
+        t, med, top = paired(lambda name=name: lb.encode(x, name), args.repeat)  # patterns (fp4 packed) and scales
+        print(f"| lowprec {name} encode | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} |")
     for label, dt in (("e4m3fn", ml_dtypes.float8_e4m3fn), ("e2m1fn", ml_dtypes.float4_e2m1fn)):
         t, med, top = paired(lambda dt=dt: x.astype(dt).astype(np.float32), max(1, args.repeat // 2))
         print(f"| ml_dtypes {label} cast only | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} |")

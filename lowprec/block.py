@@ -379,6 +379,11 @@ def _tensor_scale(bf, flat_int, CW, CM) -> float:
     return float(s_t) if s_t > 0 and np.isfinite(s_t) else 1.0
 
 
+def _element_dtype(bits: int):
+    """The unsigned dtype of an element format's patterns (as lowprec.encode's)."""
+    return np.dtype(np.uint8 if bits <= 8 else (np.uint16 if bits <= 16 else np.uint32))
+
+
 def _run(op, bf, mode, arr, lay, seed, stream, offset, random_bits, backend="auto", dest=None):
     P, A, Q, TA, TQ, scale_shape = lay
     flat = np.ascontiguousarray(arr).reshape(-1)
@@ -393,7 +398,9 @@ def _run(op, bf, mode, arr, lay, seed, stream, offset, random_bits, backend="aut
     s_t = _tensor_scale(bf, xi, CW, CM) if bf.tensor_scale else 1.0
     stochastic = mode is Rounding.STOCHASTIC
     k0, k1, off = resolve_seed(seed, n, stream, offset) if stochastic else (0, 0, 0)
-    out = np.empty(n, dtype=ity if op == block_cpu.QUANTIZE else np.int64) if dest is None else dest.view(ity)
+    # encode writes the element patterns in their own unsigned dtype (uint8 for 8-bit and narrower elements)
+    out = (np.empty(n, dtype=ity if op == block_cpu.QUANTIZE else _element_dtype(bf.element.bits)) if dest is None
+           else dest.view(ity))
     scale_code = np.empty(nblocks, dtype=np.int64)
     scale_val = np.empty(nblocks, dtype=np.float64)
     _, n_inf = dispatch.block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW, CM, CB, d.pe,
@@ -574,7 +581,7 @@ def encode(x, fmt, *, axis=None, scale_rule=None, rounding=None, seed=None, stre
     codes, scale_code, scale_val, s_t = _run(block_cpu.ENCODE, bf, mode, arr, lay, seed, stream, offset, rbits,
                                              backend)
     bits = bf.element.bits
-    elements = codes.astype(np.uint8 if bits <= 8 else (np.uint16 if bits <= 16 else np.uint32)).reshape(arr.shape)
+    elements = codes.reshape(arr.shape)
     if packed and bits in (4, 6) and not as_ml_dtypes:
         elements = _pack(elements, bits)
     if bf.scale == E8M0:
@@ -597,9 +604,12 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.ndim == 0 or codes.shape[-1] % group:
         raise ValueError(f"packing {bits}-bit elements needs the last axis to be a multiple of {group}, "
                          f"got shape {codes.shape}; pass packed=False")
-    c = codes.reshape(codes.shape[:-1] + (-1, group)).astype(np.uint32)
     if bits == 4:
-        return (c[..., 0] | (c[..., 1] << 4)).astype(np.uint8)
+        flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+        out = np.empty(flat.size // 2, np.uint8)
+        block_cpu.pack4(flat, out)
+        return out.reshape(codes.shape[:-1] + (-1,))
+    c = codes.reshape(codes.shape[:-1] + (-1, group)).astype(np.uint32)
     word = c[..., 0] | (c[..., 1] << 6) | (c[..., 2] << 12) | (c[..., 3] << 18)
     out = np.stack([word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF], axis=-1).astype(np.uint8)
     return out.reshape(codes.shape[:-1] + (-1,))

@@ -375,8 +375,10 @@ def _build(spec):
 def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
     """The element step of a row loop that rounds with scalar.py's :func:`~lowprec.kernels.scalar.round_grid_f32`
     or :func:`~lowprec.kernels.scalar.round_grid_f64` (a handful of float operations per element) where it gives
-    the bits of the general step, else None: value bits out (QUANTIZE), nearest-even, a (signed) float element
-    format with -0, subnormals and a zero, saturating, whose grid parameters exist. The rounded value is finite:
+    the bits of the general step, else None: value bits out (QUANTIZE) or the element's pattern (ENCODE: the
+    pattern of the same rounded value, :func:`~lowprec.kernels.scalar.float_pattern_of`, as the general step's
+    ``encode_bits`` takes it of the definition's rounding), nearest-even, a (signed) float element format with -0,
+    subnormals and a zero, saturating, whose grid parameters exist. The rounded value is finite:
 
     - power-of-two scales: ``y = x * 2**-e`` (:func:`_scaled`, the general step's product), ``|y| < 2**(emax_elem +
       1)`` for float32 input (float64 input may give more: round_grid's ``min(|y|, top)`` saturates it); float32
@@ -384,7 +386,7 @@ def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
     - ``amax`` scales: the float64 quotient ``fl64(x / S)`` (:func:`_quotient`, the general step's), rounded in
       float64 (round_grid_f64) for float32 and float64 input: the value the general step rounds, without the
       detour through float32 (round to odd) and the integer rounding."""
-    if not (op_c == QUANTIZE and mode_c == scalar.NEAREST_EVEN and pe[0] == scalar.KIND_FLOAT):
+    if not (op_c in (QUANTIZE, ENCODE) and mode_c == scalar.NEAREST_EVEN and pe[0] == scalar.KIND_FLOAT):
         return None
     m, emin, bias, tmax, nan_code, subn, sat = pe[1:8]
     if sat != 1 or subn != 1 or nan_code == scalar.NAN_NEGATIVE_ZERO or emin == -bias:
@@ -394,6 +396,9 @@ def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
     p32 = scalar.grid_f32_params(m, emin, emax, maxv)
     p64 = scalar.grid_f64_params(m, emin, emax, maxv)
     CW = 32 if carrier32 else 64
+    enc = op_c == ENCODE
+    pattern = _called.float_pattern_of
+    exp_bits = pe[8]
     if not amax_c and carrier32 and p32 is not None:
         cadd, minc, top, maxv32 = p32
         grid = _called.round_grid_f32
@@ -402,6 +407,8 @@ def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
         def step(u, CW_, CM, CB, pe_, s_in, s_out, S, lo, mode, rnd, rbits):
             y = scalar.i32_as_f32(np.int32(_scaled(u, 32, s_in, lo)))  # x * 2**-e, exact (see the module docstring)
             q = grid(y, cadd, minc, top, maxv32)
+            if enc:
+                return pattern(scalar.f32_as_i32(q), 32, 23, 127, m, emin, bias, nan_code, exp_bits)
             return np.int64(scalar._like(u, scalar.f32_as_i32(q * np.float32(s_out))))  # q * 2**e: exact
         return step
     if p64 is None:
@@ -412,6 +419,8 @@ def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
         @njit(inline="always")
         def step_amax(u, CW_, CM, CB, pe_, s_in, s_out, S, lo, mode, rnd, rbits):
             q = grid(scalar.i64_as_f64(_quotient(u, CW, S, lo)), cadd, minc, top, maxv64)
+            if enc:
+                return pattern(scalar.f64_as_i64(q), 64, 52, 1023, m, emin, bias, nan_code, exp_bits)
             return np.int64(_store(u, CW, q * S if S != 0.0 else q))
         return step_amax
     if carrier32:
@@ -420,6 +429,8 @@ def _fast_step(pe, op_c, amax_c, mode_c, carrier32):
     @njit(inline="always")
     def step64(u, CW_, CM, CB, pe_, s_in, s_out, S, lo, mode, rnd, rbits):
         q = grid(scalar.i64_as_f64(_scaled(u, 64, s_in, lo)), cadd, minc, top, maxv64)
+        if enc:
+            return pattern(scalar.f64_as_i64(q), 64, 52, 1023, m, emin, bias, nan_code, exp_bits)
         return np.int64(_scaled(scalar.f64_as_i64(q), 64, s_out, -np.inf))
     return step64
 
@@ -491,7 +502,7 @@ def _build_rows(spec):
     stochastic_c = mode_c == scalar.STOCHASTIC
     rand = _called.random_bits_split
     scale_of = ((carrier32 and _fast_scale_amax(ps_c)) or _scale_amax_called) if amax_c else _scale_pow2
-    # the general step (where _fast_step does not apply: encoding, stochastic rounding, other formats); with amax
+    # the general step (where _fast_step does not apply: stochastic rounding, other formats); with amax
     # scales, float32 input, a deterministic mode, an element format with at most 21 significand bits and its
     # range inside float32's, the element rounds in 32-bit lanes (_quotient_ro32), the same bits
     ro32 = (amax_c and carrier32 and mode_c != scalar.STOCHASTIC and pe[0] == scalar.KIND_FLOAT and pe[1] <= 21
@@ -730,3 +741,12 @@ def finite_amax(xi, CW, CM):
             m = max(m, a if a < ib else zero)
         part[c] = np.int64(m)
     return part.max()
+
+
+@kernel(parallel=True)
+def pack4(codes, out):
+    """Two 4-bit codes per byte, the first in the low nibble: ``out[i] = codes[2i] | codes[2i + 1] << 4`` (uint8
+    arrays, flat; ``codes`` holds ``2 * out.size`` codes below 16)."""
+    for i in prange(out.size):
+        out[i] = np.uint8(codes[2 * i] | (codes[2 * i + 1] << np.uint8(4)))
+

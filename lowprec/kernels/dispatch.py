@@ -584,7 +584,12 @@ def block_array(backend, op, xi, out, scale_code, scale_val, P, A, Q, TA, TQ, CW
     if resolve_backend(backend) == "cuda":
         from . import block_cuda
 
-        return block_cuda._block_cuda(*args)
+        if out.dtype in (np.int32, np.int64):
+            return block_cuda._block_cuda(*args)
+        codes = np.empty(out.shape, np.int64)  # (patterns: the CUDA loops write int64)
+        res = block_cuda._block_cuda(*(args[:2] + (codes,) + args[3:]))
+        out[...] = codes
+        return res
     spec = block_cpu.spec_of(op, pe, rule == block_cpu.AMAX, mode, rbits, CW == 32, TA, TQ, ps)
     loop = block_cpu.block_loop(spec)
     if xi.size < BLOCK_SPECIALISE_FROM and _POLICY != "always":
