@@ -763,3 +763,19 @@ def test_quantize_into_out():
         lb.quantize(x, "mxfp8_e4m3", out=np.empty((3, 64)))
     with pytest.raises(TypeError, match="out must be a numpy ndarray"):
         lb.quantize(x, "mxfp8_e4m3", out=[0.0])
+
+
+@pytest.mark.parametrize("name,dtype", [
+    ("mxfp8_e4m3", np.float32),  # CI; slow: fp4 with E8M0 and UE4M3 (amax) scales, float64 input
+    pytest.param("mxfp4", np.float32, marks=pytest.mark.slow), pytest.param("nvfp4", np.float32, marks=pytest.mark.slow),
+    pytest.param("mxfp4", np.float64, marks=pytest.mark.slow)])
+def test_row_loop_encode_equals_the_general_step(name, dtype, monkeypatch):
+    """The row loops encode nearest-even elements through the grid step (scalar.float_pattern_of of
+    round_grid_f32/_f64's value): the runtime-argument loop's patterns (encode_bits of the definition's rounding)
+    and scales, on the edge blocks (ties, subnormals, saturation, NaN and Inf blocks)."""
+    x = _pow2_edge_rows().astype(dtype)
+    bf = lb.get_block_format(name).replace(on_inf="nan")
+    rows, runtime = _row_and_runtime_loops(monkeypatch, lambda: lb.encode(x, bf, packed=False))
+    assert rows.elements.dtype == np.uint8
+    np.testing.assert_array_equal(rows.elements, runtime.elements)
+    np.testing.assert_array_equal(rows.scales, runtime.scales)
