@@ -116,11 +116,12 @@ def main(argv=None) -> int:
         # float64 data (numpy's default dtype), against a copy of float64 values
         copy64 = n / _best(lambda: _pcopy(x64, out64), args.repeat) / 1e6
         print(f"| {threads} | (parallel copy, float64) | - | {copy64:.0f} | 1.00 | 1.00 | - | - |")
-        for fmt in ("fp16", "bf16"):
-            t, med, top = _paired(lambda: lowprec.round_to(x64, fmt, out=out64), lambda: _pcopy(x64, out64),
-                                  args.repeat)
-            alloc = n / _best(lambda: lowprec.round_to(x64, fmt), args.repeat) / 1e6
-            print(f"| {threads} | {fmt}, float64 data | nearest_even | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} "
+        for fmt, mode in (("fp16", "nearest_even"), ("bf16", "nearest_even"), ("fp16", "stochastic"),
+                          ("bf16", "stochastic")):
+            t, med, top = _paired(lambda: lowprec.round_to(x64, fmt, mode, seed=1, out=out64),
+                                  lambda: _pcopy(x64, out64), args.repeat)
+            alloc = n / _best(lambda: lowprec.round_to(x64, fmt, mode, seed=1), args.repeat) / 1e6
+            print(f"| {threads} | {fmt}, float64 data | {mode} | {n / t / 1e6:.0f} | {med:.2f} | {top:.2f} "
                   f"| {alloc:.0f} | - |")
     # encode (bit patterns in the smallest unsigned dtype) and decode, both allocating, against the peers' casts
     pats = {"fp16": lowprec.encode(x, "fp16"), "fp8_e4m3fn": lowprec.encode(x, "fp8_e4m3fn")}

@@ -490,6 +490,27 @@ _INF32 = 0x7F800000  # float32 Inf's bits
 _INF64 = 0x7FF0000000000000  # float64 Inf's bits
 
 
+@_jit
+def _step_selects(r, a, s, nan_code, subn, sat, minnorm, maxbits, overbits, infbits, nanbits):
+    """The fast element steps' last part (round_nearest_even_f32/_f64, round_stochastic_f32), in the lane type
+    of ``r``: the definition's selects in its order (round_float_carrier), given ``r`` the magnitude rounded onto
+    the target's grid without an upper bound, ``a`` the input's magnitude bits and ``s`` its sign bit: above
+    ``maxbits`` -> ``overbits``; without subnormals, below ``minnorm`` -> 0; an Inf input (whose ``r`` is above
+    ``maxbits``) -> ``infbits``, which differs from ``overbits`` only for a saturating IEEE format; a NaN input ->
+    ``nanbits``; the sign or-ed back, except on a zero of a format whose -0 is NaN."""
+    zero = _like(r, 0)
+    inf_a = _like(a, _INF32) if _like(a, np.int64(1) << 40) == 0 else _like(a, _INF64)
+    r = overbits if r > maxbits else r
+    if (subn & 1) == 0:
+        r = zero if r < minnorm else r
+    if (sat == 1) & (nan_code == NAN_IEEE):
+        r = infbits if a == inf_a else r
+    r = nanbits if a > inf_a else r
+    if nan_code == NAN_NEGATIVE_ZERO:
+        s = zero if r == zero else s
+    return _like(r, r | s)
+
+
 def nearest_even_f32_applies(p) -> bool:
     """Whether :func:`round_nearest_even_f32` computes the nearest-even rounding of float32 values to the
     format of parameters ``p`` (FloatFormat._kernel_params): a float format with a sign and a zero (not
@@ -551,15 +572,7 @@ def round_nearest_even_f32(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c
     rn = i32(i32(i32(ac + half1) + odd) & dmask)
     rs = f32_as_i32(np.float32(np.float32(i32_as_f32(ac) + c) - c))
     r = rs if ac < minnorm else rn
-    r = overbits if r > maxbits else r
-    if (subn & 1) == 0:
-        r = i32(0) if r < minnorm else r
-    if (sat == 1) & (nan_code == NAN_IEEE):
-        r = infbits if a == i32(_INF32) else r
-    r = nanbits if a > i32(_INF32) else r
-    if nan_code == NAN_NEGATIVE_ZERO:
-        s = i32(0) if r == i32(0) else s
-    return i32(r | s)
+    return _step_selects(r, a, s, nan_code, subn, sat, minnorm, maxbits, overbits, infbits, nanbits)
 
 
 def stochastic_f32_applies(p):
@@ -632,15 +645,7 @@ def round_stochastic_f32(u, rnd, nan_code, subn, sat, wide, lsb, dmask, minnorm,
         rem_r = i32(i32(_shl(i32(_shr(np.uint32(rem), sh_down)), sh_up)) ^ top)
         rs = f32_as_i32(np.float32(np.float32(i32(kept + (i32(1) if R < rem_r else i32(0)))) * q))
         r = rs if ac < minnorm else r
-    r = overbits if r > maxbits else r
-    if (subn & 1) == 0:
-        r = i32(0) if r < minnorm else r
-    if (sat == 1) & (nan_code == NAN_IEEE):
-        r = infbits if a == i32(_INF32) else r
-    r = nanbits if a > i32(_INF32) else r
-    if nan_code == NAN_NEGATIVE_ZERO:
-        s = i32(0) if r == i32(0) else s
-    return i32(r | s)
+    return _step_selects(r, a, s, nan_code, subn, sat, minnorm, maxbits, overbits, infbits, nanbits)
 
 
 def nearest_even_f64_applies(p) -> bool:
@@ -683,15 +688,7 @@ def round_nearest_even_f64(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c
     rn = ((ac + half1) + odd) & dmask
     rs = f64_as_i64((i64_as_f64(ac) + c) - c)
     r = rs if ac < minnorm else rn
-    r = overbits if r > maxbits else r
-    if (subn & 1) == 0:
-        r = i64(0) if r < minnorm else r
-    if (sat == 1) & (nan_code == NAN_IEEE):
-        r = infbits if a == i64(_INF64) else r
-    r = nanbits if a > i64(_INF64) else r
-    if nan_code == NAN_NEGATIVE_ZERO:
-        s = i64(0) if r == i64(0) else s
-    return r | s
+    return _step_selects(r, a, s, nan_code, subn, sat, minnorm, maxbits, overbits, infbits, nanbits)
 
 
 @_jit
