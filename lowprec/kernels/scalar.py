@@ -334,6 +334,26 @@ def _carrier_out(r, CW):
 # float target
 # --------------------------------------------------------------------------
 @_jit
+def _fields(u, CW, CM, CB):
+    """The fields of the carrier value with bits ``u``, in the lane type of ``u`` (its low 32 bits when CW == 32,
+    as an int32 view or an int64 holds them): ``(u, sign, a, E, frac, special, ex, sig)``: the bits, the sign bit,
+    the magnitude's bits, the biased exponent field, the fraction field, Inf or NaN, the exponent ``max(E, 1) -
+    CB`` and the significand with its hidden bit."""
+    u = _like(u, np.int64(u) & 0xFFFFFFFF) if CW == 32 else u
+    zero = _like(u, 0)
+    one = _like(u, 1)
+    cm = _like(u, CM)
+    sign = _like(u, _shr(u, CW - 1) & one)
+    a = _like(u, u & _like(u, (np.int64(1) << (CW - 1)) - 1))
+    E = _shr(a, cm)
+    frac = _like(u, a & _like(u, (np.int64(1) << CM) - 1))
+    special = E == _like(u, (np.int64(1) << (CW - 1 - CM)) - 1)
+    ex = _like(u, max(E, one) - _like(u, CB))
+    sig = _like(u, frac | _shl(_like(u, E != zero), cm))
+    return u, sign, a, E, frac, special, ex, sig
+
+
+@_jit
 def _float_consts(CW, CM, CB, m, emin, bias, tmax):
     """Carrier bits of the format's max, smallest normal and smallest subnormal; NaN and Inf bits.
 
@@ -365,7 +385,7 @@ def round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat,
     possible wrap, ``(kc + inc) << d`` for an Inf/NaN input, is replaced by
     the special-value select.
     """
-    u = _like(u, np.int64(u) & 0xFFFFFFFF) if CW == 32 else u
+    u, sign, a, E, frac, special, ex, sig = _fields(u, CW, CM, CB)  # special: Inf or NaN in
     maxbits, minnorm, minsub, infbits, nanbits = _float_consts(CW, CM, CB, m, emin, bias, tmax)
     maxbits = _like(u, maxbits)
     minnorm = _like(u, minnorm)
@@ -376,14 +396,7 @@ def round_float_carrier(u, CW, CM, CB, m, emin, bias, tmax, nan_code, subn, sat,
     one = _like(u, 1)
     cm = _like(u, CM)
     emin_l = _like(u, emin)
-    sign = _like(u, _shr(u, CW - 1) & one)
-    a = _like(u, u & _like(u, (np.int64(1) << (CW - 1)) - 1))
-    E = _shr(a, cm)
-    frac = _like(u, a & _like(u, (np.int64(1) << CM) - 1))
-    special = E == _like(u, (np.int64(1) << (CW - 1 - CM)) - 1)  # Inf or NaN in
     nan_in = special & (frac != zero)
-    ex = _like(u, max(E, one) - _like(u, CB))
-    sig = _like(u, frac | _shl(_like(u, E != zero), cm))
     d = _like(u, _like(u, max(ex, emin_l) - _like(u, m)) + _like(u, cm - ex))  # bits dropped (>= 0)
     kept, rem, half = _split(sig, d)
     dcm = min(d, cm)
@@ -695,17 +708,9 @@ def round_nearest_even_f64(u, nan_code, subn, sat, lsb, half1, dmask, minnorm, c
 def carrier_to_float_code(r, CW, CM, CB, m, emin, nan_code):
     """(sign, T, cls) of a carrier value that is a value of the format (exact, no rounding), in the lane type
     of ``r`` (32-bit lanes for an int32 holding float32 bits, as :func:`round_float_carrier`)."""
-    r = _like(r, np.int64(r) & 0xFFFFFFFF) if CW == 32 else r
+    r, sign, a, E, frac, special, ex, sig = _fields(r, CW, CM, CB)
     zero = _like(r, 0)
-    one = _like(r, 1)
     cm = _like(r, CM)
-    sign = _like(r, _shr(r, CW - 1) & one)
-    a = _like(r, r & _like(r, (np.int64(1) << (CW - 1)) - 1))
-    E = _shr(a, cm)
-    frac = _like(r, a & _like(r, (np.int64(1) << CM) - 1))
-    special = E == _like(r, (np.int64(1) << (CW - 1 - CM)) - 1)
-    ex = _like(r, max(E, one) - _like(r, CB))
-    sig = _like(r, frac | _shl(_like(r, E != zero), cm))
     eq = max(ex, _like(r, emin))
     # bits below the format's quantum (0 for a format value), capped where sig (< 2**(CM+1)) shifts out
     d = min(_like(r, _like(r, eq - _like(r, m)) - ex + cm), _like(r, CW - 2))
@@ -786,20 +791,13 @@ def round_fixed_int(u, CW, CM, CB, bits, frac_bits, signed, wrap, mode, rnd, rbi
     |k| <= 2**(CM+1), which callers check): a value whose quantum count needs
     a left shift by 2 or more is then beyond every end of the format.
     """
-    u = _like(u, np.int64(u) & 0xFFFFFFFF) if CW == 32 else u
+    u, sign, a, E, frac, special, ex, sig = _fields(u, CW, CM, CB)
     zero = _like(u, 0)
     one = _like(u, 1)
     cm = _like(u, CM)
-    sign = _like(u, _shr(u, CW - 1) & one)
-    a = _like(u, u & _like(u, (np.int64(1) << (CW - 1)) - 1))
-    E = _shr(a, cm)
-    frac = _like(u, a & _like(u, (np.int64(1) << CM) - 1))
-    special = E == _like(u, (np.int64(1) << (CW - 1 - CM)) - 1)
     nan_in = special & (frac != zero)
     kmax = _like(u, ((np.int64(1) << (bits - 1)) - 1) if signed == 1 else ((np.int64(1) << bits) - 1))
     kmin_mag = _like(u, (np.int64(1) << (bits - 1)) if signed == 1 else np.int64(0))
-    ex = _like(u, max(E, one) - _like(u, CB))
-    sig = _like(u, frac | _shl(_like(u, E != zero), cm))
     d = _like(u, _like(u, cm - ex) - _like(u, frac_bits))  # dropped bits below the quantum 2**-frac_bits
     dpos = max(d, zero)
     kept, rem, half = _split(sig, dpos)
