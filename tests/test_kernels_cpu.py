@@ -79,6 +79,19 @@ def test_specialised_loops_equal_the_runtime_argument_loop(name, mode, carriers,
                 assert bad.size == 0, (op, dtype.__name__, rbits, x[bad[:5]], got[bad[:5]], want[bad[:5]])
 
 
+def _loops_agree(op, loop, reference, u, args, out_dtype=None):
+    """Run the CPU loop ``loop`` and ``reference`` of ``op`` ("round" or "encode") on the carrier bits ``u`` with
+    ``args``: the same output bits, else the first differing inputs and both outputs (hex) in the message."""
+    want = np.empty(u.size, u.dtype if out_dtype is None else out_dtype)
+    got = np.empty_like(want)
+    reference(cpu.OPS[op], u, want, *args)
+    loop(cpu.OPS[op], u, got, *args)
+    bad = np.flatnonzero(got != want)
+    mask = (1 << (8 * u.itemsize)) - 1
+    assert bad.size == 0, [(hex(int(u[i]) & mask), hex(int(got[i]) & mask), hex(int(want[i]) & mask))
+                           for i in bad[:5]]
+
+
 _NE32_CUSTOM = (lowprec.get_format("fp16").replace(saturate=True, name="fp16-sat"),
                 lowprec.get_format("fp8_e4m3fn").replace(saturate=True, name="e4m3fn-sat"),
                 lowprec.FloatFormat(5, 3, has_subnormals=False, name="e5m3-ftz"),
@@ -112,13 +125,8 @@ def test_nearest_even_f32_step_equals_the_definition(fmt):
     assert dispatch.element_step("round", p, int(Rounding.NEAREST_EVEN), np.int32) == cpu.NEAREST_EVEN_F32
     u = np.concatenate([_float32_patterns(fmt.man_bits), _edge(np.float32, fmt).view(np.int32)])
     args = (32, 23, 127, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
-    want = np.empty_like(u)
-    cpu.element_any(cpu.ROUND, p[0])(cpu.ROUND, u, want, *args)
-    got = np.empty_like(u)
-    cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F32), True)(cpu.ROUND, u, got, *args)
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, [(hex(u[i] & 0xFFFFFFFF), hex(got[i] & 0xFFFFFFFF), hex(want[i] & 0xFFFFFFFF))
-                           for i in bad[:5]]
+    _loops_agree("round", cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F32), True),
+                 cpu.element_any(cpu.ROUND, p[0]), u, args)
 
 
 @pytest.mark.slow
@@ -159,13 +167,7 @@ def test_stochastic_f32_step_equals_the_definition(fmt):
     fast = cpu.specialised("round", cpu.spec_of(p, sr, 32, _sr32_step(p)), True)
     for (k0, k1), offset in (((0x1234, 0xBEEF), 5), ((0xFFFFFFFF, 0), 2 ** 32 - 1000)):
         args = (32, 23, 127, p, sr, np.uint32(k0), np.uint32(k1), np.int64(offset), 32)
-        want = np.empty_like(u)
-        cpu.element_any(cpu.ROUND, p[0])(cpu.ROUND, u, want, *args)
-        got = np.empty_like(u)
-        fast(cpu.ROUND, u, got, *args)
-        bad = np.flatnonzero(got != want)
-        assert bad.size == 0, [(hex(u[i] & 0xFFFFFFFF), hex(got[i] & 0xFFFFFFFF), hex(want[i] & 0xFFFFFFFF))
-                               for i in bad[:5]]
+        _loops_agree("round", fast, cpu.element_any(cpu.ROUND, p[0]), u, args)
 
 
 @pytest.mark.slow
@@ -211,13 +213,8 @@ def _float64_patterns(m: int, n_spread: int) -> np.ndarray:
 def _ne64_against_definition(fmt, u, reference):
     p = fmt._kernel_params()
     args = (64, 52, 1023, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
-    want = np.empty_like(u)
-    reference(p)(cpu.ROUND, u, want, *args)
-    got = np.empty_like(u)
-    cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F64), True)(cpu.ROUND, u, got, *args)
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, [(hex(int(u[i]) & (2 ** 64 - 1)), hex(int(got[i]) & (2 ** 64 - 1)),
-                            hex(int(want[i]) & (2 ** 64 - 1))) for i in bad[:5]]
+    _loops_agree("round", cpu.specialised("round", cpu.spec_of(p, 0, 32, cpu.NEAREST_EVEN_F64), True), reference(p),
+                 u, args)
 
 
 @pytest.mark.parametrize("fmt", _NE64_FORMATS, ids=lambda f: f.name)
@@ -276,12 +273,7 @@ def _fixed_against_definition(fmt, dtype, u, reference):
     step = dispatch.element_step("round", p, int(Rounding.NEAREST_EVEN), ity)
     assert step == (cpu.FIXED_NEAREST_F32 if dtype == np.float32 else cpu.FIXED_NEAREST_F64)
     args = (CW, CM, CB, p, 0, np.uint32(0), np.uint32(0), np.int64(0), 32)
-    want, got = np.empty_like(u), np.empty_like(u)
-    reference(p)(cpu.ROUND, u, want, *args)
-    cpu.specialised("round", cpu.spec_of(p, 0, 32, step), True)(cpu.ROUND, u, got, *args)
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, [(u[i:i + 1].view(dtype)[0], got[i:i + 1].view(dtype)[0], want[i:i + 1].view(dtype)[0])
-                           for i in bad[:5]]
+    _loops_agree("round", cpu.specialised("round", cpu.spec_of(p, 0, 32, step), True), reference(p), u, args)
 
 
 @pytest.mark.parametrize("fmt", _FIXED_FORMATS, ids=lambda f: f.name)
@@ -340,11 +332,8 @@ def test_encode_with_a_fast_step_equals_the_definition(fmt, mode, dtype):
     else:
         u = np.concatenate([_float64_patterns(fmt.man_bits, 1 << 16), _edge(np.float64, fmt).view(np.int64)])
     args = (CW, CM, CB, p, int(mode), np.uint32(0x1234), np.uint32(0xBEEF), np.int64(2 ** 32 - 1000), 32)
-    want, got = np.empty(u.size, np.int64), np.empty(u.size, np.int64)
-    cpu.element_any(cpu.ENCODE, p[0])(cpu.ENCODE, u, want, *args)
-    cpu.specialised("encode", cpu.spec_of(p, int(mode), 32, step), True)(cpu.ENCODE, u, got, *args)
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, [(hex(int(u[i])), hex(int(got[i])), hex(int(want[i]))) for i in bad[:5]]
+    _loops_agree("encode", cpu.specialised("encode", cpu.spec_of(p, int(mode), 32, step), True),
+                 cpu.element_any(cpu.ENCODE, p[0]), u, args, out_dtype=np.int64)
 
 
 def test_dispatch_runs_the_fast_steps_only_where_they_apply():
